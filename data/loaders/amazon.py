@@ -12,8 +12,7 @@ to is decided per line from its fields, so either file can be from either releas
 Some older (2014-style) metadata files hold Python literals instead of JSON; those lines are
 read with ``ast.literal_eval`` and counted in a note. Both files are streamed line by line.
 
-    python -c "from pathlib import Path; from data.loaders.amazon import load_amazon; \\
-        print(load_amazon(Path('Movies_and_TV.jsonl.gz'), Path('meta_Movies_and_TV.jsonl.gz')).report.as_dict())"
+    thinkrec data build --dataset amazon --reviews Movies_and_TV.jsonl.gz --meta meta_Movies_and_TV.jsonl.gz
 """
 
 from __future__ import annotations

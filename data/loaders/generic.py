@@ -9,8 +9,7 @@
 
 Either file may be gzip-compressed (``.gz``).
 
-    python -c "from pathlib import Path; from data.loaders.generic import load_generic; \\
-        print(load_generic(Path('interactions.csv'), Path('items.jsonl')).report.as_dict())"
+    thinkrec data build --dataset generic --interactions interactions.csv --items items.jsonl
 """
 
 from __future__ import annotations
