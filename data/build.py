@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from data.catalog_db import sqlite_url, write_catalog
 from data.clean import clean, leave_one_out, write_splits
 from data.embed import embed_items, resolve_encoder
+from data.quantize import mean_pairwise_cosine, prefix_coherence
 from data.manifest import (CATALOG_DB, EMBEDDINGS, FAISS_INDEX, SIDS, SPLIT_NAMES, BuildConfig,
                            Manifest, SIDLayout, hash_files, verify_files)
 from data.records import DataFormatError, RawDataset
@@ -129,7 +130,8 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
         with steps.step("embed item text", total=len(texts)) as advance:
             embeddings, cache_hit = embed_items(texts, config.encoder, cache_dir(), progress=advance)
             np.save(out / EMBEDDINGS, embeddings)
-        with steps.step("semantic IDs", total=config.levels) as advance:
+        sid_steps = config.rqvae_epochs if config.quantizer == "rqvae" else config.levels
+        with steps.step(f"semantic IDs ({config.quantizer})", total=sid_steps) as advance:
             codebook_size, unique = _quantize(config, embeddings, advance)
         sids = [sid_string(codes) for codes in unique.codes]
         (out / SIDS).write_text(json.dumps({
@@ -169,13 +171,18 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
                       collisions_after=len(sids) - len(set(sids)), reassigned=unique.reassigned,
                       extra_level=unique.extra_level,
                       utilization=[round(u, 4) for u in unique.utilization],
-                      perplexity=[round(p, 4) for p in unique.perplexity], quantizer=config.quantizer),
+                      perplexity=[round(p, 4) for p in unique.perplexity], quantizer=config.quantizer,
+                      coherence=[round(c, 4) for c in prefix_coherence(embeddings, unique.codes)],
+                      coherence_baseline=round(mean_pairwise_cosine(embeddings), 4)),
         embedding={"model": config.encoder, "path": str(resolve_encoder(config.encoder)),
                    "dim": int(embeddings.shape[1]), "cache_hit": int(cache_hit)},
         catalog_url=config.catalog_url, category_key=category_key,
         load_report=raw.report.as_dict() | {"step_seconds": steps.seconds},
         cleaning=data.stats, files=hash_files(out, files))
     manifest.save(out)
+    from data.plots import plot_sid_usage
+    plot_sid_usage(unique.codes, codebook_size, manifest.sid.coherence, manifest.sid.coherence_baseline,
+                   out / "sid_usage.png", title=f"{raw.name}: {manifest.num_items:,} items, SID {manifest.sid.levels}x{codebook_size}")
     return manifest
 
 

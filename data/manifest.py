@@ -53,6 +53,10 @@ class SIDLayout(BaseModel):
     utilization: list[float]        # per level: share of codes in use
     perplexity: list[float]         # per level: exp(entropy)/codebook_size, 1.0 = perfectly even
     quantizer: str
+    # Mean cosine similarity of items sharing their first 1..levels codes, and of all pairs:
+    # how much a shared prefix means shared content.
+    coherence: list[float] = []
+    coherence_baseline: float | None = None
 
 
 class Manifest(BaseModel):

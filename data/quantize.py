@@ -182,3 +182,34 @@ def make_unique(quant: Quantization, codebook_size: int) -> UniqueSIDs:
     stats = [_usage_stats(codes[:, level], codebook_size) for level in range(codes.shape[1])]
     return UniqueSIDs(codes, collisions_before, reassigned, extra_level,
                       [s[0] for s in stats], [s[1] for s in stats])
+
+
+def mean_pairwise_cosine(vectors: np.ndarray) -> float:
+    """Mean cosine similarity over distinct pairs of unit vectors, in O(n * dim)."""
+    n = len(vectors)
+    if n < 2:
+        return float("nan")
+    total = vectors.sum(axis=0, dtype=np.float64)
+    return float((total @ total - n) / (n * (n - 1)))
+
+
+def prefix_coherence(embeddings: np.ndarray, codes: np.ndarray) -> list[float]:
+    """Per depth d < levels: mean pairwise cosine of items sharing their first d codes.
+
+    The full depth is left out: every item's full SID is unique, so no pairs share it.
+    Compared with :func:`mean_pairwise_cosine` over the whole catalog, it says how much a shared
+    SID prefix means shared content; it should rise with depth.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    result = []
+    for depth in range(1, codes.shape[1]):
+        _, group = np.unique(codes[:, :depth], axis=0, return_inverse=True)
+        group = group.ravel()
+        sums = np.zeros((group.max() + 1, x.shape[1]))
+        np.add.at(sums, group, x)
+        sizes = np.bincount(group).astype(np.float64)
+        pairs = sizes * (sizes - 1)
+        if pairs.sum() == 0:
+            break
+        result.append(float(((sums * sums).sum(axis=1) - sizes).sum() / pairs.sum()))
+    return result

@@ -24,6 +24,9 @@ def print_summary(manifest: Manifest, folder: Path) -> None:
                   f"({sid.reassigned} reassigned{', extra level added' if sid.extra_level else ''})")
     table.add_row("code utilization per level", "  ".join(f"{u:.0%}" for u in sid.utilization))
     table.add_row("usage evenness (perplexity/K)", "  ".join(f"{p:.2f}" for p in sid.perplexity))
+    if sid.coherence:
+        table.add_row("cosine within shared prefix", "  ".join(f"{c:.2f}" for c in sid.coherence)
+                      + f"  (all pairs {sid.coherence_baseline:.2f})")
     report = manifest.load_report
     rejected = report.get("rejected", {})
     table.add_row("rows read", ", ".join(f"{k}: {v:,}" for k, v in report.get("rows_read", {}).items()))
