@@ -94,7 +94,7 @@ def _train_centroids(x: np.ndarray, num_codes: int, seed: int, niter: int) -> np
 
 
 def residual_kmeans(embeddings: np.ndarray, levels: int, codebook_size: int, seed: int = 0,
-                    niter: int = 25, balance_slack: float = 0.05, balance_rounds: int = 3,
+                    niter: int = 25, balance_slack: float = 0.0, balance_rounds: int = 3,
                     progress=None) -> Quantization:
     """Balanced residual k-means over ``embeddings`` (num_items, dim)."""
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
@@ -145,7 +145,15 @@ def make_unique(quant: Quantization, codebook_size: int) -> UniqueSIDs:
         groups.setdefault(prefix, []).append(row)
     for rows in groups.values():
         last = codes[rows, -1]
-        if len(rows) < 2 or len(np.unique(last)) == len(rows) or len(rows) > codebook_size:
+        if len(rows) < 2 or len(np.unique(last)) == len(rows):
+            continue
+        if len(rows) > codebook_size:
+            # More items than codes (e.g. identical item texts): spread them evenly over the
+            # last level first, so the extra level below needs as few codes as possible.
+            spread = balanced_assign(quant.last_residuals[rows], quant.last_codebook,
+                                     math.ceil(len(rows) / codebook_size))
+            reassigned += int((spread != last).sum())
+            codes[rows, -1] = spread
             continue
         # Nearest free code first across the whole group: an item keeps its code unless a
         # closer item claims it, so displacement is as small as this greedy order allows.
@@ -168,7 +176,7 @@ def make_unique(quant: Quantization, codebook_size: int) -> UniqueSIDs:
 
     extra_level = _count_repeats(codes) > 0
     if extra_level:
-        # A prefix group larger than the codebook: number the members of each repeated tuple.
+        # Prefix groups larger than the codebook: number the members of each repeated tuple.
         seen: dict[tuple, int] = {}
         extra = np.zeros(num_items, dtype=np.int64)
         for row, key in enumerate(map(tuple, codes)):
