@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.loaders.common import open_text_lines, parse_year, to_float
+from data.loaders.common import accept_item, open_text_lines, parse_year, to_float
 from data.records import DataFormatError, LoadReport, RawDataset, RawInteraction, RawItem
 
 MAX_DESCRIPTION_CHARS = 1000
@@ -188,12 +188,7 @@ def _load_items(meta: Path, report: LoadReport, literal_lines: Counter, releases
         if not item.item_id:
             report.reject(file, "missing field 'parent_asin'" if release == "amazon-2023"
                           else "missing field 'asin'", where)
-        elif item.item_id in items:
-            report.reject(file, "duplicate item id", where)
-        elif not item.title:
-            report.reject(file, "empty title", where)
-        else:
-            items[item.item_id] = item
+        elif accept_item(report, file, where, items, item):
             releases[release] += 1
     return items
 

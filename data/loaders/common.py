@@ -9,7 +9,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from data.records import DataFormatError
+from data.records import DataFormatError, LoadReport, RawItem
 
 _TITLE_YEAR = re.compile(r"^(?P<title>.*?)\s*\((?P<year>\d{4})(?:-\d{2,4})?\)\s*$")
 
@@ -93,3 +93,17 @@ def to_float(text: str) -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value == value and abs(value) != float("inf") else None
+
+
+def accept_item(report: LoadReport, file: str, where: str, items: dict[str, RawItem], item: RawItem) -> bool:
+    """Add ``item`` unless its id is empty or repeated or its title is empty (then count why)."""
+    if not item.item_id:
+        report.reject(file, "empty item id", where)
+    elif item.item_id in items:
+        report.reject(file, "duplicate item id", where)
+    elif not item.title:
+        report.reject(file, "empty title", where)
+    else:
+        items[item.item_id] = item
+        return True
+    return False

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from data.loaders.common import open_text_lines, parse_year, to_float
+from data.loaders.common import accept_item, open_text_lines, parse_year, to_float
 from data.records import DataFormatError, LoadReport, RawDataset, RawInteraction, RawItem
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -106,15 +106,7 @@ def load_items(path: Path, report: LoadReport) -> dict[str, RawItem]:
         if missing:
             report.reject(file, f"missing field '{missing}'", where)
             continue
-        item = parse_item(row)
-        if not item.item_id:
-            report.reject(file, "empty item id", where)
-        elif item.item_id in items:
-            report.reject(file, "duplicate item id", where)
-        elif not item.title:
-            report.reject(file, "empty title", where)
-        else:
-            items[item.item_id] = item
+        accept_item(report, file, where, items, parse_item(row))
     return items
 
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data.loaders.common import Bundle, parse_year, split_title_year, to_float
+from data.loaders.common import Bundle, accept_item, parse_year, split_title_year, to_float
 from data.records import DataFormatError, LoadReport, RawDataset, RawInteraction, RawItem
 
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -83,15 +83,18 @@ def _add_interaction(report, file, line_no, items, out, user, item, rating_text,
         out.append(RawInteraction(user, item, timestamp, rating))
 
 
-def _add_item(report, file, line_no, items, item: RawItem) -> None:
-    if not item.item_id:
-        report.reject(file, "empty item id", f"line {line_no}")
-    elif item.item_id in items:
-        report.reject(file, "duplicate item id", f"line {line_no}")
-    elif not item.title:
-        report.reject(file, "empty title", f"line {line_no}")
-    else:
-        items[item.item_id] = item
+def _read_ratings(bundle: Bundle, name: str, sep: str, items, report: LoadReport) -> list[RawInteraction]:
+    """user<sep>item<sep>rating<sep>timestamp lines (GroupLens u.data and ratings.dat)."""
+    interactions: list[RawInteraction] = []
+    for line_no, line in enumerate(bundle.read_text(bundle.find(name)).splitlines(), 1):
+        if not line.strip():
+            continue
+        report.read(name)
+        fields = _split_fields(line, sep, 4, report, name, line_no)
+        if fields:
+            user, item, rating, ts = (f.strip() for f in fields)
+            _add_interaction(report, name, line_no, items, interactions, user, item, rating, ts)
+    return interactions
 
 
 def load_recbole_ml100k(path: Path) -> RawDataset:
@@ -105,7 +108,7 @@ def load_recbole_ml100k(path: Path) -> RawDataset:
             item_id=row["item_id"].strip(), title=title,
             year=parse_year(row.get("release_year", "")) or year_in_title,
             categories=row.get("class", "").split())
-        _add_item(report, "ml-100k.item", line_no, items, item)
+        accept_item(report, "ml-100k.item", f"line {line_no}", items, item)
 
     interactions: list[RawInteraction] = []
     columns = ["user_id", "item_id", "rating", "timestamp"]
@@ -155,17 +158,9 @@ def load_grouplens_ml100k(path: Path) -> RawDataset:
         genres = [genre_names.get(i, f"genre{i}") for i, flag in enumerate(flags) if flag.strip() == "1"]
         genres = [g for g in genres if g != "unknown"]
         item = RawItem(fields[0].strip(), title, year or parse_year(fields[2]), categories=genres)
-        _add_item(report, "u.item", line_no, items, item)
+        accept_item(report, "u.item", f"line {line_no}", items, item)
 
-    interactions: list[RawInteraction] = []
-    for line_no, line in enumerate(bundle.read_text(bundle.find("u.data")).splitlines(), 1):
-        if not line.strip():
-            continue
-        report.read("u.data")
-        fields = _split_fields(line, "\t", 4, report, "u.data", line_no)
-        if fields:
-            user, item, rating, ts = (f.strip() for f in fields)
-            _add_interaction(report, "u.data", line_no, items, interactions, user, item, rating, ts)
+    interactions = _read_ratings(bundle, "u.data", "\t", items, report)
 
     users: dict[str, dict[str, str]] = {}
     user_file = bundle.find("u.user", required=False)
@@ -207,17 +202,9 @@ def load_ml1m(path: Path) -> RawDataset:
         if fields:
             title, year = split_title_year(fields[1])
             genres = [g for g in fields[2].split("|") if g.strip()]
-            _add_item(report, "movies.dat", line_no, items, RawItem(fields[0].strip(), title, year, categories=genres))
+            accept_item(report, "movies.dat", f"line {line_no}", items, RawItem(fields[0].strip(), title, year, categories=genres))
 
-    interactions: list[RawInteraction] = []
-    for line_no, line in enumerate(bundle.read_text(bundle.find("ratings.dat")).splitlines(), 1):
-        if not line.strip():
-            continue
-        report.read("ratings.dat")
-        fields = _split_fields(line, "::", 4, report, "ratings.dat", line_no)
-        if fields:
-            user, item, rating, ts = (f.strip() for f in fields)
-            _add_interaction(report, "ratings.dat", line_no, items, interactions, user, item, rating, ts)
+    interactions = _read_ratings(bundle, "ratings.dat", "::", items, report)
 
     users: dict[str, dict[str, str]] = {}
     user_file = bundle.find("users.dat", required=False)
