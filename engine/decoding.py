@@ -1,0 +1,224 @@
+"""Constrained decoding: the gated trie constraint for free generation, and beam search over the
+SID steps that turns a prompt into a ranked list of distinct catalog items.
+
+Gated constraint (:class:`GatedTrieProcessor`, a transformers ``LogitsProcessor``): text and
+reasoning are free, SID tokens are not allowed outside an item; after ``<|item_begin|>`` only the
+trie's allowed tokens are, then ``<|item_end|>``. Items seen in the history or already produced in
+this reply are excluded. A dead prefix (nothing allowed) ends the item at once and is recorded as
+an error — decoding never falls back to unconstrained sampling.
+
+Beam search (:func:`beam_search_items`): the prompt ends with ``<|item_begin|>``; each step keeps the
+``num_beams`` best partial SIDs by summed log-probability, every candidate token coming from its
+beam's trie cursor. Because a full SID path is one item, the finished beams are distinct items;
+the top ``k`` are the recommendation. Eval, RL rollouts and the app all call this one function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import LogitsProcessor
+
+from engine.sid import SIDTrie, TrieCursor
+
+
+def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
+    """The catalog's trie over *token ids* (what decoders see)."""
+    return SIDTrie((item_id, tokenizer.sid_token_ids(codes)) for item_id, codes in sid_codes.items())
+
+
+@dataclass
+class _RowState:
+    processed: int = 0
+    cursor: TrieCursor | None = None      # set while inside an item span
+    items: list = field(default_factory=list)
+    errors: int = 0
+
+
+class GatedTrieProcessor(LogitsProcessor):
+    """Masks logits so every ``<|item_begin|>…<|item_end|>`` span spells a real, allowed item."""
+
+    def __init__(self, tokenizer, trie: SIDTrie, prompt_length: int, excludes: Sequence[set[Hashable]]):
+        self.trie, self.prompt_length = trie, prompt_length
+        self.begin_id, self.end_id = tokenizer.item_begin_id, tokenizer.item_end_id
+        self.sid_token_ids = torch.tensor(sorted(tokenizer.sid_code_of), dtype=torch.long)
+        self.excludes = [set(e) for e in excludes]
+        self.rows = [_RowState() for _ in excludes]
+
+    def _advance(self, row: int, token: int) -> None:
+        state = self.rows[row]
+        if state.cursor is None:
+            if token == self.begin_id:
+                state.cursor = self.trie.cursor(exclude=self.excludes[row])
+            return
+        if token == self.end_id:
+            if state.cursor.done():
+                item = state.cursor.item
+                state.items.append(item)
+                self.excludes[row].add(item)   # no repeats within a reply
+            else:
+                state.errors += 1
+            state.cursor = None
+        else:
+            state.cursor.accept(token)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[:, self.prompt_length:]
+        for row in range(input_ids.shape[0]):
+            state = self.rows[row]
+            for token in generated[row, state.processed:].tolist():
+                self._advance(row, token)
+            state.processed = generated.shape[1]
+            cursor = state.cursor
+            if cursor is None:
+                # Outside an item: free text, but no stray SID tokens and no unopened item end.
+                scores[row, self.sid_token_ids.to(scores.device)] = float("-inf")
+                scores[row, self.end_id] = float("-inf")
+                continue
+            # Done or dead (nothing allowed): only <|item_end|>; _advance counts a dead one as an error.
+            keep = cursor.allowed() or [self.end_id]
+            mask = torch.full_like(scores[row], float("-inf"))
+            mask[torch.tensor(keep, dtype=torch.long, device=scores.device)] = 0.0
+            scores[row] = scores[row] + mask
+        return scores
+
+
+@dataclass
+class RankedItem:
+    item_id: Hashable
+    score: float                 # summed log-probability of the SID tokens
+    token_ids: tuple[int, ...]
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
+        mask[row, width - len(prompt):] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int, pad_id: int) -> list[list[RankedItem]]:
+    device = next(model.parameters()).device
+    ids, attention = _left_pad(prompts, pad_id, device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    cache, logprobs = out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    users, width = len(prompts), num_beams
+    # Beam slots: (score, cursor); a slot with score -inf is empty. Slot s of user u is row u*W+s.
+    slots: list[tuple[float, TrieCursor | None]] = []
+    for user in range(users):
+        root = trie.cursor(exclude=excludes[user])
+        allowed = root.allowed()
+        ranked = sorted(((logprobs[user, t].item(), t) for t in allowed), reverse=True)[:width]
+        for score, token in ranked:
+            cursor = root.clone()
+            cursor.accept(token)
+            slots.append((score, cursor))
+        slots.extend([(float("-inf"), None)] * (width - len(ranked)))
+    cache.batch_repeat_interleave(width)
+    attention = attention.repeat_interleave(width, dim=0)
+    last_position = positions[:, -1].repeat_interleave(width)
+
+    while any(c is not None and not c.done() for _, c in slots):
+        tokens = torch.tensor([[c.prefix[-1] if c is not None else pad_id] for _, c in slots], device=device)
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        last_position = last_position + 1
+        out = model(input_ids=tokens, attention_mask=attention, position_ids=last_position[:, None],
+                    past_key_values=cache, use_cache=True)
+        cache, logprobs = out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+        next_slots, parents = [], []
+        for user in range(users):
+            candidates = []
+            for s in range(width):
+                row = user * width + s
+                score, cursor = slots[row]
+                if cursor is None:
+                    continue
+                if cursor.done():   # a shorter SID finished earlier: carry it along unchanged
+                    candidates.append((score, row, None))
+                    continue
+                allowed = cursor.allowed()
+                if allowed:
+                    step = logprobs[row, torch.tensor(allowed, device=device)].tolist()
+                    candidates.extend((score + lp, row, t) for lp, t in zip(step, allowed))
+            candidates.sort(key=lambda c: -c[0])
+            for score, row, token in candidates[:width]:
+                cursor = slots[row][1].clone()
+                if token is not None:
+                    cursor.accept(token)
+                next_slots.append((score, cursor))
+                parents.append(row)
+            for _ in range(width - min(width, len(candidates))):
+                next_slots.append((float("-inf"), None))
+                parents.append(user * width)
+        cache.batch_select_indices(torch.tensor(parents, device=device))
+        attention, last_position = attention[parents], last_position[parents]
+        slots = next_slots
+
+    results = []
+    for user in range(users):
+        finished = [(score, c) for score, c in slots[user * width:(user + 1) * width] if c is not None and c.done()]
+        finished.sort(key=lambda sc: -sc[0])
+        results.append([RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in finished[:k]])
+    return results
+
+
+def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
+                      excludes: Sequence[set[Hashable]], pad_id: int, k: int = 10,
+                      num_beams: int | None = None, batch_size: int = 16) -> list[list[RankedItem]]:
+    """Top-``k`` distinct catalog items per prompt (each prompt ends with ``<|item_begin|>``)."""
+    num_beams = max(k, num_beams or k)
+    was_training = model.training
+    model.eval()
+    results: list[list[RankedItem]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            results += _beam_chunk(model, prompts[start:start + batch_size], trie,
+                                   excludes[start:start + batch_size], num_beams, k, pad_id)
+    finally:
+        model.train(was_training)
+    return results
+
+
+@torch.no_grad()
+def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie,
+                       excludes: Sequence[set[Hashable]], max_new_tokens: int = 160,
+                       do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                       batch_size: int = 32) -> list[list[int]]:
+    """Generate each prompt's reasoning up to and including ``</think>`` (gated constraint on)."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs: list[list[int]] = []
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
+                              temperature=temperature if do_sample else None,
+                              top_p=top_p if do_sample else None, top_k=None,
+                              eos_token_id=[tokenizer.think_end_id, tokenizer.end_id],
+                              pad_token_id=tokenizer.pad_id)
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start:start + batch_size]
+            ids, attention = _left_pad(chunk, tokenizer.pad_id, device)
+            gate = GatedTrieProcessor(tokenizer, trie, ids.shape[1], excludes[start:start + batch_size])
+            generated = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
+                                       logits_processor=LogitsProcessorList([gate]))
+            for row in generated[:, ids.shape[1]:].tolist():
+                kept = []
+                for token in row:
+                    if token == tokenizer.pad_id:
+                        break
+                    kept.append(token)
+                    if token in (tokenizer.think_end_id, tokenizer.end_id):
+                        break
+                outputs.append(kept)
+    finally:
+        model.train(was_training)
+    return outputs

@@ -1,0 +1,84 @@
+"""How a recommendation request becomes a conversation, and how an answer is laid out.
+
+Training corpora, evaluation, RL rollouts and the app all build prompts here, so the model sees at
+serving time exactly the layout it was trained on:
+
+    <|system|>{SYSTEM_TEXT} <item><item>…<|end|>          trusted: built by thinkrec
+    (earlier turns of the dialogue)
+    <|user|>{what the person typed}<|end|>                 untrusted: special tokens stay text
+    <|assistant|><think><|derivation|>…<|evolution|>…<|recommendation|>…</think><item><|end|>
+
+A non-thinking answer has an empty think block, so one model serves both modes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from engine.sid import ITEM_BEGIN, ITEM_END, sid_string
+from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, THINK, THINK_END, Message
+
+SYSTEM_TEXT = "You are thinkrec, a recommender. The user's history, oldest first:"
+DEFAULT_ASK = "What should I watch next?"
+LEVELS = ("derivation", "evolution", "recommendation")
+LEVEL_TOKENS = {"derivation": DERIVATION, "evolution": EVOLUTION, "recommendation": RECOMMENDATION}
+NO_THINK_PREFIX = THINK + THINK_END + ITEM_BEGIN
+THINK_PREFIX = THINK
+
+
+def item_span(codes: Sequence[int]) -> str:
+    return ITEM_BEGIN + sid_string(codes) + ITEM_END
+
+
+def system_message(history_codes: Sequence[Sequence[int]], max_items: int = 20) -> Message:
+    recent = list(history_codes)[-max_items:] if max_items else list(history_codes)
+    return Message("system", SYSTEM_TEXT + " " + "".join(item_span(c) for c in recent))
+
+
+def recommendation_messages(history_codes: Sequence[Sequence[int]], user_text: str | None = None,
+                            earlier_turns: Sequence[Message] = (), max_items: int = 20) -> list[Message]:
+    """The prompt for one turn. ``user_text`` is what the person typed (None: a plain ask)."""
+    ask = Message("user", user_text if user_text and user_text.strip() else DEFAULT_ASK,
+                  trusted=not (user_text and user_text.strip()))
+    return [system_message(history_codes, max_items), *earlier_turns, ask]
+
+
+def think_block(levels: dict[str, str] | None) -> str:
+    """``<think>…</think>`` with the three levels, or empty for a non-thinking answer."""
+    if not levels:
+        return THINK + THINK_END
+    return THINK + "".join(LEVEL_TOKENS[name] + levels[name].strip() for name in LEVELS) + THINK_END
+
+
+def answer_text(levels: dict[str, str] | None, item_codes: Sequence[Sequence[int]]) -> str:
+    return think_block(levels) + "".join(item_span(c) for c in item_codes)
+
+
+def earlier_assistant_turn(item_codes: Sequence[Sequence[int]]) -> Message:
+    """A past answer as it stays in the dialogue: its items, its reasoning dropped."""
+    return Message("assistant", answer_text(None, item_codes))
+
+
+_LEVEL_SPLIT = re.compile(r"(<\|derivation\|>|<\|evolution\|>|<\|recommendation\|>|</think>)")
+
+
+def parse_reasoning(text: str) -> dict[str, str]:
+    """Split generated reasoning into its levels; a missing level comes back empty."""
+    names = {DERIVATION: "derivation", EVOLUTION: "evolution", RECOMMENDATION: "recommendation"}
+    levels = dict.fromkeys(LEVELS, "")
+    current = None
+    for part in _LEVEL_SPLIT.split(text.replace(THINK, "")):
+        if part in names:
+            current = names[part]
+        elif part == THINK_END:
+            break
+        elif current:
+            levels[current] += part
+    return {name: value.strip() for name, value in levels.items()}
+
+
+def well_formed(text: str) -> bool:
+    """All three levels present, in order, each non-empty, closed by ``</think>``."""
+    positions = [text.find(token) for token in (DERIVATION, EVOLUTION, RECOMMENDATION, THINK_END)]
+    return all(p >= 0 for p in positions) and positions == sorted(positions) and all(parse_reasoning(text).values())

@@ -1,0 +1,189 @@
+"""The training loop every stage shares: token-budget batches of (ids, loss_mask) examples,
+AdamW with warmup + cosine decay, gradient accumulation, accelerate for device placement (CPU, one
+GPU, several GPUs with ``accelerate launch``), bf16 on GPUs, a progress bar, periodic checkpoints
+that a killed run resumes from, a JSONL log and a loss-curve PNG.
+
+Stages call :func:`train` with their examples; they own what the examples are.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    mask: list[int]                 # 1 where the token is a training target
+    task: str = ""
+
+
+@dataclass
+class TrainArgs:
+    epochs: float = 1.0             # fractional epochs allowed (e.g. 0.5)
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    batch_tokens: int = 4096        # padded tokens per micro-batch
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    max_len: int = 512
+    precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    seed: int = 0
+    save_every: int = 200           # optimizer steps between resumable checkpoints (0: never)
+    log_every: int = 10
+    max_steps: int = 0              # stop early after this many optimizer steps (0: no limit)
+
+
+def make_batches(examples: Sequence[Example], batch_tokens: int, max_len: int, seed: int, epoch: int) -> list[list[int]]:
+    """Indices grouped by similar length so padding is small; order shuffled per (seed, epoch)."""
+    rng = random.Random(seed * 1000 + epoch)
+    order = sorted(range(len(examples)), key=lambda i: (min(len(examples[i].ids), max_len), rng.random()))
+    batches, current, width = [], [], 0
+    for index in order:
+        length = min(len(examples[index].ids), max_len)
+        if current and max(width, length) * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, width = [], 0
+        current.append(index)
+        width = max(width, length)
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: Sequence[Example], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
+    width = max(min(len(e.ids), max_len) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        # Keep the end of over-long examples: the answer is what the loss is for.
+        seq, mask = example.ids[-max_len:], example.mask[-max_len:]
+        ids[row, :len(seq)] = torch.tensor(seq)
+        attention[row, :len(seq)] = 1
+        labels[row, :len(seq)] = torch.tensor([t if m else -100 for t, m in zip(seq, mask)])
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def _schedule(step: int, total: int, args: TrainArgs) -> float:
+    if step < args.warmup_steps:
+        return (step + 1) / args.warmup_steps
+    progress = min(1.0, (step - args.warmup_steps) / max(1, total - args.warmup_steps))
+    return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def plot_curve(log: list[dict], path: Path, title: str, keys: Sequence[str] = ("loss",)) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key in keys:
+        points = [(r["step"], r[key]) for r in log if key in r]
+        if points:
+            ax.plot(*zip(*points), label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: TrainArgs,
+          title: str = "training", on_log: Callable[[dict], None] | None = None) -> dict:
+    """Train ``model`` in place; returns a summary. Resumes from ``out/trainer_state`` if present."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    precision = args.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
+                              mixed_precision="bf16" if precision == "bf16" else "no")
+    set_seed(args.seed)
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
+    batches_per_epoch = len(make_batches(examples, args.batch_tokens, args.max_len, args.seed, 0))
+    total_micro = max(1, int(batches_per_epoch * args.epochs))
+    total_steps = max(1, total_micro // args.grad_accum)
+    if args.max_steps:
+        total_steps = min(total_steps, args.max_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, args))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state_dir, progress_file = out / "trainer_state", out / "trainer_state" / "progress.json"
+    step, micro, log = 0, 0, []
+    if progress_file.exists():
+        accelerator.load_state(str(state_dir))
+        saved = json.loads(progress_file.read_text())
+        step, micro, log = saved["step"], saved["micro"], saved["log"]
+        accelerator.print(f"Resuming {title} at step {step}/{total_steps} from {state_dir}")
+
+    model.train()
+    started, tokens_seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+    bar = tqdm(total=total_steps, initial=step, desc=title, unit="step", disable=not accelerator.is_main_process)
+    epoch_batches: dict[int, list[list[int]]] = {}
+    while step < total_steps:
+        epoch, position = divmod(micro, batches_per_epoch)
+        if epoch not in epoch_batches:
+            epoch_batches = {epoch: make_batches(examples, args.batch_tokens, args.max_len, args.seed, epoch)}
+        batch = collate([examples[i] for i in epoch_batches[epoch][position]], pad_id, args.max_len)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.accumulate(model):
+            loss = model(**batch).loss
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        micro += 1
+        tokens_seen += int(batch["attention_mask"].sum())
+        window_loss, window_n = window_loss + loss.item(), window_n + 1
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        bar.update(1)
+        if step % args.log_every == 0 or step == total_steps:
+            elapsed = time.perf_counter() - started
+            record = {"step": step, "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
+                      "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "epoch": micro / batches_per_epoch}
+            log.append(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            window_loss, window_n = 0.0, 0
+            if on_log:
+                on_log(record)
+        if args.save_every and step % args.save_every == 0 and step < total_steps:
+            accelerator.save_state(str(state_dir))
+            progress_file.write_text(json.dumps({"step": step, "micro": micro, "log": log}))
+    bar.close()
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    seconds = time.perf_counter() - started
+    with (out / "train_log.jsonl").open("w") as handle:
+        for record in log:
+            handle.write(json.dumps(record) + "\n")
+    plot_curve(log, out / "loss_curve.png", f"{title}: training loss")
+    return {"model": unwrapped, "steps": step, "seconds": round(seconds, 1),
+            "final_loss": log[-1]["loss"] if log else None, "args": asdict(args),
+            "tokens_per_s": round(tokens_seen / max(seconds, 1e-9), 1), "state_dir": state_dir}
