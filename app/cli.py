@@ -21,8 +21,11 @@ app = typer.Typer(help="thinkrec: a conversational, reasoning generative recomme
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and inspect dataset artifact folders.", no_args_is_help=True)
 catalog_app = typer.Typer(help="Search and look up items in a dataset's catalog.", no_args_is_help=True)
+train_app = typer.Typer(help="Train checkpoints: pretrain (perception), sft (reasoning), all, baseline.",
+                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(train_app, name="train")
 
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset artifact folder (from `thinkrec data build`).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -149,6 +152,29 @@ def catalog_lookup(
         print_items([item], "item", details=True)
         if neighbours:
             print_items(neighbours, f"nearest to {item.title}")
+
+
+def _register_training_commands() -> None:
+    """Stage commands built from each stage's argument dataclass (see app/cli_args.py)."""
+    from app.cli_args import add_dataclass_command
+    from training.evaluate import EvalArgs
+    from training.pretrain import PretrainArgs
+    from training.sft import SFTArgs
+    from training.stages import AllArgs, BaselineArgs, run_all, run_baseline, run_eval, run_pretrain, run_sft
+
+    add_dataclass_command(train_app, "pretrain", PretrainArgs, run_pretrain,
+                          "Perception pre-training: item tokens learn their titles and attributes.")
+    add_dataclass_command(train_app, "sft", SFTArgs, run_sft,
+                          "Three-level CoT, non-thinking and dialogue SFT from a pretrain checkpoint.")
+    add_dataclass_command(train_app, "all", AllArgs, run_all,
+                          "Pretrain then SFT: the default model the app uses.")
+    add_dataclass_command(train_app, "baseline", BaselineArgs, run_baseline,
+                          "Train the SASRec baseline (popularity needs no training).")
+    add_dataclass_command(app, "eval", EvalArgs, run_eval,
+                          "Leave-one-out evaluation: popularity, SASRec, thinkrec, thinkrec-think side by side.")
+
+
+_register_training_commands()
 
 
 def main() -> None:

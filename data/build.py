@@ -32,6 +32,8 @@ from data.text import item_text
 from engine.sid import sid_string
 
 console = Console(stderr=True)
+USERS = "users.jsonl"
+ARTIFACT_FILES = [CATALOG_DB, FAISS_INDEX, EMBEDDINGS, SIDS, USERS] + [f"splits/{n}.jsonl" for n in SPLIT_NAMES]
 
 
 def cache_dir() -> Path:
@@ -108,7 +110,8 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
             existing = Manifest.load(out)
         except Exception:  # unreadable manifest: rebuild below
             existing = None
-        if existing and existing.config == config and not verify_files(out, existing):
+        complete = existing is not None and set(ARTIFACT_FILES) <= set(existing.files)
+        if complete and existing.config == config and not verify_files(out, existing):
             console.print(f"[green]Reusing[/] {out} (same build config, files match their hashes; --force rebuilds)")
             return existing
 
@@ -126,6 +129,10 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
                 raise DataFormatError("no interactions left after cleaning; check the input and filters")
             splits = leave_one_out(data)
             write_splits(splits, out / "splits")
+            with (out / USERS).open("w", encoding="utf-8") as handle:
+                for seq in data.sequences:
+                    attributes = raw.users.get(seq.user_id, {})
+                    handle.write(json.dumps({"user_id": seq.user_id, **attributes}, ensure_ascii=False) + "\n")
         texts = [item_text(item, raw.category_label) for item in data.items]
         with steps.step("embed item text", total=len(texts)) as advance:
             embeddings, cache_hit = embed_items(texts, config.encoder, cache_dir(), progress=advance)
@@ -159,7 +166,6 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
         thinkrec_version = version("thinkrec")
     except PackageNotFoundError:
         thinkrec_version = "0+unknown"
-    files = [CATALOG_DB, FAISS_INDEX, EMBEDDINGS, SIDS] + [f"splits/{n}.jsonl" for n in SPLIT_NAMES]
     manifest = Manifest(
         thinkrec_version=thinkrec_version, dataset=raw.name, source=raw.source,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -178,7 +184,7 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
                    "dim": int(embeddings.shape[1]), "cache_hit": int(cache_hit)},
         catalog_url=config.catalog_url, category_key=category_key,
         load_report=raw.report.as_dict() | {"step_seconds": steps.seconds},
-        cleaning=data.stats, files=hash_files(out, files))
+        cleaning=data.stats, files=hash_files(out, ARTIFACT_FILES))
     manifest.save(out)
     from data.plots import plot_sid_usage
     plot_sid_usage(unique.codes, codebook_size, manifest.sid.coherence, manifest.sid.coherence_baseline,

@@ -55,9 +55,10 @@ def answer_text(levels: dict[str, str] | None, item_codes: Sequence[Sequence[int
     return think_block(levels) + "".join(item_span(c) for c in item_codes)
 
 
-def earlier_assistant_turn(item_codes: Sequence[Sequence[int]]) -> Message:
-    """A past answer as it stays in the dialogue: its items, its reasoning dropped."""
-    return Message("assistant", answer_text(None, item_codes))
+def earlier_assistant_turn(item_codes: Sequence[Sequence[int]], learn: bool = False) -> Message:
+    """A past answer as it stays in the dialogue: its items, its reasoning dropped (and, by
+    default, out of the loss: the user turned it down)."""
+    return Message("assistant", answer_text(None, item_codes), learn=learn)
 
 
 _LEVEL_SPLIT = re.compile(r"(<\|derivation\|>|<\|evolution\|>|<\|recommendation\|>|</think>)")

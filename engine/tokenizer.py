@@ -36,6 +36,7 @@ class Message:
     role: str                 # system | user | assistant
     content: str
     trusted: bool = True      # False: typed by a person; special tokens in it stay plain text
+    learn: bool = True        # assistant turns only: False keeps it out of the loss (a turned-down answer)
 
 
 class ThinkrecTokenizer:
@@ -140,7 +141,8 @@ class ThinkrecTokenizer:
         """Token ids and loss mask of a conversation.
 
         The mask is 1 exactly on assistant content and the ``<|end|>`` closing it (what the model
-        must learn to say), 0 on role tokens, system and user text. With ``add_generation_prompt``
+        must learn to say), 0 on role tokens, system and user text, and on assistant turns marked
+        ``learn=False``. With ``add_generation_prompt``
         the ids end with ``<|assistant|>`` + ``assistant_prefix`` (e.g. ``<think>``), ready to
         generate.
         """
@@ -153,7 +155,7 @@ class ThinkrecTokenizer:
             mask.append(0)
             body = self.encode(message.content, trusted=message.trusted) + [self.end_id]
             ids.extend(body)
-            mask.extend([1 if message.role == "assistant" else 0] * len(body))
+            mask.extend([1 if message.role == "assistant" and message.learn else 0] * len(body))
         if add_generation_prompt:
             tail = [self.ids[ASSISTANT]] + (self.encode(assistant_prefix) if assistant_prefix else [])
             ids.extend(tail)

@@ -1,0 +1,78 @@
+"""One model + tokenizer + catalog trie, answering "what next?" for one or many users at once:
+optional three-level reasoning (generated under the gated constraint), then beam search over the
+SID steps for the top-K distinct, unseen catalog items. Evaluation, RL rollouts and the app call
+this same code path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from engine.decoding import RankedItem, beam_search_items, build_token_trie, generate_reasoning
+from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, parse_reasoning, recommendation_messages
+from engine.tokenizer import Message, ThinkrecTokenizer
+
+
+@dataclass
+class Recommendation:
+    items: list[RankedItem]
+    reasoning: str = ""                          # generated text between <think> and </think>
+    levels: dict[str, str] = field(default_factory=dict)
+    reasoning_tokens: int = 0
+    prompt_tokens: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Recommender:
+    def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
+                 history_items: int = 20):
+        self.model, self.tokenizer = model, tokenizer
+        self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
+        self.trie = build_token_trie(tokenizer, self.sid_codes)
+        self.history_items = history_items
+
+    def prompt_ids(self, history: Sequence[str], user_text: str | None = None,
+                   earlier_turns: Sequence[Message] = (), thinking: bool = False) -> list[int]:
+        codes = [self.sid_codes[i] for i in history if i in self.sid_codes]
+        messages = recommendation_messages(codes, user_text, earlier_turns, self.history_items)
+        ids, _ = self.tokenizer.render_conversation(
+            messages, add_generation_prompt=True, assistant_prefix=THINK_PREFIX if thinking else NO_THINK_PREFIX)
+        return ids
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, num_beams: int | None = None,
+                  thinking: bool = False, user_texts: Sequence[str | None] | None = None,
+                  earlier_turns: Sequence[Sequence[Message]] | None = None,
+                  exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = 160,
+                  sample: bool = False, temperature: float = 1.0, batch_size: int = 16) -> list[Recommendation]:
+        """Top-``k`` items for each history (history items and ``exclude`` never recommended)."""
+        n = len(histories)
+        user_texts = user_texts or [None] * n
+        earlier_turns = earlier_turns or [()] * n
+        excludes = [set(h) | (set(exclude[i]) if exclude else set()) for i, h in enumerate(histories)]
+        prompts = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], thinking) for i in range(n)]
+        results = [Recommendation(items=[], prompt_tokens=len(p)) for p in prompts]
+        item_prompts = prompts
+        if thinking:
+            started = time.perf_counter()
+            generated = generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes,
+                                           max_reasoning_tokens, do_sample=sample, temperature=temperature,
+                                           batch_size=max(batch_size, 16))
+            share = (time.perf_counter() - started) / max(n, 1)
+            item_prompts = []
+            for i, reasoning in enumerate(generated):
+                body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+                text = self.tokenizer.decode(body)
+                results[i].reasoning, results[i].levels = text, parse_reasoning(text)
+                results[i].reasoning_tokens = len(reasoning)
+                results[i].seconds["reasoning"] = share
+                item_prompts.append(prompts[i] + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id])
+        started = time.perf_counter()
+        ranked = beam_search_items(self.model, item_prompts, self.trie, excludes, self.tokenizer.pad_id,
+                                   k=k, num_beams=num_beams, batch_size=batch_size)
+        share = (time.perf_counter() - started) / max(n, 1)
+        for result, items in zip(results, ranked):
+            result.items = items
+            result.seconds["items"] = share
+        return results

@@ -1,0 +1,163 @@
+"""Full-catalog leave-one-out evaluation, every method side by side on the same split:
+``popularity``, ``sasrec``, ``thinkrec`` (no reasoning, beam search over SID steps) and
+``thinkrec-think`` (three-level reasoning first, then the same beam search).
+
+    thinkrec eval --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --split test \
+        --json results/test.json
+
+Writes OUT (JSON: {"split", "num_users", "results": {name: {"hr@K", "ndcg@K", "invalid_rate", ...}}}),
+OUT with .md (a markdown table) and .png (a bar chart). History items are excluded from every
+ranking. ``invalid_rate`` counts generated SIDs that are not catalog items (0 under the trie).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from training.metrics import hit_ndcg
+
+KS = (1, 5, 10, 20)
+METHODS = ("popularity", "sasrec", "thinkrec", "thinkrec-think")
+
+
+@dataclass
+class EvalArgs:
+    data: str = "artifacts/ml-100k"
+    checkpoint: str = "checkpoints/ml-100k-tiny/sft"
+    split: str = "test"
+    json: str | None = None
+    methods: str = ",".join(METHODS)
+    num_beams: int = 20
+    max_users: int = 0                  # 0: every user of the split
+    batch_size: int = 16
+    max_reasoning_tokens: int = 160
+    sasrec: str | None = None           # a saved SASRec; trained (and saved beside the checkpoint) if missing
+    sasrec_epochs: int = 200
+    seed: int = 0
+
+
+def _rows(view, split: str, max_users: int) -> list[dict]:
+    rows = {"valid": view.valid, "test": view.test}[split]
+    return rows[:max_users] if max_users else rows
+
+
+def _sasrec(view, args: EvalArgs):
+    from training.sasrec import SASRecConfig, SASRecModel, train_sasrec
+
+    path = Path(args.sasrec) if args.sasrec else Path(args.checkpoint).parent / "sasrec.pt"
+    if path.exists():
+        return SASRecModel.load(path)
+    model = train_sasrec(list(view.items), [r["item_ids"] for r in view.train],
+                         [(r["history"], r["target"]) for r in view.valid],
+                         SASRecConfig(epochs=args.sasrec_epochs, seed=args.seed))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model
+
+
+def _score(ranked: list[list[str]], rows: list[dict], seconds: float, catalog: set[str], extra: dict | None = None) -> dict:
+    metrics = hit_ndcg(ranked, [r["target"] for r in rows], KS)
+    generated = sum(len(r) for r in ranked)
+    invalid = sum(1 for r in ranked for item in r if item not in catalog)
+    repeats = sum(len(r) - len(set(r)) for r in ranked)
+    seen = sum(1 for r, row in zip(ranked, rows) for item in r if item in set(row["history"]))
+    return {**{k: round(v, 5) for k, v in metrics.items()},
+            "invalid_rate": invalid / max(generated, 1), "repeat_rate": repeats / max(generated, 1),
+            "seen_rate": seen / max(generated, 1), "seconds": round(seconds, 1),
+            "users_per_s": round(len(rows) / max(seconds, 1e-9), 2),
+            "items_per_s": round(generated / max(seconds, 1e-9), 1), **(extra or {})}
+
+
+def run(args: EvalArgs) -> dict:
+    import torch
+
+    from engine.checkpoint import load_checkpoint
+    from engine.recommender import Recommender
+    from training.dataset_view import DatasetView
+    from training.popularity import PopularityRecommender
+
+    torch.manual_seed(args.seed)
+    view = DatasetView.load(args.data)
+    rows = _rows(view, args.split, args.max_users)
+    histories = [r["history"] for r in rows]
+    catalog = set(view.items)
+    k = max(KS)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise ValueError(f"unknown methods {sorted(unknown)} (choose from {', '.join(METHODS)})")
+    results = {}
+    if "popularity" in methods:
+        started = time.perf_counter()
+        # Before the test target the model may know everything up to the valid target.
+        extra = [r["target"] for r in view.valid] if args.split == "test" else []
+        ranked = PopularityRecommender().fit(view.train, extra).recommend_batch(histories, k)
+        results["popularity"] = _score(ranked, rows, time.perf_counter() - started, catalog)
+    if "sasrec" in methods:
+        model = _sasrec(view, args)
+        started = time.perf_counter()
+        ranked = model.recommend_batch(histories, k)
+        results["sasrec"] = _score(ranked, rows, time.perf_counter() - started, catalog)
+    thinking_modes = [(m, m == "thinkrec-think") for m in ("thinkrec", "thinkrec-think") if m in methods]
+    if thinking_modes:
+        model, tokenizer, meta = load_checkpoint(args.checkpoint, args.data)
+        recommender = Recommender(model, tokenizer, view.codes)
+        for name, thinking in thinking_modes:
+            started = time.perf_counter()
+            answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
+                                            max_reasoning_tokens=args.max_reasoning_tokens,
+                                            batch_size=args.batch_size)
+            seconds = time.perf_counter() - started
+            ranked = [[str(i.item_id) for i in a.items] for a in answers]
+            extra = {"checkpoint": args.checkpoint, "stage": meta.stage}
+            if thinking:
+                from engine.prompt import well_formed
+                extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)
+                extra["mean_reasoning_tokens"] = sum(a.reasoning_tokens for a in answers) / max(len(answers), 1)
+                extra["example_reasoning"] = answers[0].levels if answers else {}
+            results[name] = _score(ranked, rows, seconds, catalog, extra)
+    report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
+              "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
+    if args.json:
+        write_report(report, Path(args.json))
+    print(markdown_table(report))
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    columns = [f"{m}@{k}" for k in KS for m in ("hr", "ndcg")] + ["invalid_rate", "users_per_s"]
+    lines = [f"split `{report['split']}`, {report['num_users']} users, {report['num_items']} items, "
+             "full-catalog ranking, history excluded", "",
+             "| method | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, values in report["results"].items():
+        cells = [f"{values[c]:.4f}" if c != "users_per_s" else f"{values[c]:.1f}" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown_table(report) + "\n")
+    names = list(report["results"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric in zip(axes, ("hr", "ndcg")):
+        width = 0.8 / max(len(names), 1)
+        for i, name in enumerate(names):
+            values = [report["results"][name][f"{metric}@{k}"] for k in KS]
+            ax.bar([x + i * width for x in range(len(KS))], values, width, label=name)
+        ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(KS))], [f"@{k}" for k in KS])
+        ax.set_title(f"{metric.upper()} ({report['split']}, {report['num_users']} users)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=110)
+    plt.close(fig)

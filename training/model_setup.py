@@ -1,0 +1,57 @@
+"""Building the model a stage trains (a preset from scratch, or a local pretrained base with
+optional LoRA) and saving it as a self-contained checkpoint folder.
+
+LoRA keeps the new token embeddings and the output head fully trainable (``modules_to_save``):
+plain LoRA would leave the added SID and control tokens untrained. Checkpoints are saved merged,
+so transformers and vLLM load them as ordinary models.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from engine.checkpoint import CheckpointMeta
+from engine.tokenizer import ThinkrecTokenizer
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_model(tokenizer: ThinkrecTokenizer, preset: str | None, base_model: str | None, lora: bool,
+               lora_rank: int = 16, seed: int = 0, gradient_checkpointing: bool = False):
+    from training.presets import load_base_model, new_model
+
+    if base_model:
+        model = load_base_model(base_model, len(tokenizer))
+        model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_id, tokenizer.end_id
+    else:
+        model = new_model(preset or "tiny", len(tokenizer), tokenizer.pad_id, tokenizer.end_id, seed)
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if lora:
+        model = wrap_lora(model, lora_rank)
+    return model
+
+
+def wrap_lora(model, rank: int = 16):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules=LORA_TARGETS,
+                        modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def save_checkpoint(model, tokenizer: ThinkrecTokenizer, meta: CheckpointMeta, out: Path,
+                    keep: tuple[str, ...] = ("loss_curve.png", "train_log.jsonl")) -> Path:
+    """Write model (LoRA merged), tokenizer and thinkrec.json to ``out``; drop resume state."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.generation_config.pad_token_id = tokenizer.pad_id
+    model.generation_config.eos_token_id = tokenizer.end_id
+    model.save_pretrained(str(out))
+    tokenizer.save(out)
+    meta.save(out)
+    shutil.rmtree(out / "trainer_state", ignore_errors=True)
+    return out

@@ -1,0 +1,94 @@
+"""Stage 1 — perception / itemic alignment pre-training: item tokens come to mean their titles and
+attributes, and user histories become predictable, before any reasoning is taught.
+
+    thinkrec train pretrain --data artifacts/ml-100k --out checkpoints/ml-100k-tiny/pretrain --preset tiny
+    python -m training.pretrain --data artifacts/ml-100k --out ...
+
+From scratch (``--preset``) the BPE tokenizer is trained here on the dataset's text; with
+``--base-model PATH`` the base's tokenizer is extended with thinkrec's tokens instead.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.checkpoint import CheckpointMeta
+from engine.tokenizer import ThinkrecTokenizer
+
+
+@dataclass
+class PretrainArgs:
+    data: str = "artifacts/ml-100k"
+    out: str = "checkpoints/ml-100k-tiny/pretrain"
+    preset: str = "tiny"
+    base_model: str | None = None       # a local pretrained model folder (then preset is ignored)
+    lora: bool = False                  # LoRA on the base (embeddings and head fully trained)
+    lora_rank: int = 16
+    vocab_size: int = 4096              # BPE size when training from scratch
+    epochs: float = 2.0
+    lr: float = 3e-3
+    batch_tokens: int = 6144
+    grad_accum: int = 1
+    max_len: int = 512
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 200
+    max_steps: int = 0                  # stop after this many steps (0: run all epochs)
+
+
+def build_examples(view, tokenizer, seed: int):
+    from training.tasks import ItemQA, ItemText, ItemToText, Persona, TextToItem, UserSequence
+
+    rng = random.Random(seed)
+    examples = []
+    for task in (ItemToText, TextToItem, ItemQA, UserSequence, Persona, ItemText):
+        examples += task(tokenizer, view).build(rng)
+    return examples
+
+
+def make_tokenizer(view, teacher, args) -> ThinkrecTokenizer:
+    from training.tasks import tokenizer_corpus
+
+    levels, size = view.manifest.sid.levels, view.manifest.sid.codebook_size
+    if args.base_model:
+        return ThinkrecTokenizer.from_base_model(args.base_model, levels, size)
+    return ThinkrecTokenizer.train(tokenizer_corpus(view, teacher, seed=args.seed), levels, size, args.vocab_size)
+
+
+def run(args: PretrainArgs) -> Path:
+    from training.dataset_view import DatasetView
+    from training.model_setup import make_model, save_checkpoint
+    from training.teacher import DeterministicTeacher
+    from training.trainer import TrainArgs, train
+
+    view = DatasetView.load(args.data)
+    teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
+    tokenizer = make_tokenizer(view, teacher, args)
+    examples = build_examples(view, tokenizer, args.seed)
+    print(f"pretrain: {len(examples):,} examples, {sum(len(e.ids) for e in examples):,} tokens, "
+          f"vocab {len(tokenizer):,}")
+    model = make_model(tokenizer, args.preset, args.base_model, args.lora, args.lora_rank, args.seed,
+                       args.gradient_checkpointing)
+    train_args = TrainArgs(epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
+                           grad_accum=args.grad_accum, max_len=args.max_len, precision=args.precision,
+                           seed=args.seed, save_every=args.save_every, max_steps=args.max_steps)
+    summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="pretrain")
+    meta = CheckpointMeta(stage="pretrain", dataset=view.manifest.dataset,
+                          dataset_fingerprint=view.manifest.fingerprint, sid_levels=view.manifest.sid.levels,
+                          sid_codebook_size=view.manifest.sid.codebook_size,
+                          preset=None if args.base_model else args.preset, base_model=args.base_model,
+                          lora=args.lora, args=asdict(args), steps=summary["steps"],
+                          train_seconds=summary["seconds"], final_loss=summary["final_loss"])
+    save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
+    print(f"pretrain: {summary['steps']} steps in {summary['seconds']:.0f} s "
+          f"({summary['tokens_per_s']:.0f} tokens/s), final loss {summary['final_loss']:.3f} -> {args.out}")
+    return Path(args.out)
+
+
+if __name__ == "__main__":
+    from app.cli import app
+
+    app(["train", "pretrain", *__import__("sys").argv[1:]])

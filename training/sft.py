@@ -1,0 +1,115 @@
+"""Stage 2 — supervised fine-tuning on three-level chain-of-thought recommendations, the same
+positions without reasoning (empty think block), and dialogue steering; a slice of the alignment
+tasks is replayed so perception is not forgotten.
+
+    thinkrec train sft --data artifacts/ml-100k --init checkpoints/ml-100k-tiny/pretrain \
+        --out checkpoints/ml-100k-tiny/sft
+    thinkrec train sft ... --teacher my_module:make_chat_model   # a LangChain chat model writes rationales
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from engine.checkpoint import CheckpointMeta
+
+
+@dataclass
+class SFTArgs:
+    data: str = "artifacts/ml-100k"
+    init: str = "checkpoints/ml-100k-tiny/pretrain"
+    out: str = "checkpoints/ml-100k-tiny/sft"
+    teacher: str | None = None          # "module:factory" returning a langchain BaseChatModel
+    positions_per_user: int = 2         # next-item positions per user (each: with and without CoT)
+    replay: float = 0.2                 # share of alignment examples mixed back in
+    lora: bool = False
+    lora_rank: int = 16
+    epochs: float = 2.0
+    lr: float = 1.5e-3
+    batch_tokens: int = 6144
+    grad_accum: int = 1
+    max_len: int = 512
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    save_every: int = 200
+    max_steps: int = 0
+
+
+def load_teacher(spec: str | None, view):
+    from training.teacher import DeterministicTeacher
+
+    base = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
+    if not spec:
+        return base
+    from training.langchain_teacher import LangChainTeacher
+
+    module, _, factory = spec.partition(":")
+    if not factory:
+        raise ValueError(f"--teacher must look like module:factory, got '{spec}'")
+    return LangChainTeacher(getattr(importlib.import_module(module), factory)(), base)
+
+
+def build_examples(view, tokenizer, teacher, args: SFTArgs):
+    from training.pretrain import build_examples as alignment_examples
+    from training.tasks import DialogueSteering, NextItemCoT
+
+    rng = random.Random(args.seed)
+    examples = NextItemCoT(tokenizer, view, teacher, args.positions_per_user).build(rng)
+    examples += DialogueSteering(tokenizer, view, teacher).build(rng)
+    replay = alignment_examples(view, tokenizer, args.seed)
+    examples += rng.sample(replay, int(len(replay) * args.replay))
+    return examples
+
+
+def run(args: SFTArgs) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from engine.checkpoint import check_matches
+    from engine.tokenizer import ThinkrecTokenizer
+    from training.dataset_view import DatasetView
+    from training.model_setup import save_checkpoint, wrap_lora
+    from training.trainer import TrainArgs, train
+
+    view = DatasetView.load(args.data)
+    parent = CheckpointMeta.load(Path(args.init))
+    check_matches(parent, view.manifest, Path(args.init), Path(args.data))
+    tokenizer = ThinkrecTokenizer.load(args.init)
+    torch.manual_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(args.init, local_files_only=True)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if args.lora:
+        model = wrap_lora(model, args.lora_rank)
+    teacher = load_teacher(args.teacher, view)
+    examples = build_examples(view, tokenizer, teacher, args)
+    counts = {}
+    for e in examples:
+        counts[e.task] = counts.get(e.task, 0) + 1
+    print(f"sft: {len(examples):,} examples ({counts}), {sum(len(e.ids) for e in examples):,} tokens")
+    train_args = TrainArgs(epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens, warmup_steps=20,
+                           grad_accum=args.grad_accum, max_len=args.max_len, precision=args.precision,
+                           seed=args.seed, save_every=args.save_every, max_steps=args.max_steps)
+    summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="sft")
+    meta = parent.model_copy(update={
+        "stage": "sft", "parent": str(args.init), "args": asdict(args), "steps": summary["steps"],
+        "created_at": CheckpointMeta.model_fields["created_at"].default_factory(),
+        "train_seconds": summary["seconds"], "final_loss": summary["final_loss"], "lora": args.lora,
+        "history": parent.history + [{"stage": parent.stage, "args": parent.args, "steps": parent.steps,
+                                      "train_seconds": parent.train_seconds}]})
+    if hasattr(teacher, "fallbacks"):
+        meta.args["teacher_fallbacks"] = dict(teacher.fallbacks)
+    save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
+    print(f"sft: {summary['steps']} steps in {summary['seconds']:.0f} s "
+          f"({summary['tokens_per_s']:.0f} tokens/s), final loss {summary['final_loss']:.3f} -> {args.out}")
+    return Path(args.out)
+
+
+if __name__ == "__main__":
+    from app.cli import app
+
+    app(["train", "sft", *__import__("sys").argv[1:]])

@@ -1,0 +1,92 @@
+"""Glue between the CLI and the stage scripts: ``train all`` (pretrain then SFT), the SASRec
+baseline, and error handling that turns known failures into one clear line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from training.evaluate import EvalArgs
+from training.pretrain import PretrainArgs
+from training.sft import SFTArgs
+
+
+@dataclass
+class AllArgs:
+    data: str = "artifacts/ml-100k"
+    out: str = "checkpoints/ml-100k-tiny"   # pretrain/ and sft/ are written inside
+    preset: str = "tiny"
+    base_model: str | None = None           # a local pretrained model folder instead of a preset
+    lora: bool = False
+    pretrain_epochs: float = 2.0
+    sft_epochs: float = 2.0
+    precision: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class BaselineArgs:
+    data: str = "artifacts/ml-100k"
+    out: str = "checkpoints/ml-100k-tiny/sasrec.pt"
+    epochs: int = 200                       # upper bound; early stopping on valid NDCG@10
+    seed: int = 0
+
+
+def _guard(run, args):
+    from data.records import DataFormatError
+    from engine.checkpoint import CheckpointMismatch
+
+    try:
+        return run(args)
+    except (CheckpointMismatch, FileNotFoundError, DataFormatError, ValueError) as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(1)
+
+
+def run_pretrain(args: PretrainArgs):
+    from training import pretrain
+
+    return _guard(pretrain.run, args)
+
+
+def run_sft(args: SFTArgs):
+    from training import sft
+
+    return _guard(sft.run, args)
+
+
+def run_all(args: AllArgs):
+    out = Path(args.out)
+    pre = PretrainArgs(data=args.data, out=str(out / "pretrain"), preset=args.preset, base_model=args.base_model,
+                       lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed)
+    sft = SFTArgs(data=args.data, init=str(out / "pretrain"), out=str(out / "sft"), lora=args.lora,
+                  epochs=args.sft_epochs, precision=args.precision, seed=args.seed)
+    run_pretrain(pre)
+    return run_sft(sft)
+
+
+def run_baseline(args: BaselineArgs):
+    def train(args: BaselineArgs):
+        from training.dataset_view import DatasetView
+        from training.sasrec import SASRecConfig, train_sasrec
+
+        view = DatasetView.load(args.data)
+        model = train_sasrec(list(view.items), [r["item_ids"] for r in view.train],
+                             [(r["history"], r["target"]) for r in view.valid],
+                             SASRecConfig(epochs=args.epochs, seed=args.seed))
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        model.save(args.out)
+        print(f"sasrec: best valid epoch {model.best_epoch} -> {args.out}")
+        return Path(args.out)
+
+    return _guard(train, args)
+
+
+def run_eval(args: EvalArgs):
+    from training import evaluate
+
+    return _guard(evaluate.run, args)
+
+

@@ -1,0 +1,296 @@
+"""Training corpora, one class per task. Each turns a dataset view into token examples with a loss
+mask, through the same prompt layout (engine/prompt.py) the engine serves with.
+
+Perception / itemic alignment (pre-training): an item token means its title and attributes.
+  ItemToText      SID -> "Title (year). Genres: ..."
+  TextToItem      title and attributes -> SID
+  ItemQA          year / genres of an SID
+  UserSequence    a user's items in time order, every next item a target (history -> next SID)
+  Persona         user attributes interleaved with their items and their taste in words
+  ItemText        plain item text (keeps the language side)
+Reasoning (SFT):
+  NextItemCoT     history -> three-level reasoning -> next item; and the same positions without
+                  reasoning (empty think block), so one model serves both modes
+  DialogueSteering a request ("a 90s comedy", "no more horror", "more like <title>"), sometimes after
+                  a rejected first suggestion; the reasoning folds the request in and the item
+                  satisfies it (requests are built from the target's attributes, so they are)
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from engine.prompt import (answer_text, earlier_assistant_turn, item_span, recommendation_messages)
+from engine.tokenizer import Message, ThinkrecTokenizer
+from training.dataset_view import DatasetView
+from training.teacher import DeterministicTeacher, Request, decade_of
+from training.trainer import Example
+
+ASKS = ["What should I watch next?", "Recommend something for me.", "Any suggestion for tonight?",
+        "What would I like next?", "Pick my next one."]
+
+
+def _decade_words(decade: int) -> str:
+    return f"{decade}s" if decade < 1900 else f"{str(decade)[2:]}s"
+
+
+@dataclass
+class Task:
+    tokenizer: ThinkrecTokenizer
+    view: DatasetView
+
+    name = "task"
+
+    def chat(self, messages: list[Message]) -> Example:
+        ids, mask = self.tokenizer.render_conversation(messages)
+        return Example(ids, mask, self.name)
+
+    def span(self, item_id: str) -> str:
+        return item_span(self.view.codes[item_id])
+
+
+class ItemToText(Task):
+    name = "item_to_text"
+
+    def build(self, rng: random.Random) -> list[Example]:
+        word = "Genres" if self.view.category_word == "genre" else "Categories"
+        out = []
+        for item in self.view.items.values():
+            facts = f"{item.label()}. {word}: {', '.join(item.categories) or 'none'}."
+            out.append(self.chat([Message("user", f"What is {self.span(item.item_id)}?"),
+                                  Message("assistant", facts)]))
+        return out
+
+
+class TextToItem(Task):
+    name = "text_to_item"
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        for item in self.view.items.values():
+            hint = f" ({', '.join(item.categories[:2])})" if item.categories else ""
+            out.append(self.chat([Message("user", f"Which item is {item.label()}{hint}?"),
+                                  Message("assistant", self.span(item.item_id))]))
+        return out
+
+
+class ItemQA(Task):
+    name = "item_qa"
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        for item in self.view.items.values():
+            span = self.span(item.item_id)
+            if item.year:
+                out.append(self.chat([Message("user", f"When was {span} released?"),
+                                      Message("assistant", f"In {item.year}, the {_decade_words(decade_of(item.year))}.")]))
+            if item.categories:
+                out.append(self.chat([Message("user", f"Which {self.view.category_word}s does {span} have?"),
+                                      Message("assistant", ", ".join(item.categories) + ".")]))
+        return out
+
+
+class UserSequence(Task):
+    """A user's training items as one sequence; the loss covers every item after the first, so
+    one example teaches next-item prediction at every position (like SASRec's training)."""
+
+    name = "user_sequence"
+    chunk: int = 50
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        prefix = self.tokenizer.encode("History:")
+        for row in self.view.train:
+            items = row["item_ids"]
+            for start in range(0, len(items), self.chunk):
+                part = items[max(0, start - 5):start + self.chunk]   # a little overlap for context
+                if len(part) < 2:
+                    continue
+                ids, mask = list(prefix), [0] * len(prefix)
+                for position, item_id in enumerate(part):
+                    span = self.tokenizer.item_ids(self.view.codes[item_id])
+                    ids += span
+                    mask += [0 if position == 0 else 1] * len(span)
+                out.append(Example(ids, mask, self.name))
+        return out
+
+
+def taste_words(view: DatasetView, item_ids: list[str], top: int = 3) -> str:
+    counts = Counter(c for i in item_ids for c in view.items[i].categories)
+    decades = Counter(decade_of(view.items[i].year) for i in item_ids if view.items[i].year)
+    words = ", ".join(c for c, _ in counts.most_common(top)) or "varied items"
+    era = f", mostly from the {_decade_words(decades.most_common(1)[0][0])}" if decades else ""
+    return f"Mostly {words}{era}."
+
+
+class Persona(Task):
+    name = "persona"
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        for row in self.view.train:
+            items = row["item_ids"][-20:]
+            if len(items) < 3:
+                continue
+            user = self.view.users.get(row["user_id"], {})
+            who = " ".join(f"{k}: {v}." for k, v in user.items() if v) or "Unknown profile."
+            text = f"Viewer. {who} Recently: " + "".join(self.span(i) for i in items)
+            out.append(self.chat([Message("user", f"Describe this viewer. {text}"),
+                                  Message("assistant", taste_words(self.view, items))]))
+        return out
+
+
+class ItemText(Task):
+    name = "item_text"
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        for item in self.view.items.values():
+            ids = self.tokenizer.encode(item.label() + ". " + ", ".join(item.categories) + ".")
+            out.append(Example(ids, [0] + [1] * (len(ids) - 1), self.name))
+        return out
+
+
+@dataclass
+class Position:
+    user_id: str
+    history: list[str]
+    timestamps: list[float]
+    target: str
+
+
+def training_positions(view: DatasetView, per_user: int, min_history: int = 3) -> list[Position]:
+    """The last ``per_user`` next-item positions of each user's training sequence."""
+    positions = []
+    for row in view.train:
+        items, times = row["item_ids"], row["timestamps"]
+        for cut in range(len(items) - 1, max(min_history, len(items) - per_user) - 1, -1):
+            positions.append(Position(row["user_id"], items[:cut], times[:cut], items[cut]))
+    return positions
+
+
+class NextItemCoT(Task):
+    name = "next_item"
+    per_user: int = 2
+    history_items: int = 20
+
+    def __init__(self, tokenizer, view, teacher: DeterministicTeacher, per_user: int = 2):
+        super().__init__(tokenizer, view)
+        self.teacher, self.per_user = teacher, per_user
+
+    def messages(self, position: Position, user_text: str | None = None) -> list[Message]:
+        history = [self.view.codes[i] for i in position.history]
+        return recommendation_messages(history, user_text, max_items=self.history_items)
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        for position in training_positions(self.view, self.per_user):
+            r = self.teacher.rationale(position.history, position.timestamps, target=position.target)
+            levels = {"derivation": r.derivation, "evolution": r.evolution, "recommendation": r.recommendation}
+            ask = rng.choice(ASKS)
+            target = [self.view.codes[position.target]]
+            think = self.chat(self.messages(position, ask) + [Message("assistant", answer_text(levels, target))])
+            plain = self.chat(self.messages(position, ask) + [Message("assistant", answer_text(None, target))])
+            think.task, plain.task = "cot", "no_think"
+            out += [think, plain]
+        return out
+
+
+class DialogueSteering(NextItemCoT):
+    name = "dialogue"
+
+    def request_for(self, position: Position, rng: random.Random) -> Request | None:
+        """A request the real next item satisfies, built from its attributes."""
+        target = self.view.items[position.target]
+        decade = decade_of(target.year)
+        genres = list(target.categories)
+        recent = Counter(c for i in position.history[-10:] for c in self.view.items[i].categories)
+        avoidable = [g for g, _ in recent.most_common() if g not in genres]
+        kinds = ["genre"] * bool(genres) + ["decade"] * bool(decade) + ["both"] * bool(genres and decade) \
+            + ["avoid"] * bool(avoidable) + ["like"] * (len(position.history) >= 3)
+        if not kinds:
+            return None
+        kind = rng.choice(kinds)
+        genre = rng.choice(genres) if genres else ""
+        if kind == "genre":
+            text = rng.choice(["Something {g} please.", "I'm in the mood for {g}.", "Any good {g}?"]).format(g=genre.lower())
+            return Request(text, categories=(genre,))
+        if kind == "decade":
+            text = rng.choice(["Something from the {d}?", "Any {d} movies?", "I want something {d}."]).format(d=_decade_words(decade))
+            return Request(text, decade=decade)
+        if kind == "both":
+            text = rng.choice(["A {d} {g} please.", "Give me {g} from the {d}."]).format(d=_decade_words(decade), g=genre.lower())
+            return Request(text, categories=(genre,), decade=decade)
+        if kind == "avoid":
+            avoid = avoidable[0]
+            text = rng.choice(["No more {a}, please.", "Enough {a} for now.", "Nothing {a} this time."]).format(a=avoid.lower())
+            return Request(text, avoid=(avoid,))
+        anchor = self._closest_history_item(position)
+        return Request(f"More like {self.view.items[anchor].title}.", like_title=self.view.items[anchor].title)
+
+    def _closest_history_item(self, position: Position) -> str:
+        target_vector = self.view.embeddings[self.view.items[position.target].row]
+        recent = position.history[-20:]
+        sims = self.view.embeddings[[self.view.items[i].row for i in recent]] @ target_vector
+        return recent[int(sims.argmax())]
+
+    def _decoy(self, position: Position, request: Request, rng: random.Random) -> str | None:
+        """A first suggestion the user turns down: fits the request, is not the target or seen."""
+        seen = set(position.history) | {position.target}
+        pool = list(self.view.items)
+        for _ in range(50):
+            item = self.view.items[rng.choice(pool)]
+            if item.item_id in seen:
+                continue
+            if request.categories and not set(request.categories) & set(item.categories):
+                continue
+            if request.avoid and set(request.avoid) & set(item.categories):
+                continue
+            return item.item_id
+        return None
+
+    def build(self, rng: random.Random) -> list[Example]:
+        out = []
+        for position in training_positions(self.view, 1):
+            request = self.request_for(position, rng)
+            if request is None:
+                continue
+            target = [self.view.codes[position.target]]
+            earlier: list[Message] = []
+            user_text = request.text
+            decoy = self._decoy(position, request, rng) if rng.random() < 0.3 else None
+            if decoy:
+                # Two turns: a suggestion the user turns down, then the real one.
+                earlier = [Message("user", request.text, trusted=False),
+                           earlier_assistant_turn([self.view.codes[decoy]])]
+                user_text = rng.choice(["Not that one, I've seen it.", "Something else please.",
+                                        "No, another one."])
+                request = Request(f"{request.text} {user_text}", request.categories, request.decade,
+                                  request.avoid, request.like_title)
+            thinking = rng.random() < 0.6
+            levels = None
+            if thinking:
+                r = self.teacher.rationale(position.history, position.timestamps, target=position.target, request=request)
+                levels = {"derivation": r.derivation, "evolution": r.evolution, "recommendation": r.recommendation}
+            history = [self.view.codes[i] for i in position.history]
+            messages = recommendation_messages(history, user_text, earlier, self.history_items)
+            out.append(self.chat(messages + [Message("assistant", answer_text(levels, target))]))
+        return out
+
+
+def tokenizer_corpus(view: DatasetView, teacher: DeterministicTeacher, sample_users: int = 300, seed: int = 0) -> list[str]:
+    """Text the BPE is trained on: item text, prompt wording and a sample of rationales."""
+    rng = random.Random(seed)
+    texts = [f"{i.label()}. {', '.join(i.categories)}." for i in view.items.values()]
+    texts += ASKS + ["History:", "Describe this viewer.", "What is", "Which item is", "When was", "released?"]
+    from engine.prompt import SYSTEM_TEXT
+    texts.append(SYSTEM_TEXT)
+    rows = rng.sample(view.train, min(sample_users, len(view.train)))
+    for row in rows:
+        if len(row["item_ids"]) < 4:
+            continue
+        r = teacher.rationale(row["item_ids"][:-1], row["timestamps"][:-1], target=row["item_ids"][-1])
+        texts += [r.derivation, r.evolution, r.recommendation]
+    return texts * 3
