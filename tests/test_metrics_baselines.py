@@ -10,7 +10,13 @@ import torch
 
 from training.metrics import evaluate_rows, hit_ndcg, rank_of
 from training.popularity import PopularityRecommender
-from training.sasrec import SASRecConfig, SASRecModel, train_sasrec, training_windows
+from training.sasrec import (
+    SASRecConfig,
+    SASRecModel,
+    SASRecNetwork,
+    train_sasrec,
+    training_windows,
+)
 
 # --------------------------------------------------------------------------- metrics
 
@@ -76,7 +82,7 @@ def test_popularity_extra_items_change_the_order():
 NUM_ITEMS = 20
 CATALOG = [f"i{n}" for n in range(NUM_ITEMS)]
 TINY = SASRecConfig(max_len=10, hidden=32, blocks=1, heads=1, dropout=0.1, lr=5e-3,
-                    batch_size=32, epochs=40, eval_every=10, patience=3, seed=0)
+                    batch_size=32, epochs=20, eval_every=10, patience=3, seed=0)
 
 
 def cyclic_users(num_users: int = 60, length: int = 8, seed: int = 0) -> list[list[str]]:
@@ -108,7 +114,9 @@ def test_training_windows_cover_every_transition_once():
     real_targets = targets[targets != 0].tolist()
     assert sorted(real_targets) == list(range(2, 16))                 # items i1..i14 as rows 2..15
     assert inputs.shape == targets.shape == (3, 6)
-    assert torch.equal(inputs[:, 1:], targets[:, :-1])               # targets are inputs shifted by one
+    shifted = targets[:, :-1] != 0                                   # targets are inputs shifted by one
+    assert torch.equal(inputs[:, 1:][shifted], targets[:, :-1][shifted])
+    assert torch.equal((inputs != 0), (targets != 0))                # each real input has a target
 
 
 def test_sasrec_learns_cyclic_next_item(cyclic_model):
@@ -152,3 +160,16 @@ def test_sasrec_same_seed_same_recommendations():
     other = train_sasrec(CATALOG, users, None, SASRecConfig(**{**TINY.__dict__, "epochs": 5, "seed": 1}),
                          progress=False, device="cpu")
     assert not torch.equal(first.network.item_embedding.weight, other.network.item_embedding.weight)
+
+
+def test_sasrec_is_causal_and_ignores_padding():
+    torch.manual_seed(0)
+    network = SASRecNetwork(NUM_ITEMS, TINY).eval()
+    rows = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8, 9, 10]])
+    changed = rows.clone()
+    changed[0, -1] = 15                                   # a different last item
+    with torch.no_grad():
+        before, after = network(rows), network(changed)
+    assert torch.allclose(before[0, :-1], after[0, :-1])  # earlier positions never see later items
+    assert not torch.allclose(before[0, -1], after[0, -1])
+    assert torch.isfinite(before).all()                   # padded queries give no NaN

@@ -206,9 +206,10 @@ def training_windows(sequences: list[list[str]], item_row: dict[str, int],
 
 
 def train_sasrec(item_ids: list[str], train_sequences: list[list[str]],
-                 valid: list[tuple[list[str], str]] | None, config: SASRecConfig = SASRecConfig(),
+                 valid: list[tuple[list[str], str]] | None, config: SASRecConfig | None = None,
                  progress: bool = True, device: str | torch.device | None = None) -> SASRecModel:
     """Train on sequences (catalog order = item_ids); early-stop on (history, target) pairs if given."""
+    config = config or SASRecConfig()
     torch.manual_seed(config.seed)
     device = torch.device(device) if device is not None else default_device()
     network = SASRecNetwork(len(item_ids), config).to(device)
@@ -218,19 +219,22 @@ def train_sasrec(item_ids: list[str], train_sequences: list[list[str]],
     shuffle = torch.Generator().manual_seed(config.seed)
 
     best_ndcg, best_state, evals_without_gain = -1.0, None, 0
+    postfix: dict[str, str] = {}
     bar = tqdm(range(1, config.epochs + 1), desc="sasrec", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         network.train()
         total_loss, total_batches = 0.0, 0
         for batch in torch.randperm(len(inputs), generator=shuffle).split(config.batch_size):
             batch_inputs, batch_targets = inputs[batch].to(device), targets[batch].to(device)
-            logits = network.item_scores(network(batch_inputs))
-            loss = F.cross_entropy(logits.flatten(0, 1), batch_targets.flatten(), ignore_index=PAD)
+            # Score only real positions: the full softmax is most of the cost, padding a fifth of it.
+            is_target = batch_targets != PAD
+            logits = network.item_scores(network(batch_inputs)[is_target])
+            loss = F.cross_entropy(logits, batch_targets[is_target])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss, total_batches = total_loss + loss.item(), total_batches + 1
-        postfix = {"loss": f"{total_loss / total_batches:.4f}"}
+        postfix["loss"] = f"{total_loss / total_batches:.4f}"
 
         if valid and (epoch % config.eval_every == 0 or epoch == config.epochs):
             ranked = model.recommend_batch([history for history, _ in valid], 10)
@@ -242,11 +246,9 @@ def train_sasrec(item_ids: list[str], train_sequences: list[list[str]],
             else:
                 evals_without_gain += 1
             postfix["valid_ndcg@10"] = f"{ndcg:.4f}"
-            bar.set_postfix(postfix)
-            if evals_without_gain >= config.patience:
-                break
-        else:
-            bar.set_postfix(postfix, refresh=False)
+        bar.set_postfix(postfix)
+        if evals_without_gain >= config.patience:
+            break
     bar.close()
 
     if best_state is not None:

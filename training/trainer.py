@@ -38,7 +38,7 @@ class TrainArgs:
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     max_len: int = 512
-    precision: str = "auto"         # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"         # auto (bf16 where the GPU or CPU has native bf16) | fp32 | bf16
     seed: int = 0
     save_every: int = 200           # optimizer steps between resumable checkpoints (0: never)
     log_every: int = 10
@@ -75,6 +75,17 @@ def collate(examples: Sequence[Example], pad_id: int, max_len: int) -> dict[str,
         attention[row, :len(seq)] = 1
         labels[row, :len(seq)] = torch.tensor([t if m else -100 for t, m in zip(seq, mask)])
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def bf16_native() -> bool:
+    """bf16 autocast pays off on GPUs with bf16 and on CPUs with AVX512-BF16/AMX (~1.35x measured
+    on 2 EPYC cores); elsewhere it would be emulated and slower."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _schedule(step: int, total: int, args: TrainArgs) -> float:
@@ -114,7 +125,7 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
     out.mkdir(parents=True, exist_ok=True)
     precision = args.precision
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if bf16_native() else "fp32"
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
                               mixed_precision="bf16" if precision == "bf16" else "no")
     set_seed(args.seed)

@@ -1,0 +1,162 @@
+"""Training stages on the tiny themed dataset: each stage's corpus trains (every trainable
+parameter moves, loss finite), a killed run resumes to the same weights, stages chain into a
+checkpoint that evaluation accepts, and a checkpoint from another catalog is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from app.cli import app
+from engine.checkpoint import CheckpointMismatch, CheckpointMeta, load_checkpoint
+from training.dataset_view import DatasetView
+from training.model_setup import make_model
+from training.pretrain import PretrainArgs, build_examples, make_tokenizer
+from training.sft import SFTArgs
+from training.sft import build_examples as sft_examples
+from training.teacher import DeterministicTeacher
+from training.trainer import TrainArgs, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def view(built_dataset):
+    return DatasetView.load(built_dataset)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(view):
+    teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
+    return make_tokenizer(view, teacher, PretrainArgs(vocab_size=600))
+
+
+def two_steps_move_everything(model, examples, pad_id, out):
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    summary = train(model, examples, pad_id, out, TrainArgs(max_steps=2, batch_tokens=2048, log_every=1, save_every=0))
+    assert summary["steps"] == 2
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    after = dict(summary["model"].named_parameters())
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n].detach())]
+    assert not unchanged, unchanged
+
+
+def test_pretrain_corpus_two_steps(view, tokenizer, tmp_path):
+    examples = build_examples(view, tokenizer, seed=0)
+    assert {e.task for e in examples} == {"item_to_text", "text_to_item", "item_qa", "user_sequence", "persona", "item_text"}
+    model = make_model(tokenizer, "tiny", None, False)
+    two_steps_move_everything(model, examples, tokenizer.pad_id, tmp_path)
+
+
+def test_sft_corpus_two_steps(view, tokenizer, tmp_path):
+    teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
+    examples = sft_examples(view, tokenizer, teacher, SFTArgs())
+    tasks = {e.task for e in examples}
+    assert {"cot", "no_think", "dialogue"} <= tasks
+    cot = next(e for e in examples if e.task == "cot")
+    text = tokenizer.decode([t for t, m in zip(cot.ids, cot.mask) if m])
+    assert text.startswith("<think><|derivation|>") and "<|recommendation|>" in text and text.endswith("<|item_end|><|end|>")
+    model = make_model(tokenizer, "tiny", None, False)
+    two_steps_move_everything(model, examples, tokenizer.pad_id, tmp_path)
+
+
+def test_killed_run_resumes_to_the_same_weights(view, tokenizer, tmp_path):
+    examples = build_examples(view, tokenizer, seed=0)
+    args = TrainArgs(max_steps=4, batch_tokens=1024, log_every=1, save_every=2, warmup_steps=2)
+    straight = train(make_model(tokenizer, "tiny", None, False, seed=1), examples, tokenizer.pad_id,
+                     tmp_path / "straight", args)["model"]
+
+    def crash(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt("killed")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model(tokenizer, "tiny", None, False, seed=1), examples, tokenizer.pad_id, tmp_path / "killed",
+              args, on_log=crash)
+    assert json.loads((tmp_path / "killed" / "trainer_state" / "progress.json").read_text())["step"] == 2
+    resumed = train(make_model(tokenizer, "tiny", None, False, seed=7), examples, tokenizer.pad_id,
+                    tmp_path / "killed", args)
+    assert resumed["steps"] == 4
+    for (name, a), b in zip(straight.named_parameters(), resumed["model"].parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+@pytest.fixture(scope="module")
+def trained(built_dataset, tmp_path_factory):
+    """`thinkrec train all` for a few steps, through the CLI."""
+    out = tmp_path_factory.mktemp("ckpt")
+    result = runner.invoke(app, ["train", "pretrain", "--data", str(built_dataset), "--out", str(out / "pretrain"),
+                                 "--max-steps", "3", "--vocab-size", "600", "--batch-tokens", "2048"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "sft", "--data", str(built_dataset), "--init", str(out / "pretrain"),
+                                 "--out", str(out / "sft"), "--max-steps", "3", "--batch-tokens", "2048"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_stages_chain_into_a_checkpoint(trained, built_dataset):
+    meta = CheckpointMeta.load(trained / "sft")
+    assert meta.stage == "sft" and meta.parent == str(trained / "pretrain")
+    assert meta.history[0]["stage"] == "pretrain" and meta.args["max_steps"] == 3
+    assert (trained / "sft" / "loss_curve.png").exists() and not (trained / "sft" / "trainer_state").exists()
+    model, tokenizer, _ = load_checkpoint(trained / "sft", built_dataset)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_eval_runs_every_method(trained, built_dataset, tmp_path):
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["eval", "--data", str(built_dataset), "--checkpoint", str(trained / "sft"),
+                                 "--split", "valid", "--json", str(out), "--sasrec-epochs", "3",
+                                 "--max-reasoning-tokens", "16", "--max-users", "8"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["num_users"] == 8 and set(report["results"]) == {"popularity", "sasrec", "thinkrec", "thinkrec-think"}
+    for values in report["results"].values():
+        assert values["invalid_rate"] == 0 and values["seen_rate"] == 0 and values["repeat_rate"] == 0
+        assert 0 <= values["ndcg@10"] <= values["hr@10"] <= 1
+    assert out.with_suffix(".png").exists() and "| thinkrec-think |" in out.with_suffix(".md").read_text()
+
+
+def test_checkpoint_from_another_catalog_is_refused(trained, built_dataset, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in Path(trained / "sft").iterdir():
+        if name.is_file():
+            (other / name.name).write_bytes(name.read_bytes())
+    meta = CheckpointMeta.load(other)
+    meta.dataset_fingerprint = "0123456789abcdef"
+    meta.save(other)
+    with pytest.raises(CheckpointMismatch, match="does not match the catalog") as error:
+        load_checkpoint(other, built_dataset)
+    assert "0123456789abcdef" in str(error.value)
+    result = runner.invoke(app, ["eval", "--data", str(built_dataset), "--checkpoint", str(other),
+                                 "--methods", "thinkrec", "--max-users", "2"])
+    assert result.exit_code == 1 and "does not match the catalog" in result.output
+
+
+def test_lora_on_a_local_base_model(view, tokenizer, tmp_path, built_dataset):
+    """A 'pretrained' base folder (random Qwen3 + its own tokenizer.json) tuned with LoRA."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from training.presets import new_model
+
+    base = tmp_path / "base"
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.train_from_iterator(["some general text about films and books"] * 50,
+                                trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    base.mkdir()
+    backend.save(str(base / "tokenizer.json"))
+    new_model("tiny", backend.get_vocab_size(), 0, 0).save_pretrained(str(base))
+    result = runner.invoke(app, ["train", "pretrain", "--data", str(built_dataset), "--out", str(tmp_path / "lora"),
+                                 "--base-model", str(base), "--lora", "--max-steps", "2", "--batch-tokens", "2048"])
+    assert result.exit_code == 0, result.output
+    model, tok, meta = load_checkpoint(tmp_path / "lora", built_dataset)
+    assert meta.lora and meta.base_model == str(base)
+    assert not any("lora" in n for n, _ in model.named_parameters())        # merged before saving
+    assert len(tok) > backend.get_vocab_size()
