@@ -25,18 +25,18 @@ METHODS = ("popularity", "sasrec", "thinkrec", "thinkrec-think")
 
 @dataclass
 class EvalArgs:
-    data: str = "artifacts/ml-100k"
-    checkpoint: str = "checkpoints/ml-100k-tiny/sft"
-    split: str = "test"
-    json: str | None = None
-    methods: str = ",".join(METHODS)
-    num_beams: int = 20
+    data: str = "artifacts/ml-100k"     # dataset artifact folder (thinkrec data build)
+    checkpoint: str = "checkpoints/ml-100k-tiny/sft"  # checkpoint folder (thinkrec train all)
+    split: str = "test"                 # valid or test
+    json: str | None = None             # write the report here (plus .md table and .png chart beside it)
+    methods: str = ",".join(METHODS)    # comma-separated: popularity, sasrec, thinkrec, thinkrec-think
+    num_beams: int = 20                 # beam width over the SID steps (>= 20, the largest K)
     max_users: int = 0                  # 0: every user of the split
-    batch_size: int = 16
-    max_reasoning_tokens: int = 160
+    batch_size: int = 16                # users decoded together
+    max_reasoning_tokens: int = 160     # cap on generated reasoning tokens (thinking mode)
     sasrec: str | None = None           # a saved SASRec; trained (and saved beside the checkpoint) if missing
-    sasrec_epochs: int = 200
-    seed: int = 0
+    sasrec_epochs: int = 200            # upper bound on SASRec epochs when it must be trained
+    seed: int = 0                       # seed for data order, initialisation and sampling
 
 
 def _rows(view, split: str, max_users: int) -> list[dict]:

@@ -20,22 +20,22 @@ from engine.tokenizer import ThinkrecTokenizer
 
 @dataclass
 class PretrainArgs:
-    data: str = "artifacts/ml-100k"
-    out: str = "checkpoints/ml-100k-tiny/pretrain"
-    preset: str = "tiny"
+    data: str = "artifacts/ml-100k"     # dataset artifact folder (thinkrec data build)
+    out: str = "checkpoints/ml-100k-tiny/pretrain"  # output checkpoint folder
+    preset: str = "tiny"                # model size from scratch: tiny, small, medium
     base_model: str | None = None       # a local pretrained model folder (then preset is ignored)
     lora: bool = False                  # LoRA on the base (embeddings and head fully trained)
-    lora_rank: int = 16
+    lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
     vocab_size: int = 4096              # BPE size when training from scratch
-    epochs: float = 2.0
-    lr: float = 3e-3
-    batch_tokens: int = 6144
-    grad_accum: int = 1
-    max_len: int = 512
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    save_every: int = 200
+    epochs: float = 2.0                 # passes over the corpus (fractions allowed)
+    lr: float = 3e-3                    # peak learning rate (warmup then cosine decay)
+    batch_tokens: int = 6144            # padded tokens per micro-batch
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    max_len: int = 512                  # longest example in tokens (longer ones keep their end)
+    precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
+    gradient_checkpointing: bool = False  # trade compute for memory on large bases
+    seed: int = 0                       # seed for data order, initialisation and sampling
+    save_every: int = 200               # optimizer steps between resumable checkpoints (0: never)
     max_steps: int = 0                  # stop after this many steps (0: run all epochs)
 
 

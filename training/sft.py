@@ -19,23 +19,23 @@ from engine.checkpoint import CheckpointMeta
 
 @dataclass
 class SFTArgs:
-    data: str = "artifacts/ml-100k"
-    init: str = "checkpoints/ml-100k-tiny/pretrain"
-    out: str = "checkpoints/ml-100k-tiny/sft"
+    data: str = "artifacts/ml-100k"     # dataset artifact folder (thinkrec data build)
+    init: str = "checkpoints/ml-100k-tiny/pretrain"  # checkpoint to start from (the pretrain stage's output)
+    out: str = "checkpoints/ml-100k-tiny/sft"  # output checkpoint folder
     teacher: str | None = None          # "module:factory" returning a langchain BaseChatModel
     positions_per_user: int = 2         # next-item positions per user (each: with and without CoT)
     replay: float = 0.2                 # share of alignment examples mixed back in
     lora: bool = False
-    lora_rank: int = 16
-    epochs: float = 2.0
-    lr: float = 1.5e-3
-    batch_tokens: int = 6144
-    grad_accum: int = 1
-    max_len: int = 512
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    save_every: int = 200
+    lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
+    epochs: float = 2.0                 # passes over the corpus (fractions allowed)
+    lr: float = 1.5e-3                  # peak learning rate (warmup then cosine decay)
+    batch_tokens: int = 6144            # padded tokens per micro-batch
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    max_len: int = 512                  # longest example in tokens (longer ones keep their end)
+    precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
+    gradient_checkpointing: bool = False  # trade compute for memory on large bases
+    seed: int = 0                       # seed for data order, initialisation and sampling
+    save_every: int = 200               # optimizer steps between resumable checkpoints (0: never)
     max_steps: int = 0
 
 

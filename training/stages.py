@@ -15,23 +15,23 @@ from training.sft import SFTArgs
 
 @dataclass
 class AllArgs:
-    data: str = "artifacts/ml-100k"
+    data: str = "artifacts/ml-100k"     # dataset artifact folder (thinkrec data build)
     out: str = "checkpoints/ml-100k-tiny"   # pretrain/ and sft/ are written inside
-    preset: str = "tiny"
+    preset: str = "tiny"                # model size from scratch: tiny, small, medium
     base_model: str | None = None           # a local pretrained model folder instead of a preset
     lora: bool = False
-    pretrain_epochs: float = 2.0
-    sft_epochs: float = 2.0
-    precision: str = "auto"
-    seed: int = 0
+    pretrain_epochs: float = 2.0        # epochs of perception pre-training
+    sft_epochs: float = 2.0             # epochs of reasoning SFT
+    precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
+    seed: int = 0                       # seed for data order, initialisation and sampling
 
 
 @dataclass
 class BaselineArgs:
-    data: str = "artifacts/ml-100k"
-    out: str = "checkpoints/ml-100k-tiny/sasrec.pt"
+    data: str = "artifacts/ml-100k"     # dataset artifact folder (thinkrec data build)
+    out: str = "checkpoints/ml-100k-tiny/sasrec.pt"  # output checkpoint folder
     epochs: int = 200                       # upper bound; early stopping on valid NDCG@10
-    seed: int = 0
+    seed: int = 0                       # seed for data order, initialisation and sampling
 
 
 def _guard(run, args):
