@@ -160,3 +160,23 @@ def test_lora_on_a_local_base_model(view, tokenizer, tmp_path, built_dataset):
     assert meta.lora and meta.base_model == str(base)
     assert not any("lora" in n for n, _ in model.named_parameters())        # merged before saving
     assert len(tok) > backend.get_vocab_size()
+
+
+def test_sft_with_a_langchain_teacher(trained, built_dataset, tmp_path):
+    """--teacher module:factory: the chat model's words become the training rationales."""
+    from engine.tokenizer import ThinkrecTokenizer
+    from training.sft import load_teacher
+
+    view = DatasetView.load(built_dataset)
+    teacher = load_teacher("tests.fake_teacher:make", view)
+    tokenizer = ThinkrecTokenizer.load(trained / "sft")
+    examples = sft_examples(view, tokenizer, teacher, SFTArgs())
+    cot = next(e for e in examples if e.task == "cot")
+    assert "space adventures and cartoons" in tokenizer.decode(cot.ids)
+    result = runner.invoke(app, ["train", "sft", "--data", str(built_dataset), "--init", str(trained / "pretrain"),
+                                 "--out", str(tmp_path / "sft"), "--max-steps", "1", "--teacher", "tests.fake_teacher:make"])
+    assert result.exit_code == 0, result.output
+    assert "teacher_fallbacks" in CheckpointMeta.load(tmp_path / "sft").args
+    result = runner.invoke(app, ["train", "sft", "--data", str(built_dataset), "--init", str(trained / "pretrain"),
+                                 "--out", str(tmp_path / "bad"), "--teacher", "no_colon_here"])
+    assert result.exit_code == 1 and "module:factory" in result.output

@@ -15,7 +15,6 @@ whole corpus on a laptop; the same input always gives the same text.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import statistics
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-log = logging.getLogger(__name__)
 
 TRENDS = ("long-term", "recent burst", "fading", "periodic")
 # How level 3 describes the served interest, by its trend.
