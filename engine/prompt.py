@@ -23,8 +23,10 @@ SYSTEM_TEXT = "You are thinkrec, a recommender. The user's history, oldest first
 DEFAULT_ASK = "What should I watch next?"
 LEVELS = ("derivation", "evolution", "recommendation")
 LEVEL_TOKENS = {"derivation": DERIVATION, "evolution": EVOLUTION, "recommendation": RECOMMENDATION}
+# The mode is chosen by what the answer is started with: an empty think block goes straight to the
+# item; thinking opens the first level, so the model cannot skip its reasoning by closing at once.
 NO_THINK_PREFIX = THINK + THINK_END + ITEM_BEGIN
-THINK_PREFIX = THINK
+THINK_PREFIX = THINK + DERIVATION
 
 
 def item_span(codes: Sequence[int]) -> str:

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 from engine.decoding import RankedItem, beam_search_items, build_token_trie, generate_reasoning
 from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, parse_reasoning, recommendation_messages
-from engine.tokenizer import Message, ThinkrecTokenizer
+from engine.tokenizer import DERIVATION, Message, ThinkrecTokenizer
 
 
 @dataclass
 class Recommendation:
     items: list[RankedItem]
-    reasoning: str = ""                          # generated text between <think> and </think>
+    reasoning: str = ""                          # the reasoning between <think> and </think>
     levels: dict[str, str] = field(default_factory=dict)
     reasoning_tokens: int = 0
     prompt_tokens: int = 0
@@ -63,7 +63,7 @@ class Recommender:
             item_prompts = []
             for i, reasoning in enumerate(generated):
                 body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
-                text = self.tokenizer.decode(body)
+                text = DERIVATION + self.tokenizer.decode(body)   # the prompt opened the first level
                 results[i].reasoning, results[i].levels = text, parse_reasoning(text)
                 results[i].reasoning_tokens = len(reasoning)
                 results[i].seconds["reasoning"] = share

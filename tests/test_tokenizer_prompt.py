@@ -77,7 +77,7 @@ def test_prompt_endings(tok):
     ids, _ = tok.render_conversation(messages, add_generation_prompt=True, assistant_prefix=NO_THINK_PREFIX)
     assert ids[-1] == tok.item_begin_id and tok.decode(ids).count("<|item_begin|>") == 6   # 5 history + 1
     ids, _ = tok.render_conversation(messages, add_generation_prompt=True, assistant_prefix=THINK_PREFIX)
-    assert ids[-1] == tok.think_id
+    assert ids[-2:] == [tok.think_id, tok.ids["<|derivation|>"]]
 
 
 def test_parse_reasoning_and_format_check():

@@ -27,7 +27,7 @@ class PretrainArgs:
     lora: bool = False                  # LoRA on the base (embeddings and head fully trained)
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
     vocab_size: int = 4096              # BPE size when training from scratch
-    epochs: float = 2.0                 # passes over the corpus (fractions allowed)
+    epochs: float = 3.0                 # passes over the corpus (fractions allowed)
     lr: float = 3e-3                    # peak learning rate (warmup then cosine decay)
     batch_tokens: int = 6144            # padded tokens per micro-batch
     grad_accum: int = 1                 # micro-batches per optimizer step

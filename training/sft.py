@@ -23,7 +23,10 @@ class SFTArgs:
     init: str = "checkpoints/ml-100k-tiny/pretrain"  # checkpoint to start from (the pretrain stage's output)
     out: str = "checkpoints/ml-100k-tiny/sft"  # output checkpoint folder
     teacher: str | None = None          # "module:factory" returning a langchain BaseChatModel
-    positions_per_user: int = 2         # next-item positions per user (each: with and without CoT)
+    positions_per_user: int = 2         # next-item positions per user answered with reasoning
+    plain_positions_per_user: int = 6   # positions per user answered without reasoning
+    plain_items: int = 5                # items in a non-thinking answer (true next item first)
+    cot_items: int = 3                  # items after the reasoning (true next item first)
     replay: float = 0.2                 # share of alignment examples mixed back in
     lora: bool = False
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
@@ -58,7 +61,8 @@ def build_examples(view, tokenizer, teacher, args: SFTArgs):
     from training.tasks import DialogueSteering, NextItemCoT
 
     rng = random.Random(args.seed)
-    examples = NextItemCoT(tokenizer, view, teacher, args.positions_per_user).build(rng)
+    examples = NextItemCoT(tokenizer, view, teacher, args.positions_per_user, args.plain_positions_per_user,
+                           args.plain_items, args.cot_items).build(rng)
     examples += DialogueSteering(tokenizer, view, teacher).build(rng)
     replay = alignment_examples(view, tokenizer, args.seed)
     examples += rng.sample(replay, int(len(replay) * args.replay))

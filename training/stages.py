@@ -20,7 +20,7 @@ class AllArgs:
     preset: str = "tiny"                # model size from scratch: tiny, small, medium
     base_model: str | None = None           # a local pretrained model folder instead of a preset
     lora: bool = False
-    pretrain_epochs: float = 2.0        # epochs of perception pre-training
+    pretrain_epochs: float = 3.0        # epochs of perception pre-training
     sft_epochs: float = 2.0             # epochs of reasoning SFT
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
     seed: int = 0                       # seed for data order, initialisation and sampling

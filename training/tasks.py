@@ -161,40 +161,56 @@ class Position:
     target: str
 
 
-def training_positions(view: DatasetView, per_user: int, min_history: int = 3) -> list[Position]:
-    """The last ``per_user`` next-item positions of each user's training sequence."""
+def training_positions(view: DatasetView, per_user: int, min_history: int = 3, stride: int = 1) -> list[Position]:
+    """Up to ``per_user`` next-item positions per user, the latest first, ``stride`` apart."""
     positions = []
     for row in view.train:
         items, times = row["item_ids"], row["timestamps"]
-        for cut in range(len(items) - 1, max(min_history, len(items) - per_user) - 1, -1):
+        cuts = range(len(items) - 1, min_history - 1, -stride)
+        for cut in list(cuts)[:per_user]:
             positions.append(Position(row["user_id"], items[:cut], times[:cut], items[cut]))
     return positions
 
 
 class NextItemCoT(Task):
+    """Next-item answers with and without reasoning. An answer lists the true next item first and
+    then the user's following items, so one example teaches several steps of the sequence; beam
+    search at serving time ranks the first item. Non-thinking answers are cheap, so they cover more
+    positions than the reasoning ones."""
+
     name = "next_item"
-    per_user: int = 2
     history_items: int = 20
 
-    def __init__(self, tokenizer, view, teacher: DeterministicTeacher, per_user: int = 2):
+    def __init__(self, tokenizer, view, teacher: DeterministicTeacher, per_user: int = 2,
+                 plain_per_user: int = 6, plain_items: int = 5, cot_items: int = 3):
         super().__init__(tokenizer, view)
         self.teacher, self.per_user = teacher, per_user
+        self.plain_per_user, self.plain_items, self.cot_items = plain_per_user, plain_items, cot_items
+        self._sequences = {row["user_id"]: row["item_ids"] for row in view.train}
 
     def messages(self, position: Position, user_text: str | None = None) -> list[Message]:
         history = [self.view.codes[i] for i in position.history]
         return recommendation_messages(history, user_text, max_items=self.history_items)
+
+    def answer_items(self, position: Position, count: int) -> list[tuple[int, ...]]:
+        sequence = self._sequences[position.user_id]
+        start = len(position.history)
+        return [self.view.codes[i] for i in sequence[start:start + count]]
 
     def build(self, rng: random.Random) -> list[Example]:
         out = []
         for position in training_positions(self.view, self.per_user):
             r = self.teacher.rationale(position.history, position.timestamps, target=position.target)
             levels = {"derivation": r.derivation, "evolution": r.evolution, "recommendation": r.recommendation}
-            ask = rng.choice(ASKS)
-            target = [self.view.codes[position.target]]
-            think = self.chat(self.messages(position, ask) + [Message("assistant", answer_text(levels, target))])
-            plain = self.chat(self.messages(position, ask) + [Message("assistant", answer_text(None, target))])
-            think.task, plain.task = "cot", "no_think"
-            out += [think, plain]
+            answer = answer_text(levels, self.answer_items(position, self.cot_items))
+            example = self.chat(self.messages(position, rng.choice(ASKS)) + [Message("assistant", answer)])
+            example.task = "cot"
+            out.append(example)
+        for position in training_positions(self.view, self.plain_per_user, stride=self.plain_items):
+            answer = answer_text(None, self.answer_items(position, self.plain_items))
+            example = self.chat(self.messages(position, rng.choice(ASKS)) + [Message("assistant", answer)])
+            example.task = "no_think"
+            out.append(example)
         return out
 
 
