@@ -57,7 +57,21 @@ def run_sft(args: SFTArgs):
     return _guard(sft.run, args)
 
 
+def ensure_dataset(data: str) -> None:
+    """Build the default dataset on first use, so `train all` works from a fresh clone."""
+    folder = Path(data)
+    if (folder / "manifest.json").exists():
+        return
+    if folder.name != "ml-100k":
+        raise FileNotFoundError(f"{folder} has no manifest.json; build it first with thinkrec data build --out {folder}")
+    from data.build import build
+    from data.manifest import BuildConfig
+
+    build(BuildConfig(dataset="ml-100k"), folder)
+
+
 def run_all(args: AllArgs):
+    _guard(ensure_dataset, args.data)
     out = Path(args.out)
     pre = PretrainArgs(data=args.data, out=str(out / "pretrain"), preset=args.preset, base_model=args.base_model,
                        lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed)
