@@ -62,7 +62,7 @@ def run(args: PretrainArgs) -> Path:
     from training.dataset_view import DatasetView
     from training.model_setup import make_model, save_checkpoint
     from training.teacher import DeterministicTeacher
-    from training.trainer import TrainArgs, train
+    from training.trainer import stage_train_args, summary_line, train
 
     view = DatasetView.load(args.data)
     teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
@@ -72,9 +72,7 @@ def run(args: PretrainArgs) -> Path:
           f"vocab {len(tokenizer):,}")
     model = make_model(tokenizer, args.preset, args.base_model, args.lora, args.lora_rank, args.seed,
                        args.gradient_checkpointing)
-    train_args = TrainArgs(epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens,
-                           grad_accum=args.grad_accum, max_len=args.max_len, precision=args.precision,
-                           seed=args.seed, save_every=args.save_every, max_steps=args.max_steps)
+    train_args = stage_train_args(args)
     summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="pretrain")
     meta = CheckpointMeta(stage="pretrain", dataset=view.manifest.dataset,
                           dataset_fingerprint=view.manifest.fingerprint, sid_levels=view.manifest.sid.levels,
@@ -83,8 +81,7 @@ def run(args: PretrainArgs) -> Path:
                           lora=args.lora, args=asdict(args), steps=summary["steps"],
                           train_seconds=summary["seconds"], final_loss=summary["final_loss"])
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
-    print(f"pretrain: {summary['steps']} steps in {summary['seconds']:.0f} s "
-          f"({summary['tokens_per_s']:.0f} tokens/s), final loss {summary['final_loss']:.3f} -> {args.out}")
+    print(summary_line("pretrain", summary, args.out))
     return Path(args.out)
 
 

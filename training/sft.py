@@ -77,7 +77,7 @@ def run(args: SFTArgs) -> Path:
     from engine.tokenizer import ThinkrecTokenizer
     from training.dataset_view import DatasetView
     from training.model_setup import save_checkpoint, wrap_lora
-    from training.trainer import TrainArgs, train
+    from training.trainer import stage_train_args, summary_line, train
 
     view = DatasetView.load(args.data)
     parent = CheckpointMeta.load(Path(args.init))
@@ -95,9 +95,7 @@ def run(args: SFTArgs) -> Path:
     for e in examples:
         counts[e.task] = counts.get(e.task, 0) + 1
     print(f"sft: {len(examples):,} examples ({counts}), {sum(len(e.ids) for e in examples):,} tokens")
-    train_args = TrainArgs(epochs=args.epochs, lr=args.lr, batch_tokens=args.batch_tokens, warmup_steps=20,
-                           grad_accum=args.grad_accum, max_len=args.max_len, precision=args.precision,
-                           seed=args.seed, save_every=args.save_every, max_steps=args.max_steps)
+    train_args = stage_train_args(args, warmup_steps=20)
     summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="sft")
     meta = parent.model_copy(update={
         "stage": "sft", "parent": str(args.init), "args": asdict(args), "steps": summary["steps"],
@@ -108,8 +106,7 @@ def run(args: SFTArgs) -> Path:
     if hasattr(teacher, "fallbacks"):
         meta.args["teacher_fallbacks"] = dict(teacher.fallbacks)
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
-    print(f"sft: {summary['steps']} steps in {summary['seconds']:.0f} s "
-          f"({summary['tokens_per_s']:.0f} tokens/s), final loss {summary['final_loss']:.3f} -> {args.out}")
+    print(summary_line("sft", summary, args.out))
     return Path(args.out)
 
 

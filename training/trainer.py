@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -43,6 +43,17 @@ class TrainArgs:
     save_every: int = 200           # optimizer steps between resumable checkpoints (0: never)
     log_every: int = 10
     max_steps: int = 0              # stop early after this many optimizer steps (0: no limit)
+
+
+def stage_train_args(stage_args, **overrides) -> TrainArgs:
+    """TrainArgs from the fields a stage's argument dataclass shares with it (epochs, lr, ...)."""
+    shared = {f.name: getattr(stage_args, f.name) for f in fields(TrainArgs) if hasattr(stage_args, f.name)}
+    return TrainArgs(**(shared | overrides))
+
+
+def summary_line(title: str, summary: dict, out) -> str:
+    return (f"{title}: {summary['steps']} steps in {summary['seconds']:.0f} s "
+            f"({summary['tokens_per_s']:.0f} tokens/s), final loss {summary['final_loss']:.3f} -> {out}")
 
 
 def make_batches(examples: Sequence[Example], batch_tokens: int, max_len: int, seed: int, epoch: int) -> list[list[int]]:
