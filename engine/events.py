@@ -1,0 +1,77 @@
+"""Typed events a conversation turn yields, in order: reasoning deltas (per level), item cards,
+reply text, then the turn's trace. The app renders them; it never sees the model. They cross the
+engine/app boundary (and the API), so they are pydantic models with a ``type`` discriminator."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+Level = Literal["derivation", "evolution", "recommendation"]
+
+
+class ItemCard(BaseModel):
+    rank: int
+    item_id: str
+    title: str
+    year: int | None = None
+    categories: list[str] = []
+    sid: str
+    score: float                     # summed log-probability of the SID tokens
+
+
+class BeamCandidate(BaseModel):
+    item_id: str
+    title: str
+    sid: str
+    score: float
+
+
+class Trace(BaseModel):
+    turn_id: str
+    prompt: str                      # the rendered prompt, special tokens included
+    prompt_tokens: int
+    thinking: bool
+    reasoning_tokens: int = 0
+    cache_hit: bool = False          # reasoning reused from Think-Ahead
+    beams: list[BeamCandidate] = []
+    latency_ms: dict[str, float] = {}
+    k: int
+    num_beams: int
+
+
+class ReasoningDelta(BaseModel):
+    type: Literal["reasoning"] = "reasoning"
+    level: Level
+    text: str
+
+
+class ItemsEvent(BaseModel):
+    type: Literal["items"] = "items"
+    items: list[ItemCard]
+
+
+class ReplyDelta(BaseModel):
+    type: Literal["reply"] = "reply"
+    text: str
+
+
+class TraceEvent(BaseModel):
+    type: Literal["trace"] = "trace"
+    trace: Trace
+
+
+class NoticeEvent(BaseModel):
+    """Something the user should know that is not an error (empty message, text shortened)."""
+    type: Literal["notice"] = "notice"
+    text: str
+
+
+class ErrorEvent(BaseModel):
+    type: Literal["error"] = "error"
+    message: str
+
+
+Event = Annotated[ReasoningDelta | ItemsEvent | ReplyDelta | TraceEvent | NoticeEvent | ErrorEvent,
+                  Field(discriminator="type")]
