@@ -222,3 +222,29 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
     finally:
         model.train(was_training)
     return outputs
+
+
+@torch.no_grad()
+def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exclude: set[Hashable],
+                     max_new_tokens: int = 160, temperature: float = 0.0):
+    """Yield reasoning token ids one at a time (greedy, or sampled with ``temperature`` > 0) under
+    the gated constraint, stopping after ``</think>`` or ``<|end|>``; a KV cache keeps each step
+    to one token of work, which is what makes the first token arrive fast."""
+    device = next(model.parameters()).device
+    gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)])
+    ids = torch.tensor([list(prompt)], device=device)
+    out = model(input_ids=ids, use_cache=True)
+    cache, sequence = out.past_key_values, ids
+    for _ in range(max_new_tokens):
+        scores = gate(sequence, out.logits[:, -1].float())
+        if temperature > 0:
+            token = int(torch.multinomial(torch.softmax(scores / temperature, dim=-1), 1))
+        else:
+            token = int(scores.argmax(dim=-1))
+        yield token
+        if token in (tokenizer.think_end_id, tokenizer.end_id):
+            return
+        step = torch.tensor([[token]], device=device)
+        sequence = torch.cat([sequence, step], dim=1)
+        out = model(input_ids=step, past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
