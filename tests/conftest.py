@@ -130,3 +130,20 @@ def built_dataset(tmp_path_factory, generic_files) -> Path:
     interactions, items = generic_files
     build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items)), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def engine(built_dataset, tmp_path_factory):
+    """A conversation engine over a checkpoint trained for a few steps on the themed dataset."""
+    from engine.engine import Engine
+    from training.pretrain import PretrainArgs
+    from training.pretrain import run as pretrain
+    from training.sft import SFTArgs
+    from training.sft import run as sft
+
+    out = tmp_path_factory.mktemp("engine-ckpt")
+    pretrain(PretrainArgs(data=str(built_dataset), out=str(out / "pretrain"), max_steps=2, vocab_size=600,
+                          batch_tokens=2048))
+    sft(SFTArgs(data=str(built_dataset), init=str(out / "pretrain"), out=str(out / "sft"), max_steps=2,
+                batch_tokens=2048))
+    return Engine(built_dataset, out / "sft", sessions_url=f"sqlite:///{out / 'sessions.db'}")

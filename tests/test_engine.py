@@ -5,22 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.engine import Engine
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
-from training.pretrain import PretrainArgs
-from training.pretrain import run as pretrain
-from training.sft import SFTArgs
-from training.sft import run as sft
-
-
-@pytest.fixture(scope="module")
-def engine(built_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("engine-ckpt")
-    pretrain(PretrainArgs(data=str(built_dataset), out=str(out / "pretrain"), max_steps=2, vocab_size=600,
-                          batch_tokens=2048))
-    sft(SFTArgs(data=str(built_dataset), init=str(out / "pretrain"), out=str(out / "sft"), max_steps=2,
-                batch_tokens=2048))
-    return Engine(built_dataset, out / "sft", sessions_url=f"sqlite:///{out / 'sessions.db'}")
 
 
 def run(engine, session_id, message, **kwargs):
