@@ -154,6 +154,33 @@ def catalog_lookup(
             print_items(neighbours, f"nearest to {item.title}")
 
 
+@app.command("app")
+def app_command(
+    data: DataDir = Path("artifacts/ml-100k"),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder; the default is trained first if missing.")] = Path("checkpoints/ml-100k-tiny/sft"),
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 7860,
+    host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to share on a network).")] = "127.0.0.1",
+) -> None:
+    """Start the chat app (builds the default dataset and model first when they are missing)."""
+    from training.stages import AllArgs, ensure_dataset, run_all
+
+    ensure_dataset(str(data))
+    if not (checkpoint / "thinkrec.json").exists():
+        if checkpoint != Path("checkpoints/ml-100k-tiny/sft"):
+            fail(f"{checkpoint} is not a thinkrec checkpoint (no thinkrec.json)")
+        typer.echo("No model yet: training the default one (about 25 minutes on 2 CPU cores) ...")
+        run_all(AllArgs(data=str(data), out=str(checkpoint.parent)))
+    from app.ui import serve
+    from engine.checkpoint import CheckpointMismatch
+
+    try:
+        demo = serve(str(data), str(checkpoint), port=port, host=host)
+    except CheckpointMismatch as error:
+        fail(str(error))
+    typer.echo(f"thinkrec app on http://{host}:{port} (Ctrl+C to stop)")
+    demo.block_thread()
+
+
 def _register_training_commands() -> None:
     """Stage commands built from each stage's argument dataclass (see app/cli_args.py)."""
     from app.cli_args import add_dataclass_command

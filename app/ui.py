@@ -1,0 +1,198 @@
+"""The Gradio app: chat that steers recommendations with visible three-level reasoning, item cards
+with like / dislike, a trace inspector and a catalog browser. It renders engine events; all model
+work happens in engine/.
+
+    thinkrec app --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --port 7860
+
+API: ``recommend(message, user_id, thinking)`` -> {"reply", "reasoning": {level: text}, "items": [...], "trace"}.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+
+LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
+                "evolution": "2 · Evolution — how they move in time",
+                "recommendation": "3 · Recommendation — what to serve now"}
+ITEM_COLUMNS = ["rank", "title", "year", "categories", "SID", "score"]
+
+
+def _item_rows(items: list[dict]) -> list[list]:
+    return [[i["rank"], i["title"], i["year"] or "", ", ".join(i["categories"][:4]), i["sid"], i["score"]] for i in items]
+
+
+def _choices(items: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{i['rank']}. {i['title']}", i["item_id"]) for i in items]
+
+
+def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
+    def history_markdown(session_id: str | None) -> str:
+        if not session_id:
+            return "_No session yet._"
+        session = engine.sessions.get(session_id)
+        if not session.history:
+            return "**Fresh user** — no history yet; ask for something or like items to build one."
+        recent = engine.catalog.items(session.history[-8:])
+        titles = ", ".join(f"{i.title} ({i.year})" if i.year else i.title for i in reversed(recent))
+        return f"**History:** {len(session.history)} items. Most recent: {titles}"
+
+    def start(user_choice: str):
+        user_id = None if user_choice in (None, "", "fresh user") else user_choice
+        session = engine.start_session(user_id=user_id)
+        return session.id, [], history_markdown(session.id), [], gr.update(choices=[], value=None), {}
+
+    def respond(message: str, chat: list, session_id: str | None, thinking: bool, k: int):
+        if not session_id:
+            session_id = engine.start_session().id
+        chat = list(chat or []) + [gr.ChatMessage(role="user", content=message or "(no text: what next?)")]
+        levels: dict[str, str] = {}
+        items: list[dict] = []
+        trace: dict = {}
+        notes: list[str] = []
+        reply = ""
+
+        def render(status: str):
+            messages = list(chat)
+            if levels:
+                messages.append(gr.ChatMessage(role="assistant", content="Three levels, coarse to fine.",
+                                               metadata={"title": "Reasoning", "id": "reasoning", "status": status}))
+                for name, text in levels.items():
+                    messages.append(gr.ChatMessage(role="assistant", content=text or "…",
+                                                   metadata={"title": LEVEL_TITLES[name], "parent_id": "reasoning",
+                                                             "status": status}))
+            if reply or notes:
+                lines = [reply] + [f"{i['rank']}. **{i['title']}**" + (f" ({i['year']})" if i["year"] else "")
+                                   for i in items] + [f"_{n}_" for n in notes]
+                messages.append(gr.ChatMessage(role="assistant", content="\n\n".join(line for line in lines if line)))
+            return messages
+
+        for event in engine.turn(session_id, message, thinking=thinking, k=int(k)):
+            if isinstance(event, ReasoningDelta):
+                levels[event.level] = levels.get(event.level, "") + event.text
+                yield render("pending"), session_id, gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
+            elif isinstance(event, ItemsEvent):
+                items = [c.model_dump() for c in event.items]
+            elif isinstance(event, ReplyDelta):
+                reply += event.text
+            elif isinstance(event, TraceEvent):
+                trace = event.trace.model_dump()
+            elif isinstance(event, NoticeEvent):
+                notes.append(event.text)
+            elif isinstance(event, ErrorEvent):
+                notes.append(f"Error: {event.message}")
+        yield (render("done"), session_id, history_markdown(session_id), _item_rows(items),
+               gr.update(choices=_choices(items), value=items[0]["item_id"] if items else None), trace, "")
+
+    def feedback(kind: str, item_id: str | None, session_id: str | None):
+        if not session_id or not item_id:
+            return history_markdown(session_id), "Pick an item first."
+        engine.feedback(session_id, item_id, kind)
+        title = engine.catalog.item(item_id).title
+        verb = "Added to your history" if kind == "like" else "Won't recommend again this session"
+        return history_markdown(session_id), f"{verb}: **{title}**. Send another message to see the effect."
+
+    def trace_summary(trace: dict) -> str:
+        if not trace:
+            return "_No turn yet._"
+        latency = ", ".join(f"{k} {v:.0f} ms" for k, v in trace["latency_ms"].items())
+        return (f"**Turn** `{trace['turn_id'][:8]}` · thinking {'on' if trace['thinking'] else 'off'} · "
+                f"Think-Ahead cache {'**hit**' if trace['cache_hit'] else 'miss'} · prompt {trace['prompt_tokens']} "
+                f"tokens · reasoning {trace['reasoning_tokens']} tokens · K {trace['k']}, beams {trace['num_beams']}\n\n"
+                f"**Latency:** {latency}")
+
+    def beam_rows(trace: dict) -> list[list]:
+        return [[n + 1, b["title"], b["sid"], b["score"]] for n, b in enumerate(trace.get("beams", []))]
+
+    def search(query: str):
+        if not query.strip():
+            return []
+        try:
+            results = [engine.catalog.by_sid(query)] if query.strip().startswith("<") else engine.catalog.search(query, k=20)
+        except (KeyError, ValueError) as error:
+            raise gr.Error(str(error))
+        return [[i.item_id, i.title, i.year or "", ", ".join(i.categories), i.sid, i.popularity,
+                 "" if i.score is None else round(i.score, 3), i.match or "sid"] for i in results]
+
+    def recommend(message: str, user_id: str, thinking: bool) -> dict:
+        """One recommendation turn for a new session (as `user_id` when given)."""
+        session = engine.start_session(user_id=user_id or None)
+        result = {"reply": "", "reasoning": {"derivation": "", "evolution": "", "recommendation": ""},
+                  "items": [], "trace": None, "notices": []}
+        for event in engine.turn(session.id, message, thinking=bool(thinking)):
+            if isinstance(event, ReasoningDelta):
+                result["reasoning"][event.level] += event.text
+            elif isinstance(event, ItemsEvent):
+                result["items"] = [{"item_id": c.item_id, "title": c.title, "sid": c.sid, "score": c.score}
+                                   for c in event.items]
+            elif isinstance(event, ReplyDelta):
+                result["reply"] += event.text
+            elif isinstance(event, TraceEvent):
+                result["trace"] = event.trace.model_dump()
+            elif isinstance(event, (NoticeEvent, ErrorEvent)):
+                result["notices"].append(getattr(event, "text", None) or event.message)
+        return result
+
+    with gr.Blocks(title="thinkrec") as demo:
+        session_state = gr.State(None)
+        trace_state = gr.State({})
+        gr.Markdown("# thinkrec\nChat to steer recommendations; open the reasoning to see why.")
+        with gr.Tab("Chat"):
+            with gr.Row():
+                user_picker = gr.Dropdown(["fresh user"] + dataset_users, value="fresh user", label="Start as user",
+                                          elem_id="user-picker", allow_custom_value=False)
+                start_button = gr.Button("Start session", elem_id="start-session")
+                thinking = gr.Checkbox(value=True, label="Thinking", elem_id="thinking")
+                k = gr.Slider(1, 20, value=10, step=1, label="Items (K)")
+            history = gr.Markdown("_No session yet._", elem_id="history")
+            chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat")
+            with gr.Row():
+                message = gr.Textbox(placeholder="e.g. a 90s comedy, no horror please", show_label=False,
+                                     elem_id="message", scale=5)
+                send = gr.Button("Send", variant="primary", elem_id="send", scale=1)
+            items_table = gr.Dataframe(headers=ITEM_COLUMNS, label="Recommended items", elem_id="items",
+                                       interactive=False)
+            with gr.Row():
+                item_choice = gr.Dropdown([], label="Item", elem_id="item-choice")
+                like = gr.Button("👍 Like", elem_id="like")
+                dislike = gr.Button("👎 Not interested", elem_id="dislike")
+            feedback_note = gr.Markdown(elem_id="feedback-note")
+        with gr.Tab("Trace"):
+            trace_text = gr.Markdown("_No turn yet._", elem_id="trace-summary")
+            beams = gr.Dataframe(headers=["#", "title", "SID", "score"], label="Beam candidates", interactive=False)
+            trace_json = gr.JSON(label="Full trace (prompt, beams, latency)")
+        with gr.Tab("Catalog"):
+            query = gr.Textbox(label="Search by title, free text or SID", elem_id="catalog-query")
+            results = gr.Dataframe(headers=["item_id", "title", "year", "categories", "SID", "popularity", "score",
+                                            "match"], interactive=False)
+            stats = engine.catalog.manifest.sid
+            gr.Markdown(f"**SID layout:** {stats.levels} levels × {stats.codebook_size} codes · "
+                        f"{stats.num_unique:,} unique SIDs · utilization "
+                        + " / ".join(f"{u:.0%}" for u in stats.utilization))
+            plot = engine.data / "sid_usage.png"
+            if plot.exists():
+                gr.Image(str(plot), label="SID code usage and prefix coherence", interactive=False)
+
+        outputs = [chatbot, session_state, history, items_table, item_choice, trace_state, message]
+        start_button.click(start, [user_picker], [session_state, chatbot, history, items_table, item_choice, trace_state])
+        for trigger in (send.click, message.submit):
+            trigger(respond, [message, chatbot, session_state, thinking, k], outputs, api_visibility="private")
+        like.click(lambda item, s: feedback("like", item, s), [item_choice, session_state], [history, feedback_note])
+        dislike.click(lambda item, s: feedback("dislike", item, s), [item_choice, session_state], [history, feedback_note])
+        trace_state.change(lambda t: (trace_summary(t), beam_rows(t), t), [trace_state], [trace_text, beams, trace_json])
+        query.submit(search, [query], [results])
+        gr.api(recommend, api_name="recommend")
+    return demo
+
+
+def serve(data: str, checkpoint: str, port: int = 7860, host: str = "127.0.0.1", sessions_url: str | None = None):
+    from data.clean import read_split
+    from engine.engine import Engine
+
+    engine = Engine(data, checkpoint, sessions_url=sessions_url)
+    users = [row["user_id"] for row in read_split(engine.data / "splits" / "test.jsonl")][:200]
+    demo = build_app(engine, users)
+    demo.queue(default_concurrency_limit=10)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft())
+    return demo

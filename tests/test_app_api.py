@@ -1,0 +1,52 @@
+"""The real Gradio server, driven over HTTP with gradio_client: the documented `recommend`
+endpoint, and several users at once with isolated sessions."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from app.ui import build_app
+
+    demo = build_app(engine, ["u1", "u2", "u3"])
+    demo.queue(default_concurrency_limit=10)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_recommend_endpoint(server, engine):
+    client = Client(server, verbose=False)
+    result = client.predict("something with robots", "u1", True, api_name="/recommend")
+    assert set(result) >= {"reply", "reasoning", "items", "trace"}
+    assert set(result["reasoning"]) == {"derivation", "evolution", "recommendation"}
+    items = result["items"]
+    assert len(items) == 10 and len({i["item_id"] for i in items}) == 10
+    history = set(engine.dataset_history("u1"))
+    assert not {i["item_id"] for i in items} & history
+    assert all(engine.catalog.item(i["item_id"]).sid == i["sid"] for i in items)
+    assert result["trace"]["thinking"] is True
+
+
+def test_ten_concurrent_users(server):
+    def one(n: int):
+        client = Client(server, verbose=False)
+        return client.predict(f"request {n}", "", False, api_name="/recommend")
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        results = list(pool.map(one, range(10)))
+    assert all(len(r["items"]) == 10 for r in results)
+    assert len({r["trace"]["turn_id"] for r in results}) == 10
