@@ -181,6 +181,28 @@ def app_command(
     demo.block_thread()
 
 
+@app.command("bench")
+def bench_command(
+    data: DataDir = Path("artifacts/ml-100k"),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder.")] = Path("checkpoints/ml-100k-tiny/sft"),
+    turns: Annotated[int, typer.Option(help="Turns per mode.")] = 30,
+    concurrent: Annotated[int, typer.Option(help="Sessions at once for the concurrency measure.")] = 10,
+    as_json: AsJson = False,
+) -> None:
+    """Engine latency: first reasoning token, turns with/without thinking, concurrent sessions."""
+    import tempfile
+
+    from data.clean import read_split
+    from engine.bench import run_bench
+    from engine.engine import Engine
+
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = Engine(data, checkpoint, sessions_url=f"sqlite:///{scratch}/bench.db")
+        users = [row["user_id"] for row in read_split(Path(data) / "splits" / "test.jsonl")]
+        report = run_bench(engine, users, turns, concurrent)
+    typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+
+
 def _register_training_commands() -> None:
     """Stage commands built from each stage's argument dataclass (see app/cli_args.py)."""
     from app.cli_args import add_dataclass_command

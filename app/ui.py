@@ -100,7 +100,8 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         return (f"**Turn** `{trace['turn_id'][:8]}` · thinking {'on' if trace['thinking'] else 'off'} · "
                 f"Think-Ahead cache {'**hit**' if trace['cache_hit'] else 'miss'} · prompt {trace['prompt_tokens']} "
                 f"tokens · reasoning {trace['reasoning_tokens']} tokens · K {trace['k']}, beams {trace['num_beams']}\n\n"
-                f"**Latency:** {latency}")
+                f"**Latency:** {latency}\n\n"
+                + "\n\n".join(f"**{LEVEL_TITLES[name]}:** {text}" for name, text in trace.get("levels", {}).items() if text))
 
     def beam_rows(trace: dict) -> list[list]:
         return [[n + 1, b["title"], b["sid"], b["score"]] for n, b in enumerate(trace.get("beams", []))]
@@ -155,8 +156,8 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                                        interactive=False)
             with gr.Row():
                 item_choice = gr.Dropdown([], label="Item", elem_id="item-choice")
-                like = gr.Button("👍 Like", elem_id="like")
-                dislike = gr.Button("👎 Not interested", elem_id="dislike")
+                like = gr.Button("Like", elem_id="like")
+                dislike = gr.Button("Not interested", elem_id="dislike")
             feedback_note = gr.Markdown(elem_id="feedback-note")
         with gr.Tab("Trace"):
             trace_text = gr.Markdown("_No turn yet._", elem_id="trace-summary")

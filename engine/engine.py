@@ -186,7 +186,7 @@ class Engine:
                                sid=found[str(r.item_id)].sid, score=round(r.score, 4)) for r in ranked]
         yield TraceEvent(trace=Trace(turn_id=turn_id, prompt=self.tokenizer.decode(item_prompt),
                                      prompt_tokens=len(prompt), thinking=thinking,
-                                     reasoning_tokens=len(reasoning_ids), cache_hit=cache_hit, beams=beams,
+                                     reasoning_tokens=len(reasoning_ids), cache_hit=cache_hit, levels=levels, beams=beams,
                                      latency_ms={k_: round(v, 1) for k_, v in timings.items()}, k=k,
                                      num_beams=num_beams))
 

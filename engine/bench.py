@@ -1,0 +1,54 @@
+"""``thinkrec bench``: latency of the engine on the default model — time to the first reasoning
+token, whole turns with and without thinking (p50/p95), and p95 with 10 sessions at once.
+
+    thinkrec bench --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --turns 30
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.events import ReasoningDelta
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def _turn(engine, user_id: str, thinking: bool, message: str) -> tuple[float, float | None]:
+    session = engine.start_session(user_id=user_id)
+    started, first = time.perf_counter(), None
+    for event in engine.turn(session.id, message, thinking=thinking, k=10):
+        if first is None and isinstance(event, ReasoningDelta):
+            first = time.perf_counter() - started
+    return time.perf_counter() - started, first
+
+
+def run_bench(engine, users: list[str], turns: int = 30, concurrent: int = 10) -> dict:
+    message = "a 90s comedy please"
+    _turn(engine, users[0], True, message)            # warm-up: first calls pay one-off costs
+    report = {}
+    for thinking in (False, True):
+        totals, firsts = [], []
+        for n in range(turns):
+            total, first = _turn(engine, users[n % len(users)], thinking, message)
+            totals.append(total)
+            if first is not None:
+                firsts.append(first)
+        name = "thinking" if thinking else "non_thinking"
+        report[name] = {"p50_s": round(statistics.median(totals), 3), "p95_s": round(_percentile(totals, 0.95), 3)}
+        if firsts:
+            report["first_reasoning_token"] = {"p50_ms": round(1000 * statistics.median(firsts), 1),
+                                               "p95_ms": round(1000 * _percentile(firsts, 0.95), 1)}
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        started = time.perf_counter()
+        results = list(pool.map(lambda n: _turn(engine, users[n % len(users)], True, message)[0],
+                                range(concurrent * 3)))
+        wall = time.perf_counter() - started
+    report[f"{concurrent}_concurrent_thinking"] = {"p50_s": round(statistics.median(results), 3),
+                                                   "p95_s": round(_percentile(results, 0.95), 3),
+                                                   "turns": len(results), "wall_s": round(wall, 2)}
+    return report
