@@ -1,0 +1,82 @@
+"""The real app in Debian's headless Chromium, driven by Playwright: type a request, see the
+reasoning and the items, like one, and see the next turn reflect it. Saves screenshots under
+test-results/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path("test-results")
+
+
+def chromium_path() -> str:
+    path = os.environ.get("THINKREC_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(path).exists(), "browser tests need Debian's chromium: apt-get install -y chromium"
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(engine):
+    from app.ui import build_app
+
+    demo = build_app(engine, ["u1", "u2"])
+    demo.queue(default_concurrency_limit=10)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def item_titles(page) -> list[str]:
+    """Titles in the items table, read as the user sees it (6 cells per row after the header)."""
+    cells = [c.strip() for c in page.locator("#items").inner_text().splitlines() if c.strip()]
+    body = cells[cells.index("score") + 1:]
+    return [body[i + 1] for i in range(0, len(body) - 5, 6)]
+
+
+def test_chat_like_and_next_turn(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
+        page.locator("#start-session").click(timeout=60_000)
+        expect(page.locator("#history")).to_contain_text("Fresh user", timeout=30_000)
+
+        page.locator("#message textarea").fill("something with spaceships please")
+        page.locator("#send").click()
+        expect(page.locator("#chat")).to_contain_text("Reasoning", timeout=60_000)
+        expect(page.locator("#items")).to_contain_text("<a_", timeout=60_000)
+        page.wait_for_timeout(500)
+        first_titles = item_titles(page)
+        assert len(first_titles) == 10 and all(first_titles)
+        page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
+
+        liked = first_titles[0]                       # the item picker defaults to the top item
+        page.locator("#like").click()
+        expect(page.locator("#feedback-note")).to_contain_text(liked, timeout=30_000)
+        expect(page.locator("#history")).to_contain_text(liked)
+
+        page.locator("#message textarea").fill("more like that")
+        page.locator("#send").click()
+        expect(page.locator("#items")).not_to_contain_text(first_titles[0], timeout=60_000)
+        page.wait_for_timeout(500)
+        second_titles = item_titles(page)
+        assert liked not in second_titles and not set(second_titles) & set(first_titles)
+
+        page.get_by_role("tab", name="Trace").click()
+        expect(page.locator("#trace-summary")).to_contain_text("Latency", timeout=30_000)
+        page.screenshot(path=str(SHOTS / "trace.png"), full_page=True)
+        browser.close()
