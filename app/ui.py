@@ -43,7 +43,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         session = engine.start_session(user_id=user_id)
         return session.id, [], history_markdown(session.id), [], gr.update(choices=[], value=None), {}
 
-    def respond(message: str, chat: list, session_id: str | None, thinking: bool, k: int):
+    def respond(message: str, chat: list, session_id: str | None, thinking: bool, k: int, num_beams: int):
         if not session_id:
             session_id = engine.start_session().id
         chat = list(chat or []) + [gr.ChatMessage(role="user", content=message or "(no text: what next?)")]
@@ -68,7 +68,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 messages.append(gr.ChatMessage(role="assistant", content="\n\n".join(line for line in lines if line)))
             return messages
 
-        for event in engine.turn(session_id, message, thinking=thinking, k=int(k)):
+        for event in engine.turn(session_id, message, thinking=thinking, k=int(k), num_beams=int(num_beams)):
             if isinstance(event, ReasoningDelta):
                 levels[event.level] = levels.get(event.level, "") + event.text
                 yield render("pending"), session_id, gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
@@ -146,6 +146,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 start_button = gr.Button("Start session", elem_id="start-session")
                 thinking = gr.Checkbox(value=True, label="Thinking", elem_id="thinking")
                 k = gr.Slider(1, 20, value=10, step=1, label="Items (K)")
+                beams = gr.Slider(1, 50, value=20, step=1, label="Beam width")
             history = gr.Markdown("_No session yet._", elem_id="history")
             chatbot = gr.Chatbot(label="Conversation", height=460, elem_id="chat")
             with gr.Row():
@@ -161,7 +162,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
             feedback_note = gr.Markdown(elem_id="feedback-note")
         with gr.Tab("Trace"):
             trace_text = gr.Markdown("_No turn yet._", elem_id="trace-summary")
-            beams = gr.Dataframe(headers=["#", "title", "SID", "score"], label="Beam candidates", interactive=False)
+            beam_table = gr.Dataframe(headers=["#", "title", "SID", "score"], label="Beam candidates", interactive=False)
             trace_json = gr.JSON(label="Full trace (prompt, beams, latency)")
         with gr.Tab("Catalog"):
             query = gr.Textbox(label="Search by title, free text or SID", elem_id="catalog-query")
@@ -178,10 +179,10 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         outputs = [chatbot, session_state, history, items_table, item_choice, trace_state, message]
         start_button.click(start, [user_picker], [session_state, chatbot, history, items_table, item_choice, trace_state])
         for trigger in (send.click, message.submit):
-            trigger(respond, [message, chatbot, session_state, thinking, k], outputs, api_visibility="private")
+            trigger(respond, [message, chatbot, session_state, thinking, k, beams], outputs, api_visibility="private")
         like.click(lambda item, s: feedback("like", item, s), [item_choice, session_state], [history, feedback_note])
         dislike.click(lambda item, s: feedback("dislike", item, s), [item_choice, session_state], [history, feedback_note])
-        trace_state.change(lambda t: (trace_summary(t), beam_rows(t), t), [trace_state], [trace_text, beams, trace_json])
+        trace_state.change(lambda t: (trace_summary(t), beam_rows(t), t), [trace_state], [trace_text, beam_table, trace_json])
         query.submit(search, [query], [results])
         gr.api(recommend, api_name="recommend")
     return demo
