@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
                 "evolution": "2 · Evolution — how they move in time",
@@ -119,21 +119,10 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
     def recommend(message: str, user_id: str, thinking: bool) -> dict:
         """One recommendation turn for a new session (as `user_id` when given)."""
         session = engine.start_session(user_id=user_id or None)
-        result = {"reply": "", "reasoning": {"derivation": "", "evolution": "", "recommendation": ""},
-                  "items": [], "trace": None, "notices": []}
-        for event in engine.turn(session.id, message, thinking=bool(thinking)):
-            if isinstance(event, ReasoningDelta):
-                result["reasoning"][event.level] += event.text
-            elif isinstance(event, ItemsEvent):
-                result["items"] = [{"item_id": c.item_id, "title": c.title, "sid": c.sid, "score": c.score}
-                                   for c in event.items]
-            elif isinstance(event, ReplyDelta):
-                result["reply"] += event.text
-            elif isinstance(event, TraceEvent):
-                result["trace"] = event.trace.model_dump()
-            elif isinstance(event, (NoticeEvent, ErrorEvent)):
-                result["notices"].append(getattr(event, "text", None) or event.message)
-        return result
+        result = collect(engine.turn(session.id, message, thinking=bool(thinking)))
+        return {"reply": result.reply, "reasoning": result.reasoning,
+                "items": [{"item_id": c.item_id, "title": c.title, "sid": c.sid, "score": c.score} for c in result.items],
+                "trace": result.trace.model_dump() if result.trace else None, "notices": result.notices}
 
     with gr.Blocks(title="thinkrec") as demo:
         session_state = gr.State(None)

@@ -76,3 +76,30 @@ class ErrorEvent(BaseModel):
 
 Event = Annotated[ReasoningDelta | ItemsEvent | ReplyDelta | TraceEvent | NoticeEvent | ErrorEvent,
                   Field(discriminator="type")]
+
+
+class TurnResult(BaseModel):
+    """A whole turn's events gathered up, for callers that do not stream (API, LangChain)."""
+    reasoning: dict[str, str] = Field(default_factory=lambda: {"derivation": "", "evolution": "", "recommendation": ""})
+    items: list[ItemCard] = []
+    reply: str = ""
+    trace: Trace | None = None
+    notices: list[str] = []
+
+
+def collect(events) -> TurnResult:
+    result = TurnResult()
+    for event in events:
+        if isinstance(event, ReasoningDelta):
+            result.reasoning[event.level] += event.text
+        elif isinstance(event, ItemsEvent):
+            result.items = event.items
+        elif isinstance(event, ReplyDelta):
+            result.reply += event.text
+        elif isinstance(event, TraceEvent):
+            result.trace = event.trace
+        elif isinstance(event, NoticeEvent):
+            result.notices.append(event.text)
+        elif isinstance(event, ErrorEvent):
+            result.notices.append(f"Error: {event.message}")
+    return result

@@ -19,7 +19,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import ConfigDict
 
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+from engine.events import collect
 
 
 class ThinkrecChatModel(BaseChatModel):
@@ -39,27 +39,17 @@ class ThinkrecChatModel(BaseChatModel):
                   **kwargs: Any) -> ChatResult:
         request = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
         session_id = self.session_id or self.engine.start_session(user_id=self.user_id).id
-        levels: dict[str, str] = {}
-        items, reply, trace, notes = [], "", None, []
-        for event in self.engine.turn(session_id, request, thinking=kwargs.get("thinking", self.thinking),
-                                      k=kwargs.get("k", self.k)):
-            if isinstance(event, ReasoningDelta):
-                levels[event.level] = levels.get(event.level, "") + event.text
-            elif isinstance(event, ItemsEvent):
-                items = [card.model_dump() for card in event.items]
-            elif isinstance(event, ReplyDelta):
-                reply += event.text
-            elif isinstance(event, TraceEvent):
-                trace = event.trace.model_dump()
-            elif isinstance(event, (NoticeEvent, ErrorEvent)):
-                notes.append(getattr(event, "text", None) or getattr(event, "message", ""))
-        lines = [reply] + [f"{c['rank']}. {c['title']}" + (f" ({c['year']})" if c["year"] else "") + f" {c['sid']}"
-                           for c in items] + notes
+        result = collect(self.engine.turn(session_id, request, thinking=kwargs.get("thinking", self.thinking),
+                                          k=kwargs.get("k", self.k)))
+        items = [card.model_dump() for card in result.items]
+        lines = [result.reply] + [f"{c['rank']}. {c['title']}" + (f" ({c['year']})" if c["year"] else "")
+                                  + f" {c['sid']}" for c in items] + result.notices
         blocks: list[dict] = []
-        if levels:
-            reasoning = "\n".join(f"{name.capitalize()}: {text.strip()}" for name, text in levels.items())
+        if any(result.reasoning.values()):
+            reasoning = "\n".join(f"{name.capitalize()}: {text.strip()}" for name, text in result.reasoning.items())
             blocks.append({"type": "reasoning", "reasoning": reasoning})
         blocks.append({"type": "text", "text": "\n".join(line for line in lines if line)})
+        trace = result.trace.model_dump() if result.trace else None
         message = AIMessage(content=blocks, response_metadata={"items": items, "trace": trace,
                                                                "session_id": session_id})
         return ChatResult(generations=[ChatGeneration(message=message)])
