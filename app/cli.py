@@ -160,6 +160,7 @@ def app_command(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder; the default is trained first if missing.")] = Path("checkpoints/ml-100k-tiny/sft"),
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 7860,
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to share on a network).")] = "127.0.0.1",
+    sessions_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for sessions (default: sessions.db beside the catalog).")] = None,
 ) -> None:
     """Start the chat app (builds the default dataset and model first when they are missing)."""
     from training.stages import AllArgs, ensure_dataset, run_all
@@ -174,7 +175,7 @@ def app_command(
     from engine.checkpoint import CheckpointMismatch
 
     try:
-        demo = serve(str(data), str(checkpoint), port=port, host=host)
+        demo = serve(str(data), str(checkpoint), port=port, host=host, sessions_url=sessions_url)
     except CheckpointMismatch as error:
         fail(str(error))
     typer.echo(f"thinkrec app on http://{host}:{port} (Ctrl+C to stop)")
