@@ -193,14 +193,12 @@ def bench_command(
     """Engine latency: first reasoning token, turns with/without thinking, concurrent sessions."""
     import tempfile
 
-    from data.clean import read_split
     from engine.bench import run_bench
     from engine.engine import Engine
 
     with tempfile.TemporaryDirectory() as scratch:
         engine = Engine(data, checkpoint, sessions_url=f"sqlite:///{scratch}/bench.db")
-        users = [row["user_id"] for row in read_split(Path(data) / "splits" / "test.jsonl")]
-        report = run_bench(engine, users, turns, concurrent)
+        report = run_bench(engine, list(engine.user_histories), turns, concurrent)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in report.items()))
 
 

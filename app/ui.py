@@ -178,11 +178,10 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
 
 
 def serve(data: str, checkpoint: str, port: int = 7860, host: str = "127.0.0.1", sessions_url: str | None = None):
-    from data.clean import read_split
     from engine.engine import Engine
 
     engine = Engine(data, checkpoint, sessions_url=sessions_url)
-    users = [row["user_id"] for row in read_split(engine.data / "splits" / "test.jsonl")][:200]
+    users = list(engine.user_histories)[:200]
     demo = build_app(engine, users)
     demo.queue(default_concurrency_limit=10)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft())

@@ -66,6 +66,8 @@ class GatedTrieProcessor(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.prompt_length:]
+        if self.sid_token_ids.device != scores.device:
+            self.sid_token_ids = self.sid_token_ids.to(scores.device)   # once, not per row and step
         for row in range(input_ids.shape[0]):
             state = self.rows[row]
             for token in generated[row, state.processed:].tolist():
@@ -74,7 +76,7 @@ class GatedTrieProcessor(LogitsProcessor):
             cursor = state.cursor
             if cursor is None:
                 # Outside an item: free text, but no stray SID tokens and no unopened item end.
-                scores[row, self.sid_token_ids.to(scores.device)] = float("-inf")
+                scores[row, self.sid_token_ids] = float("-inf")
                 scores[row, self.end_id] = float("-inf")
                 continue
             # Done or dead (nothing allowed): only <|item_end|>; _advance counts a dead one as an error.

@@ -61,6 +61,9 @@ class Engine:
         self.recommender = Recommender(self.model, self.tokenizer, self.catalog.sid_codes(), history_items)
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
         self.sessions = SessionStore(sessions_url or sqlite_url(self.data / "sessions.db"))
+        # Dataset users' full histories ("start as user"), read once rather than on every session.
+        self.user_histories = {row["user_id"]: row["history"] + [row["target"]]
+                               for row in read_split(self.data / "splits" / "test.jsonl")}
         self.max_message_chars = max_message_chars
         self._model_lock = threading.Lock()       # one model serves every session: one call at a time
         self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
@@ -68,10 +71,9 @@ class Engine:
 
     # -- sessions ----------------------------------------------------------------------------
     def dataset_history(self, user_id: str) -> list[str]:
-        for row in read_split(self.data / "splits" / "test.jsonl"):
-            if row["user_id"] == str(user_id):
-                return row["history"] + [row["target"]]
-        raise KeyError(f"no user '{user_id}' in {self.data}")
+        if str(user_id) not in self.user_histories:
+            raise KeyError(f"no user '{user_id}' in {self.data}")
+        return list(self.user_histories[str(user_id)])
 
     def start_session(self, user_id: str | None = None) -> ChatSession:
         history = self.dataset_history(user_id) if user_id else []

@@ -63,7 +63,7 @@ def _score(ranked: list[list[str]], rows: list[dict], seconds: float, catalog: s
     generated = sum(len(r) for r in ranked)
     invalid = sum(1 for r in ranked for item in r if item not in catalog)
     repeats = sum(len(r) - len(set(r)) for r in ranked)
-    seen = sum(1 for r, row in zip(ranked, rows) for item in r if item in set(row["history"]))
+    seen = sum(len(set(r) & set(row["history"])) for r, row in zip(ranked, rows))
     return {**{k: round(v, 5) for k, v in metrics.items()},
             "invalid_rate": invalid / max(generated, 1), "repeat_rate": repeats / max(generated, 1),
             "seen_rate": seen / max(generated, 1), "seconds": round(seconds, 1),
