@@ -21,7 +21,7 @@ app = typer.Typer(help="thinkrec: a conversational, reasoning generative recomme
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build and inspect dataset artifact folders.", no_args_is_help=True)
 catalog_app = typer.Typer(help="Search and look up items in a dataset's catalog.", no_args_is_help=True)
-train_app = typer.Typer(help="Train checkpoints: pretrain (perception), sft (reasoning), all, baseline.",
+train_app = typer.Typer(help="Train checkpoints: pretrain (perception), sft (reasoning), rl (GRPO), all, baseline.",
                         no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(catalog_app, name="catalog")
@@ -207,13 +207,17 @@ def _register_training_commands() -> None:
     from app.cli_args import add_dataclass_command
     from training.evaluate import EvalArgs
     from training.pretrain import PretrainArgs
+    from training.rl import RLArgs
     from training.sft import SFTArgs
-    from training.stages import AllArgs, BaselineArgs, run_all, run_baseline, run_eval, run_pretrain, run_sft
+    from training.stages import (AllArgs, BaselineArgs, run_all, run_baseline, run_eval, run_pretrain, run_rl,
+                                 run_sft)
 
     add_dataclass_command(train_app, "pretrain", PretrainArgs, run_pretrain,
                           "Perception pre-training: item tokens learn their titles and attributes.")
     add_dataclass_command(train_app, "sft", SFTArgs, run_sft,
                           "Three-level CoT, non-thinking and dialogue SFT from a pretrain checkpoint.")
+    add_dataclass_command(train_app, "rl", RLArgs, run_rl,
+                          "GRPO with recommendation rewards: per-task specialists, then a unified model.")
     add_dataclass_command(train_app, "all", AllArgs, run_all,
                           "Pretrain then SFT: the default model the app uses.")
     add_dataclass_command(train_app, "baseline", BaselineArgs, run_baseline,

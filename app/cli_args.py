@@ -33,7 +33,10 @@ def add_dataclass_command(group: typer.Typer, name: str, cls, run: Callable, hel
         annotation = hints[field.name]
         optional = type(None) in getattr(annotation, "__args__", ())
         base = next((a for a in getattr(annotation, "__args__", ()) if a is not type(None)), annotation)
-        option = typer.Option(f"--{field.name.replace('_', '-')}", help=helps.get(field.name, ""))
+        flag = field.name.replace('_', '-')
+        # A switch that is on by default needs a way to turn it off.
+        names = f"--{flag}/--no-{flag}" if base is bool and field.default is True else f"--{flag}"
+        option = typer.Option(names, help=helps.get(field.name, ""))
         parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
                                             annotation=Annotated[Optional[base] if optional else base, option]))
 

@@ -22,6 +22,8 @@ class Recommendation:
     levels: dict[str, str] = field(default_factory=dict)
     reasoning_tokens: int = 0
     prompt_tokens: int = 0
+    prompt_ids: list[int] = field(default_factory=list)
+    reasoning_ids: list[int] = field(default_factory=list)   # as generated, </think> included when closed
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -52,7 +54,7 @@ class Recommender:
         earlier_turns = earlier_turns or [()] * n
         excludes = [set(h) | (set(exclude[i]) if exclude else set()) for i, h in enumerate(histories)]
         prompts = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], thinking) for i in range(n)]
-        results = [Recommendation(items=[], prompt_tokens=len(p)) for p in prompts]
+        results = [Recommendation(items=[], prompt_tokens=len(p), prompt_ids=list(p)) for p in prompts]
         item_prompts = prompts
         if thinking:
             started = time.perf_counter()
@@ -66,6 +68,7 @@ class Recommender:
                 text = DERIVATION + self.tokenizer.decode(body)   # the prompt opened the first level
                 results[i].reasoning, results[i].levels = text, parse_reasoning(text)
                 results[i].reasoning_tokens = len(reasoning)
+                results[i].reasoning_ids = list(reasoning)
                 results[i].seconds["reasoning"] = share
                 item_prompts.append(prompts[i] + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id])
         started = time.perf_counter()

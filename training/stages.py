@@ -57,6 +57,12 @@ def run_sft(args: SFTArgs):
     return _guard(sft.run, args)
 
 
+def run_rl(args):
+    from training import rl
+
+    return _guard(rl.run, args)
+
+
 def ensure_dataset(data: str) -> None:
     """Build the default dataset on first use, so `train all` works from a fresh clone."""
     folder = Path(data)
