@@ -133,17 +133,25 @@ def built_dataset(tmp_path_factory, generic_files) -> Path:
 
 
 @pytest.fixture(scope="session")
-def engine(built_dataset, tmp_path_factory):
-    """A conversation engine over a checkpoint trained for a few steps on the themed dataset."""
-    from engine.engine import Engine
+def tiny_checkpoint(built_dataset, tmp_path_factory) -> Path:
+    """Pretrain + SFT for a few steps on the themed dataset: a real (if barely trained) checkpoint."""
     from training.pretrain import PretrainArgs
     from training.pretrain import run as pretrain
     from training.sft import SFTArgs
     from training.sft import run as sft
 
-    out = tmp_path_factory.mktemp("engine-ckpt")
+    out = tmp_path_factory.mktemp("tiny-ckpt")
     pretrain(PretrainArgs(data=str(built_dataset), out=str(out / "pretrain"), max_steps=2, vocab_size=600,
                           batch_tokens=2048))
     sft(SFTArgs(data=str(built_dataset), init=str(out / "pretrain"), out=str(out / "sft"), max_steps=2,
                 batch_tokens=2048))
-    return Engine(built_dataset, out / "sft", sessions_url=f"sqlite:///{out / 'sessions.db'}")
+    return out / "sft"
+
+
+@pytest.fixture(scope="session")
+def engine(built_dataset, tiny_checkpoint, tmp_path_factory):
+    """A conversation engine over the tiny checkpoint."""
+    from engine.engine import Engine
+
+    out = tmp_path_factory.mktemp("engine-sessions")
+    return Engine(built_dataset, tiny_checkpoint, sessions_url=f"sqlite:///{out / 'sessions.db'}")

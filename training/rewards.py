@@ -16,6 +16,10 @@ ignores the rest.
   lands in the right coarse cluster still earns something, so a group without a hit has signal.
 - :func:`format_reward` — the reasoning has all three levels in order and closes, and every item is
   a real catalog item, distinct and unseen.
+- :func:`target_likelihood` — how likely the policy makes the true next item right after this
+  reasoning: the geometric mean of its SID tokens' probabilities (teacher-forced, one forward pass
+  per rollout). Dense where rank_hit is sparse: two paths that both miss the top K still differ in
+  how close they brought the target, so almost every group has a signal.
 - :func:`instruction_following` — for dialogue prompts, the share of the top items that satisfy the
   request, checked against the catalog's attributes (asked-for genre, decade, avoided genre, "more
   like" a title). Prompts without a request get 0 (the weight only matters where there is one).
@@ -118,8 +122,16 @@ def instruction_following(completions: Sequence[Completion], requests: Sequence[
     return out
 
 
+def target_likelihood(completions: Sequence[Completion], **_) -> list[float]:
+    """Per-token geometric-mean probability of the target's SID after the reasoning, in [0, 1]
+    (``extra["target_logprob"]`` summed over the SID tokens, ``extra["target_tokens"]`` of them)."""
+    return [math.exp(c.extra["target_logprob"] / c.extra["target_tokens"]) if "target_logprob" in c.extra else 0.0
+            for c in completions]
+
+
 REWARDS: dict[str, Callable[..., list[float]]] = {
     "rank": rank_hit, "prefix": prefix_credit, "format": format_reward, "instruction": instruction_following,
+    "likelihood": target_likelihood,
 }
 
 

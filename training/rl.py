@@ -9,7 +9,9 @@ a request the true next item satisfies); for each, sample G reasoning paths from
 (temperature sampling under the gated SID constraint); after each path, beam search over the SID
 steps under the catalog trie gives a ranked list — the very :class:`~engine.recommender.Recommender`
 code eval and the app use. The completion the policy is scored on is the reasoning plus the top
-``answer_items`` items. Rewards (:mod:`training.rewards`) are combined with weights; advantages
+``answer_items`` items. Rewards (:mod:`training.rewards`) are combined with weights — the
+rank-aware hit of the beam list, SID prefix credit, format, instruction following, and the
+probability the path gives the true next item (dense: it separates paths that both miss); advantages
 are the reward minus the group mean, over the group's standard deviation. Groups whose rewards are
 all equal carry no signal: their share is logged and they are left out of the update. The loss is
 PPO's clipped surrogate per token (reasoning and item tokens), minus ``kl_coef`` times the k3
@@ -73,21 +75,22 @@ class RLArgs:
     lr: float = 1e-4                    # policy learning rate (constant after warmup)
     warmup_steps: int = 5               # optimizer steps of linear warmup
     clip: float = 0.2                   # PPO clip range of the probability ratio
-    kl_coef: float = 0.02               # weight of the KL penalty to the starting model
+    kl_coef: float = 0.04               # weight of the KL penalty to the starting model
     max_grad_norm: float = 1.0
     scale_advantages: bool = True       # divide by the group's std (False: mean-centred only)
     w_rank: float = 1.0                 # reward weight: rank-aware hit (NDCG-style)
     w_prefix: float = 0.3               # reward weight: hierarchical SID prefix credit
     w_format: float = 0.2               # reward weight: format (levels, closed, valid items)
     w_instruction: float = 0.5          # reward weight: items satisfy the dialogue request
+    w_likelihood: float = 1.0           # reward weight: probability of the true next item after the reasoning
     positions_per_user: int = 3         # latest training positions per user used as prompts
     dialogue_share: float = 0.35        # share of dialogue prompts in mixed mode
     unify_from: str = "next_item"       # model the unify step fine-tunes: next_item (specialist) or init
     unify_epochs: float = 2.0           # epochs of rejection-sampling fine-tuning
     unify_lr: float = 2e-4              # peak learning rate of the unify fine-tuning
     unify_replay: float = 0.5           # non-thinking SFT answers replayed, relative to the rollouts kept
-    eval_users: int = 128               # valid users scored (think mode, NDCG@10) during training
-    eval_every: int = 15                # GRPO steps between those evaluations (0: only start and end)
+    eval_users: int = 200               # valid users scored (think mode, NDCG@10) during training
+    eval_every: int = 25                # GRPO steps between those evaluations (0: only start and end)
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
     seed: int = 0                       # seed for prompts, sampling and data order
     save_every: int = 10                # GRPO steps between resumable checkpoints (0: never)
@@ -141,6 +144,7 @@ class Rollout:
     prompt_len: int
     items: list[str]
     reasoning: str
+    target_logprob: float = 0.0          # log p(true next item's SID | prompt, reasoning)
     reward: float = 0.0
     parts: dict | None = None
     advantage: float = 0.0
@@ -170,17 +174,54 @@ def rollout(recommender, prompts: list[Prompt], args: RLArgs, seed: int) -> list
                            [str(i.item_id) for i in answer.items], answer.reasoning)
         rollout_.parts = {"closed": closed}
         out.append(rollout_)
+    # Teacher-forced log-probability of the true next item right after each reasoning path.
+    scored = [answer.prompt_ids + [t for t in answer.reasoning_ids if t not in (tok.think_end_id, tok.end_id)]
+              + [tok.think_end_id, tok.item_begin_id] for answer in answers]
+    targets = [tok.sid_token_ids(recommender.sid_codes[p.target]) for p in expanded]
+    for r, value in zip(out, target_logprobs(recommender.model, scored, targets, tok.pad_id)):
+        r.target_logprob = value
     return out
 
 
+def target_logprobs(model, prefixes: list[list[int]], targets: list[list[int]], pad_id: int,
+                    batch_size: int = 32) -> list[float]:
+    """Summed log-probability of each ``target`` token sequence right after its prefix."""
+    import torch
+
+    device = next(model.parameters()).device
+    values: list[float] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(prefixes), batch_size):
+            rows = [p + t for p, t in zip(prefixes[start:start + batch_size], targets[start:start + batch_size])]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+            attention = torch.zeros_like(ids)
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = torch.tensor(r, device=device)
+                attention[i, :len(r)] = 1
+            logits = model(input_ids=ids, attention_mask=attention).logits
+            for i, (prefix, target) in enumerate(zip(prefixes[start:start + batch_size],
+                                                     targets[start:start + batch_size])):
+                # Position t predicts token t + 1: the target's tokens are predicted from len(prefix) - 1 on.
+                logp = torch.log_softmax(logits[i, len(prefix) - 1:len(prefix) - 1 + len(target)].float(), dim=-1)
+                values.append(float(logp[torch.arange(len(target)), torch.tensor(target, device=device)].sum()))
+    model.train(was_training)
+    return values
+
+
 def reward_weights(args: RLArgs) -> dict[str, float]:
-    return {"rank": args.w_rank, "prefix": args.w_prefix, "format": args.w_format, "instruction": args.w_instruction}
+    return {"rank": args.w_rank, "prefix": args.w_prefix, "format": args.w_format,
+            "instruction": args.w_instruction, "likelihood": args.w_likelihood}
 
 
 def score(rollouts: list[Rollout], view, args: RLArgs) -> dict[str, list[float]]:
     from training.rewards import Completion, combine
 
-    completions = [Completion(r.items, r.reasoning, True, r.parts["closed"]) for r in rollouts]
+    completions = [Completion(r.items, r.reasoning, True, r.parts["closed"],
+                              {"target_logprob": r.target_logprob, "target_tokens": len(view.codes[r.prompt.target])})
+                   for r in rollouts]
     total, parts = combine(
         completions, reward_weights(args), k=args.k,
         targets=[r.prompt.target for r in rollouts], target_codes=[view.codes[r.prompt.target] for r in rollouts],
@@ -284,7 +325,7 @@ def plot_rl(log: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
-    panels = [("reward", ["reward", "r_rank", "r_prefix", "r_format", "r_instruction"]), ("KL to reference", ["kl"]),
+    panels = [("reward", ["reward", "r_rank", "r_prefix", "r_format", "r_instruction", "r_likelihood"]), ("KL to reference", ["kl"]),
               ("valid NDCG@10 (think)", ["valid_ndcg@10"]), ("zero-variance groups / entropy", ["zero_var_share", "entropy"])]
     for ax, (name, keys) in zip(axes.flat, panels):
         for key in keys:
