@@ -224,6 +224,16 @@ def test_train_rl_cli_specializes_then_unifies(built_dataset, tiny_checkpoint, t
         assert (out / task / "rl_curves.png").exists() and not (out / task / "trainer_state").exists()
     model, tokenizer, _ = load_checkpoint(out, built_dataset)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    # Side by side in one eval: the SFT start and the unified RL model, both modes.
+    report = tmp_path / "eval.json"
+    evaluated = CliRunner().invoke(app, ["eval", "--data", str(built_dataset), "--split", "valid",
+                                         "--checkpoint", f"sft={tiny_checkpoint},rl={out}", "--max-users", "4",
+                                         "--methods", "thinkrec,thinkrec-think", "--max-reasoning-tokens", "24",
+                                         "--json", str(report)])
+    assert evaluated.exit_code == 0, evaluated.output
+    results = json.loads(report.read_text())["results"]
+    assert set(results) == {"thinkrec [sft]", "thinkrec-think [sft]", "thinkrec [rl]", "thinkrec-think [rl]"}
+    assert results["thinkrec [rl]"]["stage"] == "unified" and results["thinkrec [rl]"]["invalid_rate"] == 0
     # A finished specialist is reused, not retrained.
     again = CliRunner().invoke(app, ["train", "rl", *common, "--out", str(out), "--next-item-steps", "2",
                                      "--dialogue-steps", "2"])

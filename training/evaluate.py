@@ -26,7 +26,7 @@ METHODS = ("popularity", "sasrec", "thinkrec", "thinkrec-think")
 @dataclass
 class EvalArgs:
     data: str = "artifacts/ml-100k"     # dataset artifact folder (thinkrec data build)
-    checkpoint: str = "checkpoints/ml-100k-tiny/sft"  # checkpoint folder (thinkrec train all)
+    checkpoint: str = "checkpoints/ml-100k-tiny/sft"  # checkpoint folder, or several side by side: sft=DIR,rl=DIR
     split: str = "test"                 # valid or test
     json: str | None = None             # write the report here (plus .md table and .png chart beside it)
     methods: str = ",".join(METHODS)    # comma-separated: popularity, sasrec, thinkrec, thinkrec-think
@@ -47,7 +47,8 @@ def _rows(view, split: str, max_users: int) -> list[dict]:
 def _sasrec(view, args: EvalArgs):
     from training.sasrec import SASRecConfig, SASRecModel, train_sasrec
 
-    path = Path(args.sasrec) if args.sasrec else Path(args.checkpoint).parent / "sasrec.pt"
+    first = next(iter(parse_checkpoints(args.checkpoint).values()))
+    path = Path(args.sasrec) if args.sasrec else Path(first).parent / "sasrec.pt"
     if path.exists():
         return SASRecModel.load(path)
     model = train_sasrec(list(view.items), [r["item_ids"] for r in view.train],
@@ -69,6 +70,20 @@ def _score(ranked: list[list[str]], rows: list[dict], seconds: float, catalog: s
             "seen_rate": seen / max(generated, 1), "seconds": round(seconds, 1),
             "users_per_s": round(len(rows) / max(seconds, 1e-9), 2),
             "items_per_s": round(generated / max(seconds, 1e-9), 1), **(extra or {})}
+
+
+def parse_checkpoints(spec: str) -> dict[str, str]:
+    """``DIR`` -> {"": DIR}; ``sft=DIR,rl=DIR`` -> labelled checkpoints, evaluated side by side."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if len(parts) == 1 and "=" not in parts[0]:
+        return {"": parts[0]}
+    labelled = {}
+    for part in parts:
+        label, _, path = part.partition("=")
+        if not path or not label:
+            raise ValueError(f"--checkpoint with several checkpoints needs label=DIR entries, got '{part}'")
+        labelled[label] = path
+    return labelled
 
 
 def run(args: EvalArgs) -> dict:
@@ -102,17 +117,19 @@ def run(args: EvalArgs) -> dict:
         ranked = model.recommend_batch(histories, k)
         results["sasrec"] = _score(ranked, rows, time.perf_counter() - started, catalog)
     thinking_modes = [(m, m == "thinkrec-think") for m in ("thinkrec", "thinkrec-think") if m in methods]
-    if thinking_modes:
-        model, tokenizer, meta = load_checkpoint(args.checkpoint, args.data)
+    checkpoints = parse_checkpoints(args.checkpoint) if thinking_modes else {}
+    for label, checkpoint in checkpoints.items():
+        model, tokenizer, meta = load_checkpoint(checkpoint, args.data)
         recommender = Recommender(model, tokenizer, view.codes)
-        for name, thinking in thinking_modes:
+        for method, thinking in thinking_modes:
+            name = f"{method} [{label}]" if label else method
             started = time.perf_counter()
             answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
                                             max_reasoning_tokens=args.max_reasoning_tokens,
                                             batch_size=args.batch_size)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
-            extra = {"checkpoint": args.checkpoint, "stage": meta.stage}
+            extra = {"checkpoint": checkpoint, "stage": meta.stage}
             if thinking:
                 from engine.prompt import well_formed
                 extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)

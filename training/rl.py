@@ -331,7 +331,12 @@ def plot_rl(log: list[dict], path: Path, title: str) -> None:
         for key in keys:
             points = [(r["step"], r[key]) for r in log if r.get(key) is not None]
             if points:
-                ax.plot(*zip(*points), marker="o" if key == "valid_ndcg@10" else None, label=key)
+                ax.plot(*zip(*points), marker="o" if key == "valid_ndcg@10" else None, label=key,
+                        alpha=0.45 if key == "reward" else 1.0)
+            if key == "reward" and len(points) >= 10:   # per-step rewards are noisy: show the trend
+                steps, values = zip(*points)
+                trend = [sum(values[max(0, i - 9):i + 1]) / len(values[max(0, i - 9):i + 1]) for i in range(len(values))]
+                ax.plot(steps, trend, color="black", linewidth=2, label="reward, 10-step mean")
         ax.set_title(name)
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
