@@ -87,8 +87,8 @@ class RLArgs:
     dialogue_share: float = 0.35        # share of dialogue prompts in mixed mode
     unify_from: str = "next_item"       # model the unify step fine-tunes: next_item (specialist) or init
     unify_epochs: float = 2.0           # epochs of rejection-sampling fine-tuning
-    unify_lr: float = 2e-4              # peak learning rate of the unify fine-tuning
-    unify_replay: float = 0.5           # non-thinking SFT answers replayed, relative to the rollouts kept
+    unify_lr: float = 5e-5              # peak learning rate of the unify fine-tuning (2e-4 forgot: see RESULTS)
+    unify_replay: float = 1.0           # non-thinking SFT answers replayed, relative to the rollouts kept
     eval_users: int = 200               # valid users scored (think mode, NDCG@10) during training
     eval_every: int = 25                # GRPO steps between those evaluations (0: only start and end)
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
