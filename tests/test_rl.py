@@ -209,7 +209,8 @@ def test_killed_grpo_run_resumes_to_the_same_step(setup, tiny_checkpoint, tmp_pa
 def test_train_rl_cli_specializes_then_unifies(built_dataset, tiny_checkpoint, tmp_path):
     out = tmp_path / "rl"
     common = ["--data", str(built_dataset), "--init", str(tiny_checkpoint), "--group-size", "4",
-              "--prompts-per-step", "4", "--max-reasoning-tokens", "24", "--eval-users", "8"]
+              "--prompts-per-step", "4", "--max-reasoning-tokens", "24", "--eval-users", "8",
+              "--keep-min-format", "0"]   # a barely trained model rarely writes all three levels in 24 tokens
     result = CliRunner().invoke(app, ["train", "rl", *common, "--out", str(out), "--next-item-steps", "2",
                                       "--dialogue-steps", "2", "--unify-replay", "0.5"])
     assert result.exit_code == 0, result.output

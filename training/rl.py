@@ -85,6 +85,7 @@ class RLArgs:
     w_likelihood: float = 1.0           # reward weight: probability of the true next item after the reasoning
     positions_per_user: int = 3         # latest training positions per user used as prompts
     dialogue_share: float = 0.35        # share of dialogue prompts in mixed mode
+    keep_min_format: float = 1.0        # format reward a rollout needs to be kept for the unify step
     unify_from: str = "next_item"       # model the unify step fine-tunes: next_item (specialist) or init
     unify_epochs: float = 2.0           # epochs of rejection-sampling fine-tuning
     unify_lr: float = 5e-5              # peak learning rate of the unify fine-tuning (2e-4 forgot: see RESULTS)
@@ -247,7 +248,7 @@ def group_advantages(rewards, group_size: int, scale: bool = True, eps: float = 
     return advantages.view(-1).float(), varied
 
 
-def best_of_group(rollouts: list[Rollout], group_size: int) -> list[Rollout]:
+def best_of_group(rollouts: list[Rollout], group_size: int, min_format: float = 1.0) -> list[Rollout]:
     """Rejection sampling: each group's best rollout, kept when it beat the group mean and
     succeeded — the target in its list, or (dialogue) the request met by most of its items."""
     kept = []
@@ -257,7 +258,7 @@ def best_of_group(rollouts: list[Rollout], group_size: int) -> list[Rollout]:
         mean = sum(r.reward for r in group) / len(group)
         succeeded = best.parts.get("rank", 0) > 0 or (best.prompt.request is not None
                                                        and best.parts.get("instruction", 0) >= 0.8)
-        if best.reward > mean + 1e-9 and succeeded and best.parts.get("format", 0) == 1.0:
+        if best.reward > mean + 1e-9 and succeeded and best.parts.get("format", 0) >= min_format:
             kept.append(best)
     return kept
 
@@ -399,7 +400,7 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
         for r, a in zip(rollouts, advantages.tolist()):
             r.advantage = a
         kept += [{"ids": r.ids, "prompt_len": r.prompt_len, "task": r.prompt.task, "reward": r.reward}
-                 for r in best_of_group(rollouts, args.group_size)]
+                 for r in best_of_group(rollouts, args.group_size, args.keep_min_format)]
         train_rows = [r for g, ok in enumerate(varied.tolist()) if ok
                       for r in rollouts[g * args.group_size:(g + 1) * args.group_size]]
         stats = {"loss": None, "kl": None, "clip_frac": None, "entropy": None, "grad_norm": None}
@@ -546,7 +547,7 @@ def unify(args: RLArgs, view, tokenizer, parent: CheckpointMeta, specialists: di
     train_args = TrainArgs(epochs=args.unify_epochs, lr=args.unify_lr, warmup_steps=5, batch_tokens=6144,
                            precision=args.precision, seed=args.seed, save_every=20, log_every=5)
     summary = train(_load(start), examples, tokenizer.pad_id, out, train_args, title="unify")
-    meta = _meta(parent, start, "unified", args, summary)
+    meta = _meta(CheckpointMeta.load(Path(start)), start, "unified", args, summary)
     meta.args["unify_examples"] = counts
     meta.args["specialists"] = {t: str(p) for t, p in specialists.items()}
     save_checkpoint(summary["model"], tokenizer, meta, out)
