@@ -196,12 +196,7 @@ def target_logprobs(model, prefixes: list[list[int]], targets: list[list[int]], 
     with torch.no_grad():
         for start in range(0, len(prefixes), batch_size):
             rows = [p + t for p, t in zip(prefixes[start:start + batch_size], targets[start:start + batch_size])]
-            width = max(len(r) for r in rows)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-            attention = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = torch.tensor(r, device=device)
-                attention[i, :len(r)] = 1
+            ids, attention = _right_pad(rows, pad_id, device)
             logits = model(input_ids=ids, attention_mask=attention).logits
             for i, (prefix, target) in enumerate(zip(prefixes[start:start + batch_size],
                                                      targets[start:start + batch_size])):
@@ -265,19 +260,27 @@ def best_of_group(rollouts: list[Rollout], group_size: int, min_format: float = 
 
 # -- the loss --------------------------------------------------------------------------------
 
+def _right_pad(rows: list[list[int]], pad_id: int, device):
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        attention[i, :len(r)] = 1
+    return ids.to(device), attention.to(device)
+
+
 def _pad(rollouts: list[Rollout], pad_id: int, device):
     import torch
 
-    width = max(len(r.ids) for r in rollouts)
-    ids = torch.full((len(rollouts), width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
-    mask = torch.zeros_like(ids, dtype=torch.float32)
+    ids, attention = _right_pad([r.ids for r in rollouts], pad_id, device)
+    mask = torch.zeros(ids.shape, dtype=torch.float32, device=device)
     for row, r in enumerate(rollouts):
-        ids[row, :len(r.ids)] = torch.tensor(r.ids)
-        attention[row, :len(r.ids)] = 1
         mask[row, r.prompt_len:len(r.ids)] = 1.0
     # Position t predicts token t+1: the loss mask moves one to the left.
-    return ids.to(device), attention.to(device), mask[:, 1:].to(device)
+    return ids, attention, mask[:, 1:]
 
 
 def token_logprobs(model, ids, attention, with_entropy: bool = False):
