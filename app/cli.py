@@ -222,6 +222,11 @@ def _register_training_commands() -> None:
                           "Pretrain then SFT: the default model the app uses.")
     add_dataclass_command(train_app, "baseline", BaselineArgs, run_baseline,
                           "Train the SASRec baseline (popularity needs no training).")
+    from engine.scale_bench import CatalogBenchArgs
+    from engine.scale_bench import main as bench_catalog
+
+    add_dataclass_command(app, "bench-catalog", CatalogBenchArgs, bench_catalog,
+                          "Catalog-scale benchmark: SIDs, trie, FAISS and constrained decoding on N synthetic items.")
     add_dataclass_command(app, "eval", EvalArgs, run_eval,
                           "Leave-one-out evaluation: popularity, SASRec, thinkrec, thinkrec-think side by side.")
 

@@ -134,3 +134,22 @@ def test_recommender_same_seed_same_output(setup):
     assert runs[0] == runs[1]
     for _, items in runs[0]:
         assert len(items) == 5 and set(items) <= set(codes)
+
+
+def test_catalog_scale_benchmark_runs_small(tmp_path):
+    """`thinkrec bench-catalog` end to end on a small synthetic catalog: every measure present."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench-catalog", "--items", "3000", "--steps", "600", "--decode-repeats", "2",
+                                      "--index", "flat", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["sid"]["levels"] >= 3 and report["trie"]["step_us"] > 0
+    assert report["trie"]["depth"][0]["mean_branching"] == report["sid"]["codebook_size"]
+    assert report["faiss"]["kind"] == "flat" and report["faiss"]["query_ms"] > 0
+    assert report["decoding"]["constrained_ms"] > 0 and report["decoding"]["unconstrained_ms"] > 0

@@ -1,0 +1,178 @@
+"""Catalog-scale benchmark: how SIDs, the prefix trie, the FAISS index and constrained decoding
+behave for a synthetic catalog of up to millions of items (random unit-norm "text embeddings").
+
+    thinkrec bench-catalog --items 1000000 --json results/catalog_1m.json
+
+Measures: SID build time (balanced residual k-means + uniqueness), trie build time and memory,
+the cost of one ``TrieCursor.allowed()`` + ``accept()`` step (with a user's history excluded),
+FAISS index build and query time, and constrained versus unconstrained greedy decoding of the SID
+steps with a model of the ``tiny`` preset (same number of forward passes; the difference is the
+constraint's overhead).
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class CatalogBenchArgs:
+    items: int = 1_000_000          # synthetic catalog size
+    dim: int = 64                   # embedding dimension of the random item vectors
+    levels: int = 3                 # SID levels
+    index: str = "hnsw"             # FAISS index: flat, hnsw or ivf
+    steps: int = 20_000             # trie steps timed
+    history: int = 50               # items excluded per cursor (a user's history)
+    decode_rows: int = 8            # rows decoded together in the decoding comparison
+    decode_repeats: int = 20        # decoding runs timed (median reported)
+    seed: int = 0
+    json: str | None = None         # also write the report here
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run(args: CatalogBenchArgs, progress=print) -> dict:
+    import numpy as np
+
+    from data.index import build_index
+    from data.quantize import codebook_size_for, make_unique, residual_kmeans
+    from engine.sid import SIDTrie
+
+    rng = np.random.default_rng(args.seed)
+    report: dict = {"args": asdict(args)}
+    vectors = rng.normal(size=(args.items, args.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    size = codebook_size_for(args.items, args.levels)
+    started = time.perf_counter()
+    quant = residual_kmeans(vectors, args.levels, size, seed=args.seed, niter=10,
+                            progress=lambda level, total: progress(f"k-means level {level}/{total}"))
+    unique = make_unique(quant, size)
+    report["sid"] = {"seconds": round(time.perf_counter() - started, 1), "codebook_size": size,
+                     "levels": int(unique.codes.shape[1]), "collisions_before": unique.collisions_before}
+    progress(f"SIDs: {report['sid']}")
+
+    # Token ids as a decoder sees them: level l, code c -> base + l * size + c.
+    base = 4096
+    paths = [(i, tuple(base + level * size + int(c) for level, c in enumerate(row)))
+             for i, row in enumerate(unique.codes)]
+    gc.collect()
+    before = _rss_mb()
+    started = time.perf_counter()
+    trie = SIDTrie(paths)
+    report["trie"] = {"seconds": round(time.perf_counter() - started, 1),
+                      "memory_mb": round(_rss_mb() - before, 1), "depth": trie.depth_stats()}
+    progress(f"trie: {report['trie']['seconds']} s, {report['trie']['memory_mb']} MB")
+
+    # Per-step cost: a cursor with a history excluded walks a random item's path.
+    walk = random.Random(args.seed)
+    total, calls = 0.0, 0
+    while calls < args.steps:
+        history = walk.sample(range(args.items), args.history)
+        target = walk.randrange(args.items)
+        cursor = trie.cursor(exclude=history)
+        for token in trie.path(target):
+            t0 = time.perf_counter()
+            allowed = cursor.allowed()
+            cursor.accept(token if token in allowed else allowed[0])
+            total += time.perf_counter() - t0
+            calls += 1
+    report["trie"]["step_us"] = round(total / calls * 1e6, 2)
+    started = time.perf_counter()
+    for _ in range(1000):
+        trie.cursor(exclude=walk.sample(range(args.items), args.history))
+    report["trie"]["cursor_with_history_us"] = round((time.perf_counter() - started) / 1000 * 1e6, 1)
+    progress(f"trie step: {report['trie']['step_us']} µs")
+
+    started = time.perf_counter()
+    index = build_index(vectors, args.index)
+    build_s = time.perf_counter() - started
+    queries = vectors[rng.integers(0, args.items, 256)]
+    started = time.perf_counter()
+    index.search(queries, 10)
+    report["faiss"] = {"kind": args.index, "build_seconds": round(build_s, 1),
+                       "query_ms": round((time.perf_counter() - started) / len(queries) * 1e3, 3)}
+    progress(f"faiss: {report['faiss']}")
+    del index
+
+    report["decoding"] = _decoding(trie, size, unique.codes.shape[1], base, args)
+    progress(f"decoding: {report['decoding']}")
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return report
+
+
+def _decoding(trie, size: int, levels: int, base: int, args: CatalogBenchArgs) -> dict:
+    """Greedy decoding of the SID steps, with and without the trie, same model and forward passes."""
+    import statistics
+
+    import torch
+
+    from training.presets import new_model
+
+    torch.manual_seed(args.seed)
+    vocab = base + levels * size + 8
+    model = new_model("tiny", vocab, pad_id=0, eos_id=1, seed=args.seed).eval()
+    prompt = torch.randint(2, base, (args.decode_rows, 128))
+    walk = random.Random(args.seed)
+    histories = [walk.sample(range(args.items), args.history) for _ in range(args.decode_rows)]
+
+    @torch.no_grad()
+    def decode(constrained: bool) -> float:
+        started = time.perf_counter()
+        out = model(input_ids=prompt, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        cursors = [trie.cursor(exclude=h) for h in histories] if constrained else None
+        for level in range(levels):
+            if constrained:
+                mask = torch.full_like(logits, float("-inf"))
+                for row, cursor in enumerate(cursors):
+                    mask[row, torch.tensor(cursor.allowed())] = 0.0
+                tokens = (logits + mask).argmax(-1)
+                for row, cursor in enumerate(cursors):
+                    cursor.accept(int(tokens[row]))
+            else:   # the same level's tokens, any code: no catalog constraint
+                lo = base + level * size
+                tokens = logits[:, lo:lo + size].argmax(-1) + lo
+            out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1]
+        return time.perf_counter() - started
+
+    decode(True), decode(False)   # warm-up
+    free = statistics.median(decode(False) for _ in range(args.decode_repeats))
+    constrained = statistics.median(decode(True) for _ in range(args.decode_repeats))
+    return {"rows": args.decode_rows, "prompt_tokens": prompt.shape[1], "sid_steps": levels,
+            "unconstrained_ms": round(free * 1e3, 2), "constrained_ms": round(constrained * 1e3, 2),
+            "overhead_pct": round((constrained - free) / free * 100, 1)}
+
+
+def main(args: CatalogBenchArgs) -> dict:
+    """CLI entry: run, print the headline numbers, write the JSON report if asked."""
+    import json
+    from pathlib import Path
+
+    report = run(args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{args.items:,} items: SIDs {report['sid']['seconds']} s, trie {report['trie']['seconds']} s / "
+          f"{report['trie']['memory_mb']} MB, trie step {report['trie']['step_us']} µs, "
+          f"{report['faiss']['kind']} index {report['faiss']['build_seconds']} s / query {report['faiss']['query_ms']} ms, "
+          f"constrained decoding overhead {report['decoding']['overhead_pct']} %")
+    return report
+
+
+if __name__ == "__main__":
+    from app.cli import app
+
+    app(["bench-catalog", *__import__("sys").argv[1:]])
