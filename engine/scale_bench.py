@@ -13,7 +13,6 @@ constraint's overhead).
 from __future__ import annotations
 
 import gc
-import math
 import random
 import resource
 import time

@@ -41,8 +41,7 @@ def wrap_lora(model, rank: int = 16):
     return get_peft_model(model, config)
 
 
-def save_checkpoint(model, tokenizer: ThinkrecTokenizer, meta: CheckpointMeta, out: Path,
-                    keep: tuple[str, ...] = ("loss_curve.png", "train_log.jsonl")) -> Path:
+def save_checkpoint(model, tokenizer: ThinkrecTokenizer, meta: CheckpointMeta, out: Path) -> Path:
     """Write model (LoRA merged), tokenizer and thinkrec.json to ``out``; drop resume state."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

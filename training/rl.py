@@ -145,6 +145,7 @@ class Rollout:
     prompt_len: int
     items: list[str]
     reasoning: str
+    closed: bool = True                  # the reasoning ended with </think> (not cut by the cap)
     target_logprob: float = 0.0          # log p(true next item's SID | prompt, reasoning)
     reward: float = 0.0
     parts: dict | None = None
@@ -163,7 +164,7 @@ def rollout(recommender, prompts: list[Prompt], args: RLArgs, seed: int) -> list
                                     thinking=True, user_texts=[p.user_text for p in expanded],
                                     max_reasoning_tokens=args.max_reasoning_tokens, sample=True,
                                     temperature=args.temperature, batch_size=len(expanded))
-    out = []
+    out, scored = [], []
     for prompt, answer in zip(expanded, answers):
         body = [t for t in answer.reasoning_ids if t not in (tok.think_end_id, tok.end_id)]
         completion = body + [tok.think_end_id]
@@ -171,13 +172,10 @@ def rollout(recommender, prompts: list[Prompt], args: RLArgs, seed: int) -> list
             completion += [tok.item_begin_id, *item.token_ids, tok.item_end_id]
         completion.append(tok.end_id)
         closed = bool(answer.reasoning_ids) and answer.reasoning_ids[-1] == tok.think_end_id
-        rollout_ = Rollout(prompt, answer.prompt_ids + completion, len(answer.prompt_ids),
-                           [str(i.item_id) for i in answer.items], answer.reasoning)
-        rollout_.parts = {"closed": closed}
-        out.append(rollout_)
-    # Teacher-forced log-probability of the true next item right after each reasoning path.
-    scored = [answer.prompt_ids + [t for t in answer.reasoning_ids if t not in (tok.think_end_id, tok.end_id)]
-              + [tok.think_end_id, tok.item_begin_id] for answer in answers]
+        out.append(Rollout(prompt, answer.prompt_ids + completion, len(answer.prompt_ids),
+                           [str(i.item_id) for i in answer.items], answer.reasoning, closed))
+        # Teacher-forced below: the true next item right after this reasoning path.
+        scored.append(answer.prompt_ids + body + [tok.think_end_id, tok.item_begin_id])
     targets = [tok.sid_token_ids(recommender.sid_codes[p.target]) for p in expanded]
     for r, value in zip(out, target_logprobs(recommender.model, scored, targets, tok.pad_id)):
         r.target_logprob = value
@@ -215,7 +213,7 @@ def reward_weights(args: RLArgs) -> dict[str, float]:
 def score(rollouts: list[Rollout], view, args: RLArgs) -> dict[str, list[float]]:
     from training.rewards import Completion, combine
 
-    completions = [Completion(r.items, r.reasoning, True, r.parts["closed"],
+    completions = [Completion(r.items, r.reasoning, True, r.closed,
                               {"target_logprob": r.target_logprob, "target_tokens": len(view.codes[r.prompt.target])})
                    for r in rollouts]
     total, parts = combine(
@@ -225,7 +223,7 @@ def score(rollouts: list[Rollout], view, args: RLArgs) -> dict[str, list[float]]
         requests=[r.prompt.request for r in rollouts], facts=view.facts)
     for i, r in enumerate(rollouts):
         r.reward = total[i]
-        r.parts = {name: values[i] for name, values in parts.items()} | {"closed": r.parts["closed"]}
+        r.parts = {name: values[i] for name, values in parts.items()}
     return parts
 
 
@@ -418,7 +416,7 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
                   "hit_rate": sum(v > 0 for v in parts.get("rank", [0])) / len(rollouts),
                   "zero_var_share": 1 - float(varied.float().mean()), **stats,
                   "completion_tokens": sum(lengths) / len(lengths),
-                  "closed_rate": sum(r.parts["closed"] for r in rollouts) / len(rollouts),
+                  "closed_rate": sum(r.closed for r in rollouts) / len(rollouts),
                   "lr": scheduler.get_last_lr()[0], "rollout_s": round(t_rollout, 2),
                   "step_s": round(time.perf_counter() - t0, 2), "kept": len(kept)}
         if args.eval_users and ((args.eval_every and step % args.eval_every == 0) or step == steps):
@@ -518,7 +516,7 @@ def run_grpo(args: RLArgs, view, tokenizer, parent: CheckpointMeta, tasks: dict[
     summary = grpo(_load(args.init), tokenizer, view, prompts, tasks, steps, args, out, title)
     meta = _meta(parent, args.init, "rl", args, summary)
     meta.args["tasks"] = list(tasks)
-    save_checkpoint(summary["model"], tokenizer, meta, out, keep=())
+    save_checkpoint(summary["model"], tokenizer, meta, out)
     last = summary["log"][-1]
     print(f"{title}: {summary['steps']} steps in {summary['seconds']:.0f} s, reward {last['reward']:.3f}, "
           f"valid NDCG@10 {last.get('valid_ndcg@10')} -> {out}")
