@@ -161,6 +161,8 @@ def app_command(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 7860,
     host: Annotated[str, typer.Option(help="Address to bind (0.0.0.0 to share on a network).")] = "127.0.0.1",
     sessions_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for sessions (default: sessions.db beside the catalog).")] = None,
+    backend: Annotated[str, typer.Option(help="transformers (the model in this process) or vllm (a `thinkrec serve-model` server).")] = "transformers",
+    model_url: Annotated[Optional[str], typer.Option(help="The vLLM server's URL, e.g. http://127.0.0.1:8000 (with --backend vllm).")] = None,
 ) -> None:
     """Start the chat app (builds the default dataset and model first when they are missing)."""
     from training.stages import AllArgs, ensure_dataset, run_all
@@ -172,11 +174,13 @@ def app_command(
         typer.echo("No model yet: training the default one (about 25 minutes on 2 CPU cores) ...")
         run_all(AllArgs(data=str(data), out=str(checkpoint.parent)))
     from app.ui import serve
+    from engine.backends import ServerMismatch
     from engine.checkpoint import CheckpointMismatch
 
     try:
-        demo = serve(str(data), str(checkpoint), port=port, host=host, sessions_url=sessions_url)
-    except CheckpointMismatch as error:
+        demo = serve(str(data), str(checkpoint), port=port, host=host, sessions_url=sessions_url,
+                     backend=backend, model_url=model_url)
+    except (CheckpointMismatch, ServerMismatch, ConnectionError, ValueError) as error:
         fail(str(error))
     typer.echo(f"thinkrec app on http://{host}:{port} (Ctrl+C to stop)")
     demo.block_thread()
@@ -227,6 +231,11 @@ def _register_training_commands() -> None:
 
     add_dataclass_command(app, "bench-catalog", CatalogBenchArgs, bench_catalog,
                           "Catalog-scale benchmark: SIDs, trie, FAISS and constrained decoding on N synthetic items.")
+    from engine.vllm_server import ServeArgs
+    from engine.vllm_server import main as serve_model
+
+    add_dataclass_command(app, "serve-model", ServeArgs, serve_model,
+                          "Serve a checkpoint with vLLM (own environment, SID trie as a logits processor).")
     add_dataclass_command(app, "eval", EvalArgs, run_eval,
                           "Leave-one-out evaluation: popularity, SASRec, thinkrec, thinkrec-think side by side.")
 

@@ -177,10 +177,11 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
     return demo
 
 
-def serve(data: str, checkpoint: str, port: int = 7860, host: str = "127.0.0.1", sessions_url: str | None = None):
+def serve(data: str, checkpoint: str, port: int = 7860, host: str = "127.0.0.1", sessions_url: str | None = None,
+          backend: str = "transformers", model_url: str | None = None):
     from engine.engine import Engine
 
-    engine = Engine(data, checkpoint, sessions_url=sessions_url)
+    engine = Engine(data, checkpoint, sessions_url=sessions_url, backend=backend, model_url=model_url)
     users = list(engine.user_histories)[:200]
     demo = build_app(engine, users)
     demo.queue(default_concurrency_limit=10)

@@ -68,15 +68,21 @@ def check_matches(meta: CheckpointMeta, manifest: Manifest, checkpoint: Path, da
               "on, or train a checkpoint for this one.")
 
 
+def load_checked(checkpoint: str | Path, data: str | Path) -> tuple[ThinkrecTokenizer, CheckpointMeta]:
+    """(tokenizer, meta) after checking the checkpoint against ``data``'s manifest — all a client of
+    a model server needs; :func:`load_checkpoint` adds the weights."""
+    checkpoint, data = Path(checkpoint), Path(data)
+    meta = CheckpointMeta.load(checkpoint)
+    check_matches(meta, Manifest.load(data), checkpoint, data)
+    return ThinkrecTokenizer.load(checkpoint), meta
+
+
 def load_checkpoint(checkpoint: str | Path, data: str | Path, device: str | None = None, dtype=None):
     """(model, tokenizer, meta) after checking the checkpoint against ``data``'s manifest."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    checkpoint, data = Path(checkpoint), Path(data)
-    meta = CheckpointMeta.load(checkpoint)
-    check_matches(meta, Manifest.load(data), checkpoint, data)
-    tokenizer = ThinkrecTokenizer.load(checkpoint)
+    tokenizer, meta = load_checked(checkpoint, data)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=dtype, local_files_only=True).to(device)
     model.eval()

@@ -16,12 +16,12 @@ the top ``k`` are the recommendation. Eval, RL rollouts and the app all call thi
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessor
 
-from engine.sid import SIDTrie, TrieCursor
+from engine.sid import ItemGate, SIDTrie, TrieCursor
 
 
 def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
@@ -29,58 +29,31 @@ def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
     return SIDTrie((item_id, tokenizer.sid_token_ids(codes)) for item_id, codes in sid_codes.items())
 
 
-@dataclass
-class _RowState:
-    processed: int = 0
-    cursor: TrieCursor | None = None      # set while inside an item span
-    items: list = field(default_factory=list)
-    errors: int = 0
-
-
 class GatedTrieProcessor(LogitsProcessor):
     """Masks logits so every ``<|item_begin|>…<|item_end|>`` span spells a real, allowed item."""
 
     def __init__(self, tokenizer, trie: SIDTrie, prompt_length: int, excludes: Sequence[set[Hashable]]):
-        self.trie, self.prompt_length = trie, prompt_length
-        self.begin_id, self.end_id = tokenizer.item_begin_id, tokenizer.item_end_id
+        self.prompt_length = prompt_length
+        self.end_id = tokenizer.item_end_id
         self.sid_token_ids = torch.tensor(sorted(tokenizer.sid_code_of), dtype=torch.long)
-        self.excludes = [set(e) for e in excludes]
-        self.rows = [_RowState() for _ in excludes]
-
-    def _advance(self, row: int, token: int) -> None:
-        state = self.rows[row]
-        if state.cursor is None:
-            if token == self.begin_id:
-                state.cursor = self.trie.cursor(exclude=self.excludes[row])
-            return
-        if token == self.end_id:
-            if state.cursor.done():
-                item = state.cursor.item
-                state.items.append(item)
-                self.excludes[row].add(item)   # no repeats within a reply
-            else:
-                state.errors += 1
-            state.cursor = None
-        else:
-            state.cursor.accept(token)
+        self.gates = [ItemGate(trie, tokenizer.item_begin_id, tokenizer.item_end_id, e) for e in excludes]
+        self.processed = [0] * len(excludes)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         generated = input_ids[:, self.prompt_length:]
         if self.sid_token_ids.device != scores.device:
             self.sid_token_ids = self.sid_token_ids.to(scores.device)   # once, not per row and step
-        for row in range(input_ids.shape[0]):
-            state = self.rows[row]
-            for token in generated[row, state.processed:].tolist():
-                self._advance(row, token)
-            state.processed = generated.shape[1]
-            cursor = state.cursor
-            if cursor is None:
+        for row, gate in enumerate(self.gates):
+            for token in generated[row, self.processed[row]:].tolist():
+                gate.advance(token)
+            self.processed[row] = generated.shape[1]
+            keep = gate.allowed()
+            if keep is None:
                 # Outside an item: free text, but no stray SID tokens and no unopened item end.
                 scores[row, self.sid_token_ids] = float("-inf")
                 scores[row, self.end_id] = float("-inf")
                 continue
-            # Done or dead (nothing allowed): only <|item_end|>; _advance counts a dead one as an error.
-            keep = cursor.allowed() or [self.end_id]
+            # Done or dead: only <|item_end|>; the gate counts a dead one as an error.
             mask = torch.full_like(scores[row], float("-inf"))
             mask[torch.tensor(keep, dtype=torch.long, device=scores.device)] = 0.0
             scores[row] = scores[row] + mask

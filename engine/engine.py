@@ -14,6 +14,7 @@ without a new request decodes only the items (the trace says when the cache was 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -25,8 +26,8 @@ from pathlib import Path
 from data.catalog import Catalog
 from data.catalog_db import sqlite_url
 from data.clean import read_split
-from engine.checkpoint import load_checkpoint
-from engine.decoding import beam_search_items, stream_reasoning
+from engine.backends import Backend, TransformersBackend, VLLMBackend
+from engine.checkpoint import load_checked, load_checkpoint
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, Trace, TraceEvent)
 from engine.prompt import LEVELS, earlier_assistant_turn
@@ -54,18 +55,31 @@ def clean_message(text: str | None, max_chars: int) -> tuple[str, list[str]]:
 class Engine:
     def __init__(self, data: str | Path, checkpoint: str | Path, sessions_url: str | None = None,
                  device: str | None = None, history_items: int = 20, max_message_chars: int = 2000,
-                 think_cache_size: int = 1024):
+                 think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None):
         self.data, self.checkpoint = Path(data), Path(checkpoint)
-        self.model, self.tokenizer, self.meta = load_checkpoint(self.checkpoint, self.data, device=device)
         self.catalog = Catalog(self.data)
+        if backend == "transformers":
+            self.model, self.tokenizer, self.meta = load_checkpoint(self.checkpoint, self.data, device=device)
+        elif backend == "vllm":
+            if not model_url:
+                raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
+            self.model = None      # the weights live in the server; the tokenizer and checks stay here
+            self.tokenizer, self.meta = load_checked(self.checkpoint, self.data)
+        else:
+            raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
         self.recommender = Recommender(self.model, self.tokenizer, self.catalog.sid_codes(), history_items)
+        self.backend: Backend = (TransformersBackend(self.model, self.tokenizer, self.recommender.trie)
+                                 if backend == "transformers" else
+                                 VLLMBackend(model_url, self.tokenizer, self.recommender.trie, self.meta))
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
         self.sessions = SessionStore(sessions_url or sqlite_url(self.data / "sessions.db"))
         # Dataset users' full histories ("start as user"), read once rather than on every session.
         self.user_histories = {row["user_id"]: row["history"] + [row["target"]]
                                for row in read_split(self.data / "splits" / "test.jsonl")}
         self.max_message_chars = max_message_chars
-        self._model_lock = threading.Lock()       # one model serves every session: one call at a time
+        # One in-process model serves every session: one call at a time. A vLLM server batches
+        # concurrent requests itself, so turns go to it unserialised.
+        self._model_lock = threading.Lock() if backend == "transformers" else contextlib.nullcontext()
         self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
         self._think_cache_size = think_cache_size
 
@@ -102,7 +116,7 @@ class Engine:
         level, level_ids, shown = "derivation", [], ""
         markers = {self.tokenizer.ids[EVOLUTION]: "evolution", self.tokenizer.ids[RECOMMENDATION]: "recommendation"}
         started = time.perf_counter()
-        for token in stream_reasoning(self.model, self.tokenizer, prompt, self.recommender.trie, exclude):
+        for token in self.backend.stream_reasoning(prompt, exclude):
             timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
             if token in markers:
                 level, level_ids, shown = markers[token], [], ""
@@ -166,8 +180,7 @@ class Engine:
             body = [t for t in reasoning_ids if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
             item_prompt = prompt + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id] if thinking else prompt
             items_started = time.perf_counter()
-            (ranked,) = beam_search_items(self.model, [item_prompt], self.recommender.trie, [exclude],
-                                          self.tokenizer.pad_id, k=num_beams, num_beams=num_beams)
+            (ranked,) = self.backend.beam_search([item_prompt], [exclude], k=num_beams, num_beams=num_beams)
             timings["items_ms"] = (time.perf_counter() - items_started) * 1000
         found = {i.item_id: i for i in self.catalog.items([str(r.item_id) for r in ranked])}
         cards = [ItemCard(rank=n + 1, item_id=str(r.item_id), title=found[str(r.item_id)].title,
@@ -188,7 +201,8 @@ class Engine:
                                sid=found[str(r.item_id)].sid, score=round(r.score, 4)) for r in ranked]
         yield TraceEvent(trace=Trace(turn_id=turn_id, prompt=self.tokenizer.decode(item_prompt),
                                      prompt_tokens=len(prompt), thinking=thinking,
-                                     reasoning_tokens=len(reasoning_ids), cache_hit=cache_hit, levels=levels, beams=beams,
+                                     reasoning_tokens=len(reasoning_ids), cache_hit=cache_hit, backend=self.backend.name,
+                                     levels=levels, beams=beams,
                                      latency_ms={k_: round(v, 1) for k_, v in timings.items()}, k=k,
                                      num_beams=num_beams))
 

@@ -35,6 +35,7 @@ class Trace(BaseModel):
     thinking: bool
     reasoning_tokens: int = 0
     cache_hit: bool = False          # reasoning reused from Think-Ahead
+    backend: str = "transformers"    # where the tokens came from: transformers | vllm
     levels: dict[str, str] = {}      # the three reasoning levels as generated
     beams: list[BeamCandidate] = []
     latency_ms: dict[str, float] = {}

@@ -198,3 +198,54 @@ class TrieCursor:
         # Shared on purpose: exclusions belong to the request (seen and shown items), not a beam.
         other._excluded_below, other._excluded, other._blocked = self._excluded_below, self._excluded, self._blocked
         return other
+
+
+class ItemGate:
+    """The gated constraint for one sequence being generated: text is free outside an item; after
+    ``<|item_begin|>`` a cursor walks the trie until ``<|item_end|>``. Items finished in this
+    sequence join the exclusions (no repeats). The transformers processor and the vLLM plugin both
+    keep one gate per sequence, so the two backends constrain decoding the same way.
+    """
+
+    __slots__ = ("trie", "begin", "end", "exclude", "cursor", "items", "errors")
+
+    def __init__(self, trie: SIDTrie, begin: Hashable, end: Hashable, exclude: Iterable[Hashable] = ()):
+        self.trie, self.begin, self.end = trie, begin, end
+        self.exclude = set(exclude)
+        self.cursor: TrieCursor | None = None     # set while inside an item span
+        self.items: list = []
+        self.errors = 0                           # items closed on a dead or unfinished path
+
+    def advance(self, token: Hashable) -> None:
+        if self.cursor is None:
+            if token == self.begin:
+                self.cursor = self.trie.cursor(exclude=self.exclude)
+            return
+        if token == self.end:
+            if self.cursor.done():
+                self.items.append(self.cursor.item)
+                self.exclude.add(self.cursor.item)
+            else:
+                self.errors += 1
+            self.cursor = None
+        else:
+            self.cursor.accept(token)
+
+    def resume(self, prompt: Sequence[Hashable]) -> ItemGate:
+        """Start from a prompt that may end inside an item (``…<|item_begin|><a_3>``): replay the
+        tokens after its last ``<|item_begin|>`` when no ``<|item_end|>`` follows it."""
+        for start in range(len(prompt) - 1, -1, -1):
+            if prompt[start] == self.end:
+                break
+            if prompt[start] == self.begin:
+                for token in prompt[start:]:
+                    self.advance(token)
+                break
+        return self
+
+    def allowed(self) -> list | None:
+        """None outside an item (free text; the caller bans SID tokens and ``<|item_end|>``);
+        inside, the trie's tokens — or only ``<|item_end|>`` once the item is complete or dead."""
+        if self.cursor is None:
+            return None
+        return self.cursor.allowed() or [self.end]

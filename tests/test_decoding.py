@@ -107,7 +107,7 @@ def test_gate_keeps_generated_items_in_the_catalog(setup):
     assert len(spans) >= 3 and outside_sid == 0
     items = [trie.lookup(span) for span in spans]
     assert None not in items and len(set(items)) == len(items) and not set(items) & set(history)
-    assert gate.rows[0].errors == 0
+    assert gate.gates[0].errors == 0
 
 
 def test_dead_prefix_allows_only_item_end(setup):
@@ -120,7 +120,7 @@ def test_dead_prefix_allows_only_item_end(setup):
     scores = gate(ids, torch.zeros(1, len(tok)))
     assert torch.isfinite(scores[0]).nonzero().flatten().tolist() == [tok.item_end_id]
     gate(torch.tensor([[0, tok.item_begin_id, wrong, tok.item_end_id]]), torch.zeros(1, len(tok)))
-    assert gate.rows[0].errors == 1
+    assert gate.gates[0].errors == 1
 
 
 def test_recommender_same_seed_same_output(setup):

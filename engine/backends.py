@@ -1,0 +1,141 @@
+"""Where a turn's tokens come from: the model in this process (transformers) or a vLLM server.
+
+Both backends do the same two things for the engine — stream the reasoning under the gated
+constraint, then beam-search the SID steps for the top items — and give the same items for the
+same greedy request (``tests/test_vllm.py`` checks it against a real server).
+
+The vLLM backend talks to ``thinkrec serve-model`` over its OpenAI-compatible completions API with
+prompts as token ids. vLLM's own beam search ignores logits processors, so the beam search runs
+here: each SID step is one batched request (one prompt per live beam, ``max_tokens=1``) whose
+top log-probabilities come back already restricted to the beam's allowed tokens by the server's
+trie processor; prefix caching makes every step after the first cost one token per beam.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Iterator, Sequence
+from typing import Protocol
+
+from engine.decoding import RankedItem, beam_search_items, stream_reasoning
+from engine.sid import SIDTrie, TrieCursor
+from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
+
+
+class Backend(Protocol):
+    name: str
+
+    def stream_reasoning(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
+                         temperature: float = 0.0) -> Iterator[int]: ...
+
+    def beam_search(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
+                    k: int, num_beams: int) -> list[list[RankedItem]]: ...
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, trie: SIDTrie):
+        self.model, self.tokenizer, self.trie = model, tokenizer, trie
+
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0):
+        return stream_reasoning(self.model, self.tokenizer, prompt, self.trie, exclude, max_new_tokens, temperature)
+
+    def beam_search(self, prompts, excludes, k, num_beams):
+        return beam_search_items(self.model, prompts, self.trie, excludes, self.tokenizer.pad_id,
+                                 k=k, num_beams=num_beams)
+
+
+class ServerMismatch(ValueError):
+    """The server at the URL does not serve this checkpoint's catalog."""
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, url: str, tokenizer, trie: SIDTrie, meta, timeout: float = 120.0):
+        import httpx
+
+        self.url = url.rstrip("/")
+        if not self.url.endswith("/v1"):
+            self.url += "/v1"
+        self.tokenizer, self.trie = tokenizer, trie
+        self.model_name = served_model_name(meta.dataset_fingerprint, meta.sid_levels, meta.sid_codebook_size)
+        self.client = httpx.Client(timeout=timeout)
+        self._check_server()
+
+    def _check_server(self) -> None:
+        import httpx
+
+        try:
+            response = self.client.get(f"{self.url}/models")
+            response.raise_for_status()
+        except httpx.HTTPError as error:
+            raise ConnectionError(f"no vLLM server answers at {self.url} ({error}); start one with "
+                                  "thinkrec serve-model --checkpoint DIR --port N") from error
+        served = [m["id"] for m in response.json().get("data", [])]
+        if self.model_name not in served:
+            raise ServerMismatch(f"the server at {self.url} serves {served}, not {self.model_name}: it was "
+                                 "started for another catalog or SID layout, so its item tokens would name "
+                                 "the wrong items. Start it with thinkrec serve-model on this checkpoint.")
+
+    def _request(self, prompt, exclude: set[Hashable], **fields) -> dict:
+        return {"model": self.model_name, "prompt": prompt, "skip_special_tokens": False,
+                "vllm_xargs": {ENABLE_ARG: 1, EXCLUDE_ARG: sorted(str(i) for i in exclude)}, **fields}
+
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0):
+        body = self._request(list(prompt), exclude, max_tokens=max_new_tokens, temperature=temperature,
+                             stream=True, return_token_ids=True,
+                             stop_token_ids=[self.tokenizer.think_end_id, self.tokenizer.end_id])
+        with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                for choice in json.loads(line[6:]).get("choices", []):
+                    yield from choice.get("token_ids") or []
+
+    def _top_allowed(self, prompts: list[list[int]], exclude: set[Hashable], width: int) -> list[dict[int, float]]:
+        """Per prompt: the ``width`` best next SID tokens and their log-probabilities."""
+        body = self._request(prompts, exclude, max_tokens=1, temperature=0.0, logprobs=width,
+                             return_tokens_as_token_ids=True)
+        response = self.client.post(f"{self.url}/completions", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
+        tops = [{} for _ in prompts]
+        for choice in response.json()["choices"]:
+            top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+            tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
+        return tops
+
+    def beam_search(self, prompts, excludes, k, num_beams):
+        return [self._beam_search_one(list(p), e, k, max(k, num_beams)) for p, e in zip(prompts, excludes)]
+
+    def _beam_search_one(self, prompt: list[int], exclude: set[Hashable], k: int, width: int) -> list[RankedItem]:
+        beams: list[tuple[float, TrieCursor]] = [(0.0, self.trie.cursor(exclude=exclude))]
+        while any(not cursor.done() for _, cursor in beams):
+            live = [n for n, (_, cursor) in enumerate(beams) if not cursor.done()]
+            tops = self._top_allowed([prompt + beams[n][1].prefix for n in live], exclude, width)
+            top_of = dict(zip(live, tops))
+            candidates = []
+            for n, (score, cursor) in enumerate(beams):
+                if cursor.done():      # a shorter SID finished earlier: carry it along unchanged
+                    candidates.append((score, n, None))
+                    continue
+                allowed = set(cursor.allowed())
+                # Masked tokens can still fill a top list shorter than width: keep allowed ones only.
+                candidates.extend((score + lp, n, t) for t, lp in top_of[n].items() if t in allowed)
+            candidates.sort(key=lambda c: -c[0])
+            next_beams = []
+            for score, n, token in candidates[:width]:
+                cursor = beams[n][1].clone()
+                if token is not None:
+                    cursor.accept(token)
+                next_beams.append((score, cursor))
+            beams = next_beams
+            if not beams:
+                return []
+        beams.sort(key=lambda b: -b[0])
+        return [RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in beams[:k]]

