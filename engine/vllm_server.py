@@ -128,17 +128,17 @@ def main(args: ServeArgs) -> None:
     from engine.checkpoint import load_checked
     from engine.vllm_trie import served_model_name, write_trie_spec
 
+    device, venv = pick_device(args.device), Path(args.venv)
+    if args.install_only:             # e.g. while building an image, before any checkpoint exists
+        ensure_environment(venv, device)
+        print(f"[serve-model] vLLM environment ready: {venv}")
+        return
     checkpoint = Path(args.checkpoint)
     if (checkpoint / "adapter_config.json").exists():
         raise SystemExit(f"{checkpoint} holds a LoRA adapter: vLLM cannot serve it with resized embeddings. "
                          "Merge it first (thinkrec checkpoints are saved merged).")
     tokenizer, meta = load_checked(checkpoint, args.data)       # refuses a checkpoint of another catalog
-    device = pick_device(args.device)
-    venv = Path(args.venv)
     python = ensure_environment(venv, device)
-    if args.install_only:
-        print(f"[serve-model] vLLM environment ready: {venv}")
-        return
     name = served_model_name(meta.dataset_fingerprint, meta.sid_levels, meta.sid_codebook_size)
     trie_file = write_trie_spec(venv / "catalogs" / f"{meta.dataset_fingerprint}.json", tokenizer,
                                 Catalog(args.data).sid_codes(), meta.dataset_fingerprint)

@@ -153,3 +153,50 @@ def test_catalog_scale_benchmark_runs_small(tmp_path):
     assert report["trie"]["depth"][0]["mean_branching"] == report["sid"]["codebook_size"]
     assert report["faiss"]["kind"] == "flat" and report["faiss"]["query_ms"] > 0
     assert report["decoding"]["constrained_ms"] > 0 and report["decoding"]["unconstrained_ms"] > 0
+
+
+def test_vllm_request_gates_mask_like_the_transformers_gate(built_dataset, tiny_checkpoint, tmp_path):
+    """The server-side state (engine/vllm_trie.py, no vLLM needed): rows that asked are masked to
+    the trie and carry log-probabilities; rows that did not are untouched; rows follow moves."""
+    import torch
+
+    from data.catalog import Catalog
+    from engine.tokenizer import ThinkrecTokenizer
+    from engine.vllm_trie import RequestGates, TrieSpec, request_excludes, write_trie_spec
+
+    tok = ThinkrecTokenizer.load(tiny_checkpoint)
+    codes = Catalog(built_dataset).sid_codes()
+    spec = TrieSpec(write_trie_spec(tmp_path / "trie.json", tok, codes, "fp"))
+    first_item = next(iter(codes))
+    path = tok.sid_token_ids(codes[first_item])
+    gates = RequestGates(spec)
+    in_item, in_text = [], []
+    gates.add(0, {first_item}, [tok.end_id, tok.item_begin_id] + path[:1], in_item)   # prompt ends inside an item
+    gates.add(1, set(), [tok.end_id, tok.think_id], in_text)
+    logits = torch.randn(3, len(tok))
+    before = logits.clone()
+    out = gates.apply(logits)
+    cursor = spec.trie.cursor(exclude={first_item})
+    cursor.accept(path[0])
+    expected = set(cursor.allowed() or [tok.item_end_id])
+    finite = set(torch.isfinite(out[0]).nonzero().flatten().tolist())
+    assert finite == expected
+    reference = torch.log_softmax(before[0], dim=-1)
+    assert all(abs(out[0, t].item() - reference[t].item()) < 1e-5 for t in expected)
+    sid_ids = sorted(tok.sid_code_of)
+    assert torch.isinf(out[1, sid_ids]).all() and torch.isinf(out[1, tok.item_end_id])
+    assert torch.allclose(out[1, :10], torch.log_softmax(before[1], dim=-1)[:10])
+    assert torch.equal(out[2], before[2])                                      # never asked
+    # Decoding moves on: the row sees its new output token; then vLLM swaps rows 0 and 2.
+    in_item.append(path[1])
+    gates.move(0, 2, swap=True)
+    out = gates.apply(torch.randn(3, len(tok)))
+    cursor.accept(path[1])
+    assert set(torch.isfinite(out[2]).nonzero().flatten().tolist()) == set(cursor.allowed() or [tok.item_end_id])
+    assert torch.isfinite(out[0]).all()
+    gates.remove(2)
+    assert set(gates.rows) == {1}
+    assert request_excludes({"thinkrec": 1, "thinkrec_exclude": [1, "2"]}) == {"1", "2"}
+    assert request_excludes({"other": 1}) is None
+    with pytest.raises(ValueError, match="list of item ids"):
+        request_excludes({"thinkrec": 1, "thinkrec_exclude": "3"})
