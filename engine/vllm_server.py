@@ -40,7 +40,7 @@ class ServeArgs:
     data: str = "artifacts/ml-100k"     # the dataset folder the checkpoint was trained on
     port: int = 8000
     host: str = "127.0.0.1"
-    venv: str = ".venv-vllm"            # the server's own environment, created on first use
+    venv: str = os.environ.get("THINKREC_VLLM_VENV", ".venv-vllm")   # the server's own environment, created on first use
     device: str = "auto"                # auto (cuda when nvidia-smi finds a GPU) | cpu | cuda
     dtype: str = "auto"                 # auto: float32 on CPU (same numbers as the transformers backend), bfloat16 on GPU
     max_model_len: int = 0              # 0: the model's own maximum

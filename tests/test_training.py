@@ -180,3 +180,20 @@ def test_sft_with_a_langchain_teacher(trained, built_dataset, tmp_path):
     result = runner.invoke(app, ["train", "sft", "--data", str(built_dataset), "--init", str(trained / "pretrain"),
                                  "--out", str(tmp_path / "bad"), "--teacher", "no_colon_here"])
     assert result.exit_code == 1 and "module:factory" in result.output
+
+
+def test_accelerate_configs_parse():
+    """The multi-GPU configs the README points at load as accelerate configs of the right kind."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    folder = Path(__file__).resolve().parents[1] / "training" / "accelerate"
+    kinds = {name: load_config_from_file(str(folder / f"{name}.yaml")).distributed_type
+             for name in ("ddp", "fsdp", "deepspeed_zero2")}
+    assert kinds == {"ddp": DistributedType.MULTI_GPU, "fsdp": DistributedType.FSDP,
+                     "deepspeed_zero2": DistributedType.DEEPSPEED}
+    fsdp = load_config_from_file(str(folder / "fsdp.yaml"))
+    assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen3DecoderLayer"
+    assert fsdp.mixed_precision == "bf16"

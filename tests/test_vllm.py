@@ -33,7 +33,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def vllm_url(built_dataset, tiny_checkpoint, tmp_path_factory):
-    venv = os.environ.get("THINKREC_VLLM_VENV", str(ROOT / ".venv-vllm"))
+    venv = os.environ.get("THINKREC_VLLM_VENV", str(ROOT / ".venv-vllm"))   # same default as serve-model
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
     with open(log, "w") as out:

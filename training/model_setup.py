@@ -27,7 +27,7 @@ def make_model(tokenizer: ThinkrecTokenizer, preset: str | None, base_model: str
     else:
         model = new_model(preset or "tiny", len(tokenizer), tokenizer.pad_id, tokenizer.end_id, seed)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     if lora:
         model = wrap_lora(model, lora_rank)
     return model

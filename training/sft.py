@@ -86,7 +86,7 @@ def run(args: SFTArgs) -> Path:
     torch.manual_seed(args.seed)
     model = AutoModelForCausalLM.from_pretrained(args.init, local_files_only=True)
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     if args.lora:
         model = wrap_lora(model, args.lora_rank)
     teacher = load_teacher(args.teacher, view)
