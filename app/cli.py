@@ -192,6 +192,8 @@ def bench_command(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder.")] = Path("checkpoints/ml-100k-tiny/sft"),
     turns: Annotated[int, typer.Option(help="Turns per mode.")] = 30,
     concurrent: Annotated[int, typer.Option(help="Sessions at once for the concurrency measure.")] = 10,
+    backend: Annotated[str, typer.Option(help="transformers or vllm (then --model-url).")] = "transformers",
+    model_url: Annotated[Optional[str], typer.Option(help="The vLLM server's URL (with --backend vllm).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Engine latency: first reasoning token, turns with/without thinking, concurrent sessions."""
@@ -201,8 +203,9 @@ def bench_command(
     from engine.engine import Engine
 
     with tempfile.TemporaryDirectory() as scratch:
-        engine = Engine(data, checkpoint, sessions_url=f"sqlite:///{scratch}/bench.db")
-        report = run_bench(engine, list(engine.user_histories), turns, concurrent)
+        engine = Engine(data, checkpoint, sessions_url=f"sqlite:///{scratch}/bench.db", backend=backend,
+                        model_url=model_url)
+        report = {"backend": backend} | run_bench(engine, list(engine.user_histories), turns, concurrent)
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in report.items()))
 
 

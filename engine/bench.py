@@ -2,6 +2,7 @@
 token, whole turns with and without thinking (p50/p95), and p95 with 10 sessions at once.
 
     thinkrec bench --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --turns 30
+    thinkrec bench ... --backend vllm --model-url http://127.0.0.1:8000     # against thinkrec serve-model
 """
 
 from __future__ import annotations

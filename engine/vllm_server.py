@@ -43,7 +43,7 @@ class ServeArgs:
     venv: str = os.environ.get("THINKREC_VLLM_VENV", ".venv-vllm")   # the server's own environment, created on first use
     device: str = "auto"                # auto (cuda when nvidia-smi finds a GPU) | cpu | cuda
     dtype: str = "auto"                 # auto: float32 on CPU (same numbers as the transformers backend), bfloat16 on GPU
-    max_model_len: int = 0              # 0: the model's own maximum
+    max_model_len: int = 4096           # tokens per sequence (capped at the model's own; thinkrec turns use < 2k), 0: the model's
     max_logprobs: int = 128             # must be >= the widest beam a client asks for
     cpu_kv_cache_gib: int = 2           # KV cache size on the CPU backend
     gpu_memory_utilization: float = 0.85
@@ -94,7 +94,11 @@ def server_command(python: Path, args: ServeArgs, device: str, name: str) -> lis
                "--logprobs-mode", "processed_logits", "--max-logprobs", str(args.max_logprobs),
                "--generation-config", "vllm"]
     if args.max_model_len:
-        command += ["--max-model-len", str(args.max_model_len)]
+        # Pretrained bases declare long contexts (Qwen3: 40k) whose KV cache would not fit a CPU's
+        # budget; a thinkrec turn needs far less.
+        config = json.loads((Path(args.checkpoint) / "config.json").read_text())
+        length = min(args.max_model_len, config.get("max_position_embeddings") or args.max_model_len)
+        command += ["--max-model-len", str(length)]
     if device == "cuda":
         command += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     return command + args.extra.split()
