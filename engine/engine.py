@@ -4,7 +4,9 @@ A turn renders the conversation, streams the three reasoning levels token by tok
 beam-searches the SID steps under the trie for K distinct, unseen items, maps them to catalog
 items, writes a short reply and a trace — all as typed events (engine/events.py). It knows nothing
 about Gradio. Think-Ahead: reasoning for an unchanged history is cached, so a follow-up turn
-without a new request decodes only the items (the trace says when the cache was used).
+without a new request decodes only the items (the trace says when the cache was used). Tokens come
+from a backend (engine/backends.py): the checkpoint's model in this process, or a vLLM server
+started by ``thinkrec serve-model`` (``backend="vllm", model_url=...``).
 
     engine = Engine("artifacts/ml-100k", "checkpoints/ml-100k-tiny/sft")
     session = engine.start_session(user_id="1")
