@@ -45,11 +45,15 @@ def save_index(index: faiss.Index, path: Path) -> None:
     faiss.write_index(index, str(path))
 
 
-def load_index(path: Path, use_gpu: bool | None = None) -> faiss.Index:
-    index = faiss.read_index(str(path))
+def to_gpu_if_available(index: faiss.Index, use_gpu: bool | None = None) -> faiss.Index:
+    """The index on GPU 0 when faiss-gpu finds one (flat and IVF; faiss has no GPU HNSW)."""
     if (gpu_available() if use_gpu is None else use_gpu) and isinstance(index, (faiss.IndexFlat, faiss.IndexIVF)):
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return index
+
+
+def load_index(path: Path, use_gpu: bool | None = None) -> faiss.Index:
+    return to_gpu_if_available(faiss.read_index(str(path)), use_gpu)
 
 
 def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
