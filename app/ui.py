@@ -99,7 +99,8 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         latency = ", ".join(f"{k} {v:.0f} ms" for k, v in trace["latency_ms"].items())
         return (f"**Turn** `{trace['turn_id'][:8]}` · thinking {'on' if trace['thinking'] else 'off'} · "
                 f"Think-Ahead cache {'**hit**' if trace['cache_hit'] else 'miss'} · prompt {trace['prompt_tokens']} "
-                f"tokens · reasoning {trace['reasoning_tokens']} tokens · K {trace['k']}, beams {trace['num_beams']}\n\n"
+                f"tokens · reasoning {trace['reasoning_tokens']} tokens · K {trace['k']}, beams {trace['num_beams']} · "
+                f"backend {trace.get('backend', 'transformers')}\n\n"
                 f"**Latency:** {latency}\n\n"
                 + "\n\n".join(f"**{LEVEL_TITLES[name]}:** {text}" for name, text in trace.get("levels", {}).items() if text))
 
