@@ -17,7 +17,7 @@ import json
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Protocol
 
-from engine.decoding import RankedItem, beam_search_items, stream_reasoning
+from engine.decoding import RankedItem, beam_search_items, generate_reasoning, stream_reasoning
 from engine.sid import SIDTrie, TrieCursor
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
 
@@ -26,10 +26,17 @@ class Backend(Protocol):
     name: str
 
     def stream_reasoning(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
-                         temperature: float = 0.0) -> Iterator[int]: ...
+                         temperature: float = 0.0) -> Iterator[int]:
+        """One user's reasoning token ids as they are decoded (``</think>`` included when closed)."""
+
+    def generate_reasoning(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
+                           max_new_tokens: int = 160, sample: bool = False, temperature: float = 1.0,
+                           batch_size: int = 32) -> list[list[int]]:
+        """Many users' reasoning at once (evaluation, RL rollouts)."""
 
     def beam_search(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
-                    k: int, num_beams: int) -> list[list[RankedItem]]: ...
+                    k: int, num_beams: int, batch_size: int = 16) -> list[list[RankedItem]]:
+        """Top-``k`` distinct unseen items per prompt (each ends with ``<|item_begin|>``)."""
 
 
 class TransformersBackend:
@@ -41,9 +48,13 @@ class TransformersBackend:
     def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0):
         return stream_reasoning(self.model, self.tokenizer, prompt, self.trie, exclude, max_new_tokens, temperature)
 
-    def beam_search(self, prompts, excludes, k, num_beams):
+    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32):
+        return generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes, max_new_tokens,
+                                  do_sample=sample, temperature=temperature, batch_size=batch_size)
+
+    def beam_search(self, prompts, excludes, k, num_beams, batch_size=16):
         return beam_search_items(self.model, prompts, self.trie, excludes, self.tokenizer.pad_id,
-                                 k=k, num_beams=num_beams)
+                                 k=k, num_beams=num_beams, batch_size=batch_size)
 
 
 class ServerMismatch(ValueError):
@@ -53,7 +64,7 @@ class ServerMismatch(ValueError):
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, url: str, tokenizer, trie: SIDTrie, meta, timeout: float = 120.0):
+    def __init__(self, url: str, tokenizer, trie: SIDTrie, meta, timeout: float = 120.0, concurrency: int = 32):
         import httpx
 
         self.url = url.rstrip("/")
@@ -61,7 +72,9 @@ class VLLMBackend:
             self.url += "/v1"
         self.tokenizer, self.trie = tokenizer, trie
         self.model_name = served_model_name(meta.dataset_fingerprint, meta.sid_levels, meta.sid_codebook_size)
-        self.client = httpx.Client(timeout=timeout)
+        # Many users at once are many requests in flight: the server batches them.
+        self.concurrency = concurrency
+        self.client = httpx.Client(timeout=timeout, limits=httpx.Limits(max_connections=concurrency))
         self._check_server()
 
     def _check_server(self) -> None:
@@ -97,21 +110,40 @@ class VLLMBackend:
                 for choice in json.loads(line[6:]).get("choices", []):
                     yield from choice.get("token_ids") or []
 
+    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32):
+        # One request per user: exclusions are per request. Sampling is seeded by the server.
+        def one(prompt, exclude):
+            body = self._request(list(prompt), exclude, max_tokens=max_new_tokens,
+                                 temperature=temperature if sample else 0.0, return_token_ids=True,
+                                 stop_token_ids=[self.tokenizer.think_end_id, self.tokenizer.end_id])
+            return self._post(body)["choices"][0]["token_ids"]
+
+        return self._map(one, prompts, excludes)
+
+    def _map(self, fn, prompts, excludes) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(fn, prompts, excludes))
+
+    def _post(self, body: dict) -> dict:
+        response = self.client.post(f"{self.url}/completions", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
+        return response.json()
+
     def _top_allowed(self, prompts: list[list[int]], exclude: set[Hashable], width: int) -> list[dict[int, float]]:
         """Per prompt: the ``width`` best next SID tokens and their log-probabilities."""
         body = self._request(prompts, exclude, max_tokens=1, temperature=0.0, logprobs=width,
                              return_tokens_as_token_ids=True)
-        response = self.client.post(f"{self.url}/completions", json=body)
-        if response.status_code != 200:
-            raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
         tops = [{} for _ in prompts]
-        for choice in response.json()["choices"]:
+        for choice in self._post(body)["choices"]:
             top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
             tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
         return tops
 
-    def beam_search(self, prompts, excludes, k, num_beams):
-        return [self._beam_search_one(list(p), e, k, max(k, num_beams)) for p, e in zip(prompts, excludes)]
+    def beam_search(self, prompts, excludes, k, num_beams, batch_size=16):
+        return self._map(lambda p, e: self._beam_search_one(list(p), e, k, max(k, num_beams)), prompts, excludes)
 
     def _beam_search_one(self, prompt: list[int], exclude: set[Hashable], k: int, width: int) -> list[RankedItem]:
         beams: list[tuple[float, TrieCursor]] = [(0.0, self.trie.cursor(exclude=exclude))]

@@ -28,7 +28,6 @@ from pathlib import Path
 from data.catalog import Catalog
 from data.catalog_db import sqlite_url
 from data.clean import read_split
-from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import load_checked, load_checkpoint
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, Trace, TraceEvent)
@@ -69,10 +68,9 @@ class Engine:
             self.tokenizer, self.meta = load_checked(self.checkpoint, self.data)
         else:
             raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
-        self.recommender = Recommender(self.model, self.tokenizer, self.catalog.sid_codes(), history_items)
-        self.backend: Backend = (TransformersBackend(self.model, self.tokenizer, self.recommender.trie)
-                                 if backend == "transformers" else
-                                 VLLMBackend(model_url, self.tokenizer, self.recommender.trie, self.meta))
+        self.recommender = Recommender(self.model, self.tokenizer, self.catalog.sid_codes(), history_items,
+                                       model_url=model_url if backend == "vllm" else None, meta=self.meta)
+        self.backend = self.recommender.backend
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
         self.sessions = SessionStore(sessions_url or sqlite_url(self.data / "sessions.db"))
         # Dataset users' full histories ("start as user"), read once rather than on every session.

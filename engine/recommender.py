@@ -10,7 +10,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.decoding import RankedItem, beam_search_items, build_token_trie, generate_reasoning
+from engine.backends import Backend, TransformersBackend, VLLMBackend
+from engine.decoding import RankedItem, build_token_trie
 from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, parse_reasoning, recommendation_messages
 from engine.tokenizer import DERIVATION, Message, ThinkrecTokenizer
 
@@ -28,12 +29,17 @@ class Recommendation:
 
 
 class Recommender:
+    """``model`` decodes in this process; with ``model_url`` a ``thinkrec serve-model`` server does
+    (``model`` is then None and ``meta`` the checkpoint's metadata, which the server must match)."""
+
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
-                 history_items: int = 20):
+                 history_items: int = 20, model_url: str | None = None, meta=None):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
         self.history_items = history_items
+        self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta) if model_url
+                                 else TransformersBackend(model, tokenizer, self.trie))
 
     def prompt_ids(self, history: Sequence[str], user_text: str | None = None,
                    earlier_turns: Sequence[Message] = (), thinking: bool = False) -> list[int]:
@@ -58,9 +64,8 @@ class Recommender:
         item_prompts = prompts
         if thinking:
             started = time.perf_counter()
-            generated = generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes,
-                                           max_reasoning_tokens, do_sample=sample, temperature=temperature,
-                                           batch_size=max(batch_size, 16))
+            generated = self.backend.generate_reasoning(prompts, excludes, max_reasoning_tokens, sample=sample,
+                                                        temperature=temperature, batch_size=max(batch_size, 16))
             share = (time.perf_counter() - started) / max(n, 1)
             item_prompts = []
             for i, reasoning in enumerate(generated):
@@ -72,8 +77,7 @@ class Recommender:
                 results[i].seconds["reasoning"] = share
                 item_prompts.append(prompts[i] + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id])
         started = time.perf_counter()
-        ranked = beam_search_items(self.model, item_prompts, self.trie, excludes, self.tokenizer.pad_id,
-                                   k=k, num_beams=num_beams, batch_size=batch_size)
+        ranked = self.backend.beam_search(item_prompts, excludes, k=k, num_beams=num_beams, batch_size=batch_size)
         share = (time.perf_counter() - started) / max(n, 1)
         for result, items in zip(results, ranked):
             result.items = items

@@ -162,3 +162,19 @@ def test_app_serves_turns_through_vllm(both):
     items = result["items"]
     assert len(items) == 10 and not {i["item_id"] for i in items} & set(engine.dataset_history("u2"))
     assert result["trace"]["backend"] == "vllm"
+
+
+def test_eval_gives_the_same_metrics_on_both_backends(built_dataset, tiny_checkpoint, vllm_url):
+    from training.evaluate import EvalArgs, run
+
+    common = dict(data=str(built_dataset), checkpoint=str(tiny_checkpoint), split="test",
+                  methods="thinkrec,thinkrec-think", max_users=12)
+    local = run(EvalArgs(**common))["results"]
+    served = run(EvalArgs(**common, backend="vllm", model_url=vllm_url))["results"]
+    for method in ("thinkrec", "thinkrec-think"):
+        assert served[method]["backend"] == "vllm"
+        for key in ("hr@10", "ndcg@10", "hr@20", "ndcg@20", "invalid_rate", "seen_rate"):
+            assert served[method][key] == local[method][key], (method, key)
+    assert served["thinkrec-think"]["mean_reasoning_tokens"] == local["thinkrec-think"]["mean_reasoning_tokens"]
+    with pytest.raises(ValueError, match="needs --model-url"):
+        run(EvalArgs(**common, backend="vllm"))

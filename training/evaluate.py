@@ -37,6 +37,8 @@ class EvalArgs:
     sasrec: str | None = None           # a saved SASRec; trained (and saved beside the checkpoint) if missing
     sasrec_epochs: int = 200            # upper bound on SASRec epochs when it must be trained
     seed: int = 0                       # seed for data order, initialisation and sampling
+    backend: str = "transformers"       # transformers (in process) or vllm (a thinkrec serve-model server)
+    model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
 
 
 def _rows(view, split: str, max_users: int) -> list[dict]:
@@ -89,7 +91,7 @@ def parse_checkpoints(spec: str) -> dict[str, str]:
 def run(args: EvalArgs) -> dict:
     import torch
 
-    from engine.checkpoint import load_checkpoint
+    from engine.checkpoint import load_checked, load_checkpoint
     from engine.recommender import Recommender
     from training.dataset_view import DatasetView
     from training.popularity import PopularityRecommender
@@ -118,9 +120,17 @@ def run(args: EvalArgs) -> dict:
         results["sasrec"] = _score(ranked, rows, time.perf_counter() - started, catalog)
     thinking_modes = [(m, m == "thinkrec-think") for m in ("thinkrec", "thinkrec-think") if m in methods]
     checkpoints = parse_checkpoints(args.checkpoint) if thinking_modes else {}
+    if args.backend not in ("transformers", "vllm"):
+        raise ValueError(f"unknown backend '{args.backend}' (choose transformers or vllm)")
+    if args.backend == "vllm" and checkpoints and (not args.model_url or len(checkpoints) > 1):
+        raise ValueError("--backend vllm needs --model-url and one checkpoint (the one the server serves)")
     for label, checkpoint in checkpoints.items():
-        model, tokenizer, meta = load_checkpoint(checkpoint, args.data)
-        recommender = Recommender(model, tokenizer, view.codes)
+        if args.backend == "vllm":
+            tokenizer, meta = load_checked(checkpoint, args.data)
+            recommender = Recommender(None, tokenizer, view.codes, model_url=args.model_url, meta=meta)
+        else:
+            model, tokenizer, meta = load_checkpoint(checkpoint, args.data)
+            recommender = Recommender(model, tokenizer, view.codes)
         for method, thinking in thinking_modes:
             name = f"{method} [{label}]" if label else method
             started = time.perf_counter()
@@ -129,7 +139,7 @@ def run(args: EvalArgs) -> dict:
                                             batch_size=args.batch_size)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
-            extra = {"checkpoint": checkpoint, "stage": meta.stage}
+            extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}
             if thinking:
                 from engine.prompt import well_formed
                 extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)
