@@ -71,6 +71,7 @@ class VLLMBackend:
         if not self.url.endswith("/v1"):
             self.url += "/v1"
         self.tokenizer, self.trie = tokenizer, trie
+        self.stop_ids = [tokenizer.think_end_id, tokenizer.end_id]    # reasoning ends at </think> or <|end|>
         self.model_name = served_model_name(meta.dataset_fingerprint, meta.sid_levels, meta.sid_codebook_size)
         # Many users at once are many requests in flight: the server batches them.
         self.concurrency = concurrency
@@ -99,7 +100,7 @@ class VLLMBackend:
     def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0):
         body = self._request(list(prompt), exclude, max_tokens=max_new_tokens, temperature=temperature,
                              stream=True, return_token_ids=True,
-                             stop_token_ids=[self.tokenizer.think_end_id, self.tokenizer.end_id])
+                             stop_token_ids=self.stop_ids)
         with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()
@@ -115,7 +116,7 @@ class VLLMBackend:
         def one(prompt, exclude):
             body = self._request(list(prompt), exclude, max_tokens=max_new_tokens,
                                  temperature=temperature if sample else 0.0, return_token_ids=True,
-                                 stop_token_ids=[self.tokenizer.think_end_id, self.tokenizer.end_id])
+                                 stop_token_ids=self.stop_ids)
             return self._post(body)["choices"][0]["token_ids"]
 
         return self._map(one, prompts, excludes)

@@ -28,11 +28,10 @@ from pathlib import Path
 from data.catalog import Catalog
 from data.catalog_db import sqlite_url
 from data.clean import read_split
-from engine.checkpoint import load_checked, load_checkpoint
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, Trace, TraceEvent)
 from engine.prompt import LEVELS, earlier_assistant_turn
-from engine.recommender import Recommender
+from engine.recommender import open_recommender
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
 
@@ -59,17 +58,9 @@ class Engine:
                  think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None):
         self.data, self.checkpoint = Path(data), Path(checkpoint)
         self.catalog = Catalog(self.data)
-        if backend == "transformers":
-            self.model, self.tokenizer, self.meta = load_checkpoint(self.checkpoint, self.data, device=device)
-        elif backend == "vllm":
-            if not model_url:
-                raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
-            self.model = None      # the weights live in the server; the tokenizer and checks stay here
-            self.tokenizer, self.meta = load_checked(self.checkpoint, self.data)
-        else:
-            raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
-        self.recommender = Recommender(self.model, self.tokenizer, self.catalog.sid_codes(), history_items,
-                                       model_url=model_url if backend == "vllm" else None, meta=self.meta)
+        self.recommender, self.meta = open_recommender(self.checkpoint, self.data, self.catalog.sid_codes(), backend,
+                                                       model_url, device, history_items)
+        self.model, self.tokenizer = self.recommender.model, self.recommender.tokenizer
         self.backend = self.recommender.backend
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
         self.sessions = SessionStore(sessions_url or sqlite_url(self.data / "sessions.db"))
@@ -79,7 +70,7 @@ class Engine:
         self.max_message_chars = max_message_chars
         # One in-process model serves every session: one call at a time. A vLLM server batches
         # concurrent requests itself, so turns go to it unserialised.
-        self._model_lock = threading.Lock() if backend == "transformers" else contextlib.nullcontext()
+        self._model_lock = threading.Lock() if self.model is not None else contextlib.nullcontext()
         self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
         self._think_cache_size = think_cache_size
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.backends import Backend, TransformersBackend, VLLMBackend
+from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.decoding import RankedItem, build_token_trie
 from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, parse_reasoning, recommendation_messages
 from engine.tokenizer import DERIVATION, Message, ThinkrecTokenizer
@@ -83,3 +84,23 @@ class Recommender:
             result.items = items
             result.seconds["items"] = share
         return results
+
+
+BACKENDS = ("transformers", "vllm")
+
+
+def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], backend: str = "transformers",
+                     model_url: str | None = None, device: str | None = None,
+                     history_items: int = 20) -> tuple[Recommender, CheckpointMeta]:
+    """A checkpoint's recommender (checked against ``data``'s catalog either way): the model loaded
+    here (``transformers``), or only its tokenizer with a ``thinkrec serve-model`` server decoding
+    (``vllm``, at ``model_url``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
+    if backend == "vllm":
+        if not model_url:
+            raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
+        tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
+        return Recommender(None, tokenizer, sid_codes, history_items, model_url=model_url, meta=meta), meta
+    model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
+    return Recommender(model, tokenizer, sid_codes, history_items), meta

@@ -91,8 +91,7 @@ def parse_checkpoints(spec: str) -> dict[str, str]:
 def run(args: EvalArgs) -> dict:
     import torch
 
-    from engine.checkpoint import load_checked, load_checkpoint
-    from engine.recommender import Recommender
+    from engine.recommender import open_recommender
     from training.dataset_view import DatasetView
     from training.popularity import PopularityRecommender
 
@@ -120,17 +119,10 @@ def run(args: EvalArgs) -> dict:
         results["sasrec"] = _score(ranked, rows, time.perf_counter() - started, catalog)
     thinking_modes = [(m, m == "thinkrec-think") for m in ("thinkrec", "thinkrec-think") if m in methods]
     checkpoints = parse_checkpoints(args.checkpoint) if thinking_modes else {}
-    if args.backend not in ("transformers", "vllm"):
-        raise ValueError(f"unknown backend '{args.backend}' (choose transformers or vllm)")
     if args.backend == "vllm" and checkpoints and (not args.model_url or len(checkpoints) > 1):
         raise ValueError("--backend vllm needs --model-url and one checkpoint (the one the server serves)")
     for label, checkpoint in checkpoints.items():
-        if args.backend == "vllm":
-            tokenizer, meta = load_checked(checkpoint, args.data)
-            recommender = Recommender(None, tokenizer, view.codes, model_url=args.model_url, meta=meta)
-        else:
-            model, tokenizer, meta = load_checkpoint(checkpoint, args.data)
-            recommender = Recommender(model, tokenizer, view.codes)
+        recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
         for method, thinking in thinking_modes:
             name = f"{method} [{label}]" if label else method
             started = time.perf_counter()
