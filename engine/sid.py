@@ -8,13 +8,15 @@ pruned from ``allowed()`` by subtree counts, so a cursor never offers a path tha
 an excluded item. A token outside ``allowed()`` kills the cursor: it then allows nothing, and the
 caller ends the item with an error; it never falls back to unconstrained decoding.
 
-Pure Python, no torch: ``python -m pytest tests/test_sid_trie.py``.
+Python and numpy, no torch: ``python -m pytest tests/test_sid_trie.py``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Iterable, Sequence
+
+import numpy as np
 
 LEVEL_NAMES = "abcd"
 ITEM_BEGIN = "<|item_begin|>"
@@ -54,20 +56,54 @@ def all_sid_token_strings(levels: int, codebook_size: int) -> list[str]:
 
 
 class _Node:
-    __slots__ = ("children", "count", "item")
+    __slots__ = ("children", "count", "item", "index")
 
-    def __init__(self) -> None:
+    def __init__(self, index: int = 0) -> None:
         self.children: dict[Hashable, _Node] = {}
         self.count = 0          # items in this subtree
         self.item = None        # set on leaves
+        self.index = index      # position in the trie's node numbering (filters count per index)
+
+
+class TrieFilter:
+    """The items a request allows (a genre, a year range, ...), as allowed-item counts per trie
+    node. A cursor with a filter treats every other item as excluded: it offers only tokens that
+    lead to at least one allowed item, so every walk ends in an allowed item — or offers nothing
+    when no allowed item is left (the caller then returns fewer items, never unfiltered ones).
+
+    Built with numpy from the nodes on the allowed items' paths (one ``bincount``), so a filter
+    holding 30 % of a 10^6-item catalog costs tens of milliseconds, not a Python loop per item.
+    """
+
+    __slots__ = ("trie", "counts", "size", "_open_children")
+
+    def __init__(self, trie: SIDTrie, counts: list[int]):
+        self.trie, self.counts = trie, counts
+        self.size = counts[trie.root.index]
+        self._open_children: dict[int, list] = {}   # node index -> child tokens with allowed items
+
+    def allows(self, item: Hashable) -> bool:
+        nodes = self.trie._leaf_nodes.get(item)
+        return nodes is not None and self.counts[nodes[-1]] > 0
+
+    def open_children(self, node: _Node) -> list:
+        """Child tokens of ``node`` that lead to an allowed item (cached per node: beams revisit)."""
+        tokens = self._open_children.get(node.index)
+        if tokens is None:
+            counts = self.counts
+            tokens = self._open_children[node.index] = [t for t, child in node.children.items()
+                                                        if counts[child.index]]
+        return tokens
 
 
 class SIDTrie:
     """Prefix trie over item token paths. Tokens may be strings or token ids."""
 
     def __init__(self, paths: Iterable[tuple[Hashable, Sequence[Hashable]]]):
-        self.root = _Node()
+        self.root = _Node(0)
+        self.num_nodes = 1
         self._leaf_path: dict[Hashable, tuple] = {}
+        self._leaf_nodes: dict[Hashable, tuple[int, ...]] = {}   # node indices on the path, root first
         for item, path in paths:
             path = tuple(path)
             if not path:
@@ -78,16 +114,23 @@ class SIDTrie:
             for token in path:
                 if node.item is not None:
                     raise ValueError(f"SID of {item!r} extends the SID of {node.item!r}")
-                node = node.children.setdefault(token, _Node())
+                child = node.children.get(token)
+                if child is None:
+                    child = node.children[token] = _Node(self.num_nodes)
+                    self.num_nodes += 1
+                node = child
             if node.item is not None or node.children:
                 raise ValueError(f"items {node.item!r} and {item!r} share the SID {path}")
             node.item = item
             self._leaf_path[item] = path
             node = self.root
             node.count += 1
+            indices = [node.index]
             for token in path:
                 node = node.children[token]
                 node.count += 1
+                indices.append(node.index)
+            self._leaf_nodes[item] = tuple(indices)
 
     def __len__(self) -> int:
         return self.root.count
@@ -107,8 +150,38 @@ class SIDTrie:
                 return None
         return node.item
 
-    def cursor(self, exclude: Iterable[Hashable] = ()) -> TrieCursor:
-        return TrieCursor(self, exclude)
+    def cursor(self, exclude: Iterable[Hashable] = (), restrict: TrieFilter | None = None) -> TrieCursor:
+        return TrieCursor(self, exclude, restrict)
+
+    @property
+    def items(self) -> list:
+        return list(self._leaf_path)
+
+    def node_paths(self, items: Sequence[Hashable]) -> np.ndarray:
+        """Node indices on each item's path (root first), one row per item in ``items`` order,
+        padded with -1 where a SID is shorter; an item missing from the trie is a row of -1.
+        Computed once per item order and reused by :meth:`restrict`."""
+        depth = 1 + max((len(p) for p in self._leaf_path.values()), default=0)
+        paths = np.full((len(items), depth), -1, dtype=np.int64)
+        for row, item in enumerate(items):
+            nodes = self._leaf_nodes.get(item)
+            if nodes is not None:
+                paths[row, :len(nodes)] = nodes
+        return paths
+
+    def restrict(self, node_paths: np.ndarray, mask: np.ndarray) -> TrieFilter:
+        """A filter allowing the items whose rows of ``node_paths`` are True in ``mask``."""
+        chosen = node_paths[np.asarray(mask, dtype=bool)].ravel()
+        counts = np.bincount(chosen[chosen >= 0], minlength=self.num_nodes)
+        return TrieFilter(self, counts.tolist())
+
+    def restrict_to(self, items: Iterable[Hashable]) -> TrieFilter:
+        """A filter allowing exactly ``items`` (unknown ones are ignored)."""
+        counts = [0] * self.num_nodes
+        for item in set(items):
+            for index in self._leaf_nodes.get(item, ()):
+                counts[index] += 1
+        return TrieFilter(self, counts)
 
     def depth_stats(self) -> list[dict]:
         """Per depth: number of nodes and mean/max branching (for the catalog's SID tree view)."""
@@ -126,10 +199,13 @@ class SIDTrie:
 class TrieCursor:
     """A walk through the trie: the grammar state of one item being generated."""
 
-    __slots__ = ("trie", "node", "prefix", "dead", "_excluded_below", "_excluded", "_blocked")
+    __slots__ = ("trie", "node", "prefix", "dead", "_excluded_below", "_excluded", "_blocked", "restrict")
 
-    def __init__(self, trie: SIDTrie, exclude: Iterable[Hashable] = ()):
+    def __init__(self, trie: SIDTrie, exclude: Iterable[Hashable] = (), restrict: TrieFilter | None = None):
         self.trie = trie
+        # Items outside the filter count as excluded: a node is open while it holds an allowed
+        # item that is not excluded. Exclusions of items the filter already rules out are no-ops.
+        self.restrict = restrict
         # Excluded item count per node on their paths; a child whose whole subtree is excluded
         # is not offered. Keyed by node id since nodes are shared by all cursors.
         self._excluded_below: dict[int, int] = {}
@@ -151,27 +227,39 @@ class TrieCursor:
         """Never end a walk in ``item`` (unknown items are ignored: nothing to exclude)."""
         if item not in self.trie._leaf_path or item in self._excluded:
             return
+        if self.restrict is not None and not self.restrict.allows(item):
+            return
         self._excluded.add(item)
         parent = self.trie.root
         self._excluded_below[id(parent)] = self._excluded_below.get(id(parent), 0) + 1
         for token in self.trie._leaf_path[item]:
             node = parent.children[token]
             excluded = self._excluded_below[id(node)] = self._excluded_below.get(id(node), 0) + 1
-            if excluded >= node.count:
+            if excluded >= self._size(node):
                 self._blocked.setdefault(id(parent), set()).add(token)
             parent = node
 
+    def _size(self, node: _Node) -> int:
+        """Items below ``node`` that this walk may end in, before exclusions."""
+        return node.count if self.restrict is None else self.restrict.counts[node.index]
+
     def _open(self, node: _Node) -> bool:
-        return node.count > self._excluded_below.get(id(node), 0)
+        return self._size(node) > self._excluded_below.get(id(node), 0)
+
+    def remaining(self) -> int:
+        """How many items a walk from the root can still end in (filter and exclusions applied)."""
+        root = self.trie.root
+        return self._size(root) - self._excluded_below.get(id(root), 0)
 
     def allowed(self) -> list:
-        """Tokens that keep the walk on a path to at least one non-excluded item."""
+        """Tokens that keep the walk on a path to at least one allowed, non-excluded item."""
         if self.dead or self.node.item is not None:
             return []
+        tokens = list(self.node.children) if self.restrict is None else self.restrict.open_children(self.node)
         blocked = self._blocked.get(id(self.node))
         if not blocked:
-            return list(self.node.children)
-        return [token for token in self.node.children if token not in blocked]
+            return list(tokens)
+        return [token for token in tokens if token not in blocked]
 
     def accept(self, token: Hashable) -> bool:
         """Advance by ``token``; returns False (and kills the cursor) if it is not allowed."""
@@ -195,6 +283,7 @@ class TrieCursor:
         """An independent copy (beam search forks cursors)."""
         other = TrieCursor.__new__(TrieCursor)
         other.trie, other.node, other.prefix, other.dead = self.trie, self.node, list(self.prefix), self.dead
+        other.restrict = self.restrict
         # Shared on purpose: exclusions belong to the request (seen and shown items), not a beam.
         other._excluded_below, other._excluded, other._blocked = self._excluded_below, self._excluded, self._blocked
         return other
@@ -207,10 +296,12 @@ class ItemGate:
     keep one gate per sequence, so the two backends constrain decoding the same way.
     """
 
-    __slots__ = ("trie", "begin", "end", "exclude", "cursor", "items", "errors")
+    __slots__ = ("trie", "begin", "end", "exclude", "cursor", "items", "errors", "restrict")
 
-    def __init__(self, trie: SIDTrie, begin: Hashable, end: Hashable, exclude: Iterable[Hashable] = ()):
+    def __init__(self, trie: SIDTrie, begin: Hashable, end: Hashable, exclude: Iterable[Hashable] = (),
+                 restrict: TrieFilter | None = None):
         self.trie, self.begin, self.end = trie, begin, end
+        self.restrict = restrict
         self.exclude = set(exclude)
         self.cursor: TrieCursor | None = None     # set while inside an item span
         self.items: list = []
@@ -219,7 +310,7 @@ class ItemGate:
     def advance(self, token: Hashable) -> None:
         if self.cursor is None:
             if token == self.begin:
-                self.cursor = self.trie.cursor(exclude=self.exclude)
+                self.cursor = self.trie.cursor(exclude=self.exclude, restrict=self.restrict)
             return
         if token == self.end:
             if self.cursor.done():
