@@ -27,6 +27,16 @@ LEVEL_TOKENS = {"derivation": DERIVATION, "evolution": EVOLUTION, "recommendatio
 # item; thinking opens the first level, so the model cannot skip its reasoning by closing at once.
 NO_THINK_PREFIX = THINK + THINK_END + ITEM_BEGIN
 THINK_PREFIX = THINK + DERIVATION
+# A user with no history gets these two levels as written (the engine writes them, the teacher
+# trains on them): nothing to derive, nothing to follow; level 3 reasons from the request alone.
+NO_HISTORY_DERIVATION = "No history yet: no interests to derive."
+NO_HISTORY_EVOLUTION = "No interest to follow over time."
+ASKED_LEAD = "You asked for "      # level 3 opens with the active request in these words
+
+
+def request_statement(described: str) -> str:
+    """How level 3 states the active request (``Constraints.describe()``); the engine writes it."""
+    return ASKED_LEAD + described
 
 
 def item_span(codes: Sequence[int]) -> str:

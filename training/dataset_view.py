@@ -53,6 +53,14 @@ class DatasetView:
         return {i.item_id: ItemFacts(i.item_id, i.title, i.year, tuple(i.categories), i.row)
                 for i in self.items.values()}
 
+    @cached_property
+    def vocabulary(self) -> list[str]:
+        """Categories by how many items carry them, most first."""
+        from collections import Counter
+
+        counts = Counter(c for item in self.items.values() for c in dict.fromkeys(item.categories))
+        return [c for c, _ in counts.most_common()]
+
     @property
     def category_word(self) -> str:
         return self.manifest.category_key   # "genre" for movies, "category" for products

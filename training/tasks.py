@@ -267,16 +267,37 @@ class DialogueSteering(NextItemCoT):
             return item.item_id
         return None
 
+    cold_share: float = 0.25         # positions cut to a fresh or short history (0-2 items)
+    refine_share: float = 0.2        # two-turn refinements: a request, then "no <category>" on top
+
+    def _cold(self, position: Position, rng: random.Random) -> Position:
+        """The same target seen by a fresh user (no history) or one with 1-2 liked items."""
+        keep = rng.choice([0, 0, 1, 2])
+        return Position(position.user_id, position.history[len(position.history) - keep:] if keep else [],
+                        position.timestamps[len(position.timestamps) - keep:] if keep else [], position.target)
+
+    def _refinement(self, position: Position, request: Request, rng: random.Random) -> str | None:
+        """A category to add as "no <category>" in a second turn: one the target does not carry."""
+        target = set(self.view.items[position.target].categories)
+        recent = [c for i in position.history[-10:] for c in self.view.items[i].categories]
+        pool = [c for c in dict.fromkeys(recent + self.view.vocabulary)
+                if c not in target and c not in request.avoid and c not in request.categories and c != "unknown"]
+        return rng.choice(pool[:6]) if pool else None
+
     def build(self, rng: random.Random) -> list[Example]:
         out = []
         for position in training_positions(self.view, 1):
+            if rng.random() < self.cold_share:
+                position = self._cold(position, rng)
             request = self.request_for(position, rng)
             if request is None:
                 continue
             target = [self.view.codes[position.target]]
             earlier: list[Message] = []
             user_text = request.text
-            decoy = self._decoy(position, request, rng) if rng.random() < 0.3 else None
+            roll = rng.random()
+            decoy = self._decoy(position, request, rng) if roll < 0.3 else None
+            refine = self._refinement(position, request, rng) if decoy is None and roll < 0.3 + self.refine_share else None
             if decoy:
                 # Two turns: a suggestion the user turns down, then the real one.
                 earlier = [Message("user", request.text, trusted=False),
@@ -285,6 +306,15 @@ class DialogueSteering(NextItemCoT):
                                         "No, another one."])
                 request = Request(f"{request.text} {user_text}", request.categories, request.decade,
                                   request.avoid, request.like_title)
+            elif refine:
+                # Two turns: the first request stays active and the second adds to it.
+                first = self._decoy(position, request, rng)
+                if first:
+                    earlier = [Message("user", request.text, trusted=False),
+                               earlier_assistant_turn([self.view.codes[first]])]
+                    user_text = rng.choice(["No {a}, please.", "Nothing {a} though.", "And no {a}."]).format(a=refine.lower())
+                    request = Request(f"{request.text} {user_text}", request.categories, request.decade,
+                                      request.avoid + (refine,), request.like_title)
             thinking = rng.random() < 0.6
             levels = None
             if thinking:

@@ -23,6 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.constraints import Constraints
+from engine.prompt import NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, request_statement
+
 
 TRENDS = ("long-term", "recent burst", "fading", "periodic")
 # How level 3 describes the served interest, by its trend.
@@ -35,6 +38,7 @@ MIN_NAME_SHARE = 0.35   # a category names an interest only if this share of its
 MAX_EVIDENCE = 3
 MAX_SET_ASIDE = 3
 MAX_NEXT_CATEGORIES = 3
+LITTLE_HISTORY = 3      # fewer history items than this: level 1 says plainly that there is little to go on
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,12 @@ class Request:
     decade: int | None = None             # wanted decade, e.g. 1990
     avoid: tuple[str, ...] = ()           # categories to avoid, e.g. ("Horror",)
     like_title: str | None = None         # "more like <title>"
+
+    def constraints(self) -> Constraints:
+        """The same request as the engine's active constraints."""
+        return Constraints(want=[[c] for c in self.categories], avoid=list(self.avoid),
+                           year_min=self.decade, year_max=self.decade + 9 if self.decade else None,
+                           like_title=self.like_title)
 
 
 @dataclass
@@ -261,20 +271,22 @@ class DeterministicTeacher:
         set_aside = [facts[r].title for r in sorted(noise, reverse=True)]
         return interests, set_aside
 
-    def derivation_text(self, interests: list[Interest], set_aside: list[str]) -> str:
+    def derivation_text(self, interests: list[Interest], set_aside: list[str], history_size: int | None = None) -> str:
         if not interests and not set_aside:
-            return "No history yet: no interests to derive."
+            return NO_HISTORY_DERIVATION
         parts = [f"({i + 1}) {it.name}: {', '.join(it.evidence)}." for i, it in enumerate(interests)]
         text = "Interests: " + " ".join(parts) if parts else "No clear interest: the history is scattered."
         if set_aside:
             more = f" and {len(set_aside) - MAX_SET_ASIDE} more" if len(set_aside) > MAX_SET_ASIDE else ""
             text += f" Set aside: {', '.join(set_aside[:MAX_SET_ASIDE])}{more}."
+        if history_size is not None and history_size < LITTLE_HISTORY:
+            text = f"Little history ({history_size} item{'s' * (history_size != 1)}). " + text
         return text
 
     @staticmethod
     def evolution_text(interests: list[Interest]) -> str:
         if not interests:
-            return "No interest to follow over time."
+            return NO_HISTORY_EVOLUTION
         return " ".join(f"({i + 1}) {it.trend}" + (f", {it.direction}." if it.direction else ".")
                         for i, it in enumerate(interests))
 
@@ -290,18 +302,13 @@ class DeterministicTeacher:
         return sorted(range(len(interests)), key=lambda i: (-round(score[i], 6), i))
 
     def _asked(self, request: Request) -> str:
-        parts = []
-        if request.categories or request.decade:
-            what = " and ".join(request.categories) or "something"
-            parts.append(what + (f" from the {request.decade}s" if request.decade else ""))
-        if request.like_title:
-            parts.append(f"more like {request.like_title}")
-        if request.avoid:
-            parts.append("no " + " or ".join(request.avoid))
-        if not parts:
+        # The engine's own wording of the active constraints, which it writes into level 3 at
+        # serving time: the model is trained on exactly the text it will be handed.
+        described = request.constraints().describe()
+        if not described:
             words = request.text.split()
             return '"' + " ".join(words[:12]) + ("..." if len(words) > 12 else "") + '"'
-        return ", ".join(parts)
+        return described
 
     def _serve(self, interests: list[Interest], ranked: list[int], request: Request | None,
                liked: ItemFacts | None) -> tuple[int | None, str]:
@@ -312,7 +319,7 @@ class DeterministicTeacher:
                 return None, "No clear interest to serve yet."
             it = interests[served]
             return served, f"Serve ({served + 1}) {it.name}, {TREND_PHRASE[it.trend]}."
-        asked = f"You asked for {self._asked(request)}"
+        asked = request_statement(self._asked(request))
         avoid = set(request.avoid)
         wanted = set(request.categories) | (set(liked.categories) if liked else set())
         allowed = [i for i in ranked if not avoid & set(interests[i].categories)]
@@ -346,7 +353,7 @@ class DeterministicTeacher:
         categories, decade = self._next_item(interests, served, self.items[target] if target is not None else None,
                                              request, liked)
         shown = ", ".join(categories or (f"any {self.category_word}",)) + (f", {decade}s" if decade else "")
-        return Rationale(self.derivation_text(interests, set_aside), self.evolution_text(interests),
+        return Rationale(self.derivation_text(interests, set_aside, len(history)), self.evolution_text(interests),
                          f"{lead} Next item: {shown}.", interests, served, set_aside,
                          categories + ((f"{decade}s",) if decade else ()))
 
