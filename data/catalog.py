@@ -96,6 +96,12 @@ class Catalog:
             rows = session.execute(select(ItemRow.item_id, SIDRow.codes).join(SIDRow, SIDRow.row == ItemRow.row))
             return {item_id: list(codes) for item_id, codes in rows}
 
+    def attribute_table(self) -> tuple[list[str], list[int | None], list[list[str]]]:
+        """Every item's id, year and categories (catalog order): what request filters are built from."""
+        with Session(self.engine) as session:
+            rows = session.execute(select(ItemRow.item_id, ItemRow.year, ItemRow.categories).order_by(ItemRow.row)).all()
+        return [r[0] for r in rows], [r[1] for r in rows], [list(r[2] or []) for r in rows]
+
     def with_attribute(self, key: str, value: str) -> list[str]:
         """Item ids having attribute key=value (e.g. genre=Comedy, decade=1990s)."""
         with Session(self.engine) as session:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Hashable, Iterator, Sequence
-from typing import Protocol
+from typing import Callable, Protocol
 
+from engine.constraints import Constraints
 from engine.decoding import RankedItem, beam_search_items, generate_reasoning, stream_reasoning
-from engine.sid import SIDTrie, TrieCursor
+from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
 
 
@@ -26,35 +27,51 @@ class Backend(Protocol):
     name: str
 
     def stream_reasoning(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
-                         temperature: float = 0.0) -> Iterator[int]:
-        """One user's reasoning token ids as they are decoded (``</think>`` included when closed)."""
+                         temperature: float = 0.0, stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+        """One user's reasoning token ids as they are decoded, up to and including the first stop
+        token (default ``</think>`` or ``<|end|>``)."""
 
     def generate_reasoning(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
                            max_new_tokens: int = 160, sample: bool = False, temperature: float = 1.0,
-                           batch_size: int = 32) -> list[list[int]]:
+                           batch_size: int = 32, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
         """Many users' reasoning at once (evaluation, RL rollouts)."""
 
     def beam_search(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
-                    k: int, num_beams: int, batch_size: int = 16) -> list[list[RankedItem]]:
-        """Top-``k`` distinct unseen items per prompt (each ends with ``<|item_begin|>``)."""
+                    k: int, num_beams: int | None = None, batch_size: int = 16,
+                    constraints: Sequence[Constraints | None] | None = None) -> list[list[RankedItem]]:
+        """Top-``k`` distinct unseen items per prompt (each ends with ``<|item_begin|>``), every
+        one satisfying its prompt's constraints (fewer than ``k`` when fewer exist)."""
+
+
+FilterFor = Callable[[Constraints | None], TrieFilter | None]
+
+
+def _no_filter(constraints: Constraints | None) -> None:
+    if constraints is not None and constraints.is_hard():
+        raise ValueError("this backend was built without catalog facets: it cannot apply constraints")
+    return None
 
 
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, model, tokenizer, trie: SIDTrie):
+    def __init__(self, model, tokenizer, trie: SIDTrie, filter_for: FilterFor = _no_filter):
         self.model, self.tokenizer, self.trie = model, tokenizer, trie
+        self.filter_for = filter_for
 
-    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0):
-        return stream_reasoning(self.model, self.tokenizer, prompt, self.trie, exclude, max_new_tokens, temperature)
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None):
+        return stream_reasoning(self.model, self.tokenizer, prompt, self.trie, exclude, max_new_tokens, temperature,
+                                stop_ids)
 
-    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32):
+    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
+                           stop_ids=None):
         return generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes, max_new_tokens,
-                                  do_sample=sample, temperature=temperature, batch_size=batch_size)
+                                  do_sample=sample, temperature=temperature, batch_size=batch_size, stop_ids=stop_ids)
 
-    def beam_search(self, prompts, excludes, k, num_beams, batch_size=16):
+    def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
+        filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
         return beam_search_items(self.model, prompts, self.trie, excludes, self.tokenizer.pad_id,
-                                 k=k, num_beams=num_beams, batch_size=batch_size)
+                                 k=k, num_beams=num_beams, batch_size=batch_size, filters=filters)
 
 
 class ServerMismatch(ValueError):

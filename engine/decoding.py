@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from transformers import LogitsProcessor
 
-from engine.sid import ItemGate, SIDTrie, TrieCursor
+from engine.sid import ItemGate, SIDTrie, TrieCursor, TrieFilter
 
 
 def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
@@ -40,6 +40,10 @@ class GatedTrieProcessor(LogitsProcessor):
         self.processed = [0] * len(excludes)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        # One gate per sequence: generate() must not widen the batch (num_beams or
+        # num_return_sequences > 1 would pair rows with the wrong gates).
+        if input_ids.shape[0] != len(self.gates):
+            raise RuntimeError(f"{input_ids.shape[0]} sequences for {len(self.gates)} constraint gates")
         generated = input_ids[:, self.prompt_length:]
         if self.sid_token_ids.device != scores.device:
             self.sid_token_ids = self.sid_token_ids.to(scores.device)   # once, not per row and step
@@ -78,7 +82,8 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[to
 
 
 @torch.no_grad()
-def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int, pad_id: int) -> list[list[RankedItem]]:
+def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int, pad_id: int,
+                filters: Sequence[TrieFilter | None]) -> list[list[RankedItem]]:
     device = next(model.parameters()).device
     ids, attention = _left_pad(prompts, pad_id, device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -88,7 +93,7 @@ def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int,
     # Beam slots: (score, cursor); a slot with score -inf is empty. Slot s of user u is row u*W+s.
     slots: list[tuple[float, TrieCursor | None]] = []
     for user in range(users):
-        root = trie.cursor(exclude=excludes[user])
+        root = trie.cursor(exclude=excludes[user], restrict=filters[user])
         allowed = root.allowed()
         ranked = sorted(((logprobs[user, t].item(), t) for t in allowed), reverse=True)[:width]
         for score, token in ranked:
@@ -146,16 +151,21 @@ def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int,
 
 def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
                       excludes: Sequence[set[Hashable]], pad_id: int, k: int = 10,
-                      num_beams: int | None = None, batch_size: int = 16) -> list[list[RankedItem]]:
-    """Top-``k`` distinct catalog items per prompt (each prompt ends with ``<|item_begin|>``)."""
+                      num_beams: int | None = None, batch_size: int = 16,
+                      filters: Sequence[TrieFilter | None] | None = None) -> list[list[RankedItem]]:
+    """Top-``k`` distinct catalog items per prompt (each prompt ends with ``<|item_begin|>``).
+    ``filters`` (one per prompt, or None) restrict the items to those a request allows: fewer
+    than ``k`` come back when fewer exist, never items outside the filter."""
     num_beams = max(k, num_beams or k)
+    filters = list(filters) if filters is not None else [None] * len(prompts)
     was_training = model.training
     model.eval()
     results: list[list[RankedItem]] = []
     try:
         for start in range(0, len(prompts), batch_size):
             results += _beam_chunk(model, prompts[start:start + batch_size], trie,
-                                   excludes[start:start + batch_size], num_beams, k, pad_id)
+                                   excludes[start:start + batch_size], num_beams, k, pad_id,
+                                   filters[start:start + batch_size])
     finally:
         model.train(was_training)
     return results
@@ -165,19 +175,22 @@ def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
 def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie,
                        excludes: Sequence[set[Hashable]], max_new_tokens: int = 160,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                       batch_size: int = 32) -> list[list[int]]:
-    """Generate each prompt's reasoning up to and including ``</think>`` (gated constraint on)."""
+                       batch_size: int = 32, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+    """Generate each prompt's reasoning up to and including ``</think>`` (gated constraint on), or
+    up to the first of ``stop_ids``."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     outputs: list[list[int]] = []
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                              temperature=temperature if do_sample else None,
-                              top_p=top_p if do_sample else None, top_k=None,
-                              eos_token_id=[tokenizer.think_end_id, tokenizer.end_id],
-                              pad_token_id=tokenizer.pad_id)
+    stops = list(stop_ids) if stop_ids else [tokenizer.think_end_id, tokenizer.end_id]
+    # Every decoding setting explicit: one left as None is filled from the checkpoint's
+    # generation_config (top_k would become 50, num_beams could widen the batch past the gates).
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1,
+                              num_return_sequences=1, temperature=temperature if do_sample else 1.0,
+                              top_p=top_p if do_sample else 1.0, top_k=0,
+                              eos_token_id=stops, pad_token_id=tokenizer.pad_id)
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
@@ -191,7 +204,7 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
                     if token == tokenizer.pad_id:
                         break
                     kept.append(token)
-                    if token in (tokenizer.think_end_id, tokenizer.end_id):
+                    if token in stops:
                         break
                 outputs.append(kept)
     finally:
@@ -201,11 +214,12 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
 
 @torch.no_grad()
 def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exclude: set[Hashable],
-                     max_new_tokens: int = 160, temperature: float = 0.0):
+                     max_new_tokens: int = 160, temperature: float = 0.0, stop_ids: Sequence[int] | None = None):
     """Yield reasoning token ids one at a time (greedy, or sampled with ``temperature`` > 0) under
     the gated constraint, stopping after ``</think>`` or ``<|end|>``; a KV cache keeps each step
     to one token of work, which is what makes the first token arrive fast."""
     device = next(model.parameters()).device
+    stops = set(stop_ids) if stop_ids else {tokenizer.think_end_id, tokenizer.end_id}
     gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)])
     ids = torch.tensor([list(prompt)], device=device)
     out = model(input_ids=ids, use_cache=True)
@@ -217,7 +231,7 @@ def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exc
         else:
             token = int(scores.argmax(dim=-1))
         yield token
-        if token in (tokenizer.think_end_id, tokenizer.end_id):
+        if token in stops:
             return
         step = torch.tensor([[token]], device=device)
         sequence = torch.cat([sequence, step], dim=1)

@@ -6,15 +6,20 @@ this same code path.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
+from engine.constraints import Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
-from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, parse_reasoning, recommendation_messages
-from engine.tokenizer import DERIVATION, Message, ThinkrecTokenizer
+from engine.prompt import (NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
+                           parse_reasoning, recommendation_messages, request_statement)
+from engine.sid import TrieFilter
+from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, Message, ThinkrecTokenizer
 
 
 @dataclass
@@ -27,21 +32,66 @@ class Recommendation:
     prompt_ids: list[int] = field(default_factory=list)
     reasoning_ids: list[int] = field(default_factory=list)   # as generated, </think> included when closed
     seconds: dict[str, float] = field(default_factory=dict)
+    available: int | None = None                 # items the constraints leave (None: no constraint)
+
+
+@dataclass
+class ReasoningPlan:
+    """What the engine writes into the reasoning itself, so it is true by construction: a user
+    with no history gets levels 1-2 that say so (``prefix``, before the model says anything), and
+    an active request is stated at the start of level 3 (``statement``, after the model opens it)."""
+    prefix: list[int] = field(default_factory=list)
+    statement: list[int] = field(default_factory=list)
 
 
 class Recommender:
     """``model`` decodes in this process; with ``model_url`` a ``thinkrec serve-model`` server does
-    (``model`` is then None and ``meta`` the checkpoint's metadata, which the server must match)."""
+    (``model`` is then None and ``meta`` the checkpoint's metadata, which the server must match).
+    ``facets`` (every item's year and categories) lets requests restrict the items."""
 
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
-                 history_items: int = 20, model_url: str | None = None, meta=None):
+                 history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
+                 filter_cache_size: int = 64):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
         self.history_items = history_items
-        self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta) if model_url
-                                 else TransformersBackend(model, tokenizer, self.trie))
+        self.facets = facets
+        self._node_paths = self.trie.node_paths(facets.item_ids) if facets is not None else None
+        self._filters: OrderedDict[str, TrieFilter] = OrderedDict()
+        self._filter_cache_size = filter_cache_size
+        self._filter_lock = threading.Lock()
+        self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta, filter_for=self.filter_for)
+                                 if model_url else TransformersBackend(model, tokenizer, self.trie, self.filter_for))
 
+    # -- constraints ---------------------------------------------------------------------------
+    def filter_for(self, constraints: Constraints | None) -> TrieFilter | None:
+        """The trie filter of a request's hard constraints (cached: a genre is asked for often)."""
+        if constraints is None or not constraints.is_hard():
+            return None
+        if self.facets is None:
+            raise ValueError("this recommender has no catalog facets: it cannot apply request constraints")
+        key = constraints.key()
+        with self._filter_lock:
+            cached = self._filters.get(key)
+            if cached is not None:
+                self._filters.move_to_end(key)
+                return cached
+        built = self.trie.restrict(self._node_paths, self.facets.mask(constraints))
+        with self._filter_lock:
+            self._filters[key] = built
+            while len(self._filters) > self._filter_cache_size:
+                self._filters.popitem(last=False)
+        return built
+
+    def available(self, constraints: Constraints | None, exclude: set[str]) -> int | None:
+        """How many items the constraints leave once ``exclude`` is taken out (None: unconstrained)."""
+        restrict = self.filter_for(constraints)
+        if restrict is None:
+            return None
+        return self.trie.cursor(exclude=exclude, restrict=restrict).remaining()
+
+    # -- prompt and reasoning ------------------------------------------------------------------
     def prompt_ids(self, history: Sequence[str], user_text: str | None = None,
                    earlier_turns: Sequence[Message] = (), thinking: bool = False) -> list[int]:
         codes = [self.sid_codes[i] for i in history if i in self.sid_codes]
@@ -50,35 +100,120 @@ class Recommender:
             messages, add_generation_prompt=True, assistant_prefix=THINK_PREFIX if thinking else NO_THINK_PREFIX)
         return ids
 
+    def plan(self, history: Sequence[str], constraints: Constraints | None) -> ReasoningPlan:
+        described = constraints.describe() if constraints is not None else ""
+        statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
+        if any(i in self.sid_codes for i in history):
+            return ReasoningPlan(statement=statement)
+        prefix = (self.tokenizer.encode(NO_HISTORY_DERIVATION, trusted=False) + [self.tokenizer.ids[EVOLUTION]]
+                  + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]] + statement)
+        return ReasoningPlan(prefix=prefix)
+
+    def stream_reasoning(self, prompt: Sequence[int], exclude: set[str], plan: ReasoningPlan,
+                         max_new_tokens: int = 160, temperature: float = 0.0) -> Iterator[int]:
+        """One user's reasoning tokens as they come, the plan's written tokens included in place
+        (the prompt opened the first level). Ends with ``</think>`` (or ``<|end|>``) when closed."""
+        yield from plan.prefix
+        context = list(prompt) + plan.prefix
+        if plan.statement:
+            opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
+            generated = []
+            for token in self.backend.stream_reasoning(context, exclude, max_new_tokens, temperature,
+                                                       stop_ids=[close, end, opened]):
+                generated.append(token)
+                if token in (opened, close, end):
+                    break
+                yield token
+            if generated and generated[-1] == end:
+                yield end
+                return
+            # The model opened level 3 (or closed without it): the request is stated, then it goes on.
+            written = [opened] + plan.statement
+            yield from written
+            context += [t for t in generated if t not in (opened, close)] + written
+        yield from self.backend.stream_reasoning(context, exclude, max_new_tokens, temperature)
+
+    def _reason_batch(self, prompts: list[list[int]], excludes: list[set[str]], plans: list[ReasoningPlan],
+                      max_new_tokens: int, sample: bool, temperature: float, batch_size: int) -> list[list[int]]:
+        """Batched reasoning with the plans applied: what ``stream_reasoning`` yields, for many users."""
+        opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
+        reasoning = [list(plan.prefix) for plan in plans]
+        free = [i for i, plan in enumerate(plans) if not plan.statement]
+        stated = [i for i, plan in enumerate(plans) if plan.statement]
+        for group, stops in ((free, None), (stated, [close, end, opened])):
+            if not group:
+                continue
+            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in group], [excludes[i] for i in group],
+                                                  max_new_tokens, sample=sample, temperature=temperature,
+                                                  batch_size=batch_size, stop_ids=stops)
+            for i, tokens in zip(group, out):
+                reasoning[i] += tokens
+        cont = []
+        for i in stated:
+            if reasoning[i] and reasoning[i][-1] == end:
+                continue
+            if reasoning[i] and reasoning[i][-1] in (opened, close):
+                reasoning[i].pop()
+            reasoning[i] += [opened] + plans[i].statement
+            cont.append(i)
+        if cont:
+            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in cont], [excludes[i] for i in cont],
+                                                  max_new_tokens, sample=sample, temperature=temperature,
+                                                  batch_size=batch_size)
+            for i, tokens in zip(cont, out):
+                reasoning[i] += tokens
+        return reasoning
+
+    def item_prompt(self, prompt: Sequence[int], reasoning: Sequence[int]) -> list[int]:
+        body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+        return list(prompt) + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id]
+
+    def describe_reasoning(self, reasoning: Sequence[int]) -> tuple[str, dict[str, str]]:
+        body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+        text = DERIVATION + self.tokenizer.decode(body)       # the prompt opened the first level
+        return text, parse_reasoning(text)
+
+    # -- the one path ----------------------------------------------------------------------------
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, num_beams: int | None = None,
                   thinking: bool = False, user_texts: Sequence[str | None] | None = None,
                   earlier_turns: Sequence[Sequence[Message]] | None = None,
                   exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = 160,
-                  sample: bool = False, temperature: float = 1.0, batch_size: int = 16) -> list[Recommendation]:
-        """Top-``k`` items for each history (history items and ``exclude`` never recommended)."""
+                  sample: bool = False, temperature: float = 1.0, batch_size: int = 16,
+                  constraints: Sequence[Constraints | None] | None = None,
+                  reasoning: Sequence[Sequence[int] | None] | None = None) -> list[Recommendation]:
+        """Top-``k`` items for each history (history items and ``exclude`` never recommended; every
+        item satisfies its ``constraints``). ``reasoning``: already generated reasoning per user
+        (the app streams it first), used instead of generating it here."""
         n = len(histories)
+        num_beams = max(k, num_beams or k)
         user_texts = user_texts or [None] * n
         earlier_turns = earlier_turns or [()] * n
+        constraints = list(constraints) if constraints is not None else [None] * n
         excludes = [set(h) | (set(exclude[i]) if exclude else set()) for i, h in enumerate(histories)]
         prompts = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], thinking) for i in range(n)]
-        results = [Recommendation(items=[], prompt_tokens=len(p), prompt_ids=list(p)) for p in prompts]
+        results = [Recommendation(items=[], prompt_tokens=len(p), prompt_ids=list(p),
+                                  available=self.available(constraints[i], excludes[i]))
+                   for i, p in enumerate(prompts)]
         item_prompts = prompts
         if thinking:
             started = time.perf_counter()
-            generated = self.backend.generate_reasoning(prompts, excludes, max_reasoning_tokens, sample=sample,
-                                                        temperature=temperature, batch_size=max(batch_size, 16))
+            if reasoning is not None:
+                generated = [list(r or []) for r in reasoning]
+            else:
+                plans = [self.plan(histories[i], constraints[i]) for i in range(n)]
+                generated = self._reason_batch(prompts, excludes, plans, max_reasoning_tokens, sample, temperature,
+                                               max(batch_size, 16))
             share = (time.perf_counter() - started) / max(n, 1)
             item_prompts = []
-            for i, reasoning in enumerate(generated):
-                body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
-                text = DERIVATION + self.tokenizer.decode(body)   # the prompt opened the first level
-                results[i].reasoning, results[i].levels = text, parse_reasoning(text)
-                results[i].reasoning_tokens = len(reasoning)
-                results[i].reasoning_ids = list(reasoning)
+            for i, tokens in enumerate(generated):
+                results[i].reasoning, results[i].levels = self.describe_reasoning(tokens)
+                results[i].reasoning_tokens = len(tokens)
+                results[i].reasoning_ids = list(tokens)
                 results[i].seconds["reasoning"] = share
-                item_prompts.append(prompts[i] + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id])
+                item_prompts.append(self.item_prompt(prompts[i], tokens))
         started = time.perf_counter()
-        ranked = self.backend.beam_search(item_prompts, excludes, k=k, num_beams=num_beams, batch_size=batch_size)
+        ranked = self.backend.beam_search(item_prompts, excludes, k=k, num_beams=num_beams, batch_size=batch_size,
+                                          constraints=constraints)
         share = (time.perf_counter() - started) / max(n, 1)
         for result, items in zip(results, ranked):
             result.items = items
@@ -91,16 +226,21 @@ BACKENDS = ("transformers", "vllm")
 
 def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], backend: str = "transformers",
                      model_url: str | None = None, device: str | None = None,
-                     history_items: int = 20) -> tuple[Recommender, CheckpointMeta]:
+                     history_items: int = 20, facets: Facets | None = None) -> tuple[Recommender, CheckpointMeta]:
     """A checkpoint's recommender (checked against ``data``'s catalog either way): the model loaded
     here (``transformers``), or only its tokenizer with a ``thinkrec serve-model`` server decoding
-    (``vllm``, at ``model_url``)."""
+    (``vllm``, at ``model_url``). ``facets`` defaults to the catalog's at ``data``."""
+    if facets is None:
+        from data.catalog import Catalog
+
+        facets = Facets(*Catalog(data).attribute_table())
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
     if backend == "vllm":
         if not model_url:
             raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
         tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
-        return Recommender(None, tokenizer, sid_codes, history_items, model_url=model_url, meta=meta), meta
+        return Recommender(None, tokenizer, sid_codes, history_items, model_url=model_url, meta=meta,
+                           facets=facets), meta
     model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
-    return Recommender(model, tokenizer, sid_codes, history_items), meta
+    return Recommender(model, tokenizer, sid_codes, history_items, facets=facets), meta

@@ -54,6 +54,14 @@ class DatasetView:
                 for i in self.items.values()}
 
     @cached_property
+    def facets(self):
+        """Years and categories of every item, for request filters (engine.constraints.Facets)."""
+        from engine.constraints import Facets
+
+        return Facets(list(self.items), [i.year for i in self.items.values()],
+                      [list(i.categories) for i in self.items.values()])
+
+    @cached_property
     def vocabulary(self) -> list[str]:
         """Categories by how many items carry them, most first."""
         from collections import Counter
