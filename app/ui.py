@@ -4,7 +4,9 @@ work happens in engine/.
 
     thinkrec app --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --port 7860
 
-API: ``recommend(message, user_id, thinking)`` -> {"reply", "reasoning": {level: text}, "items": [...], "trace"}.
+API: ``recommend(message, user_id, thinking, session_id)`` -> {"reply", "reasoning": {level: text}, "items": [...],
+"trace", "notices", "session_id", "request"}. Pass the returned ``session_id`` back to continue the conversation
+(its constraints stay active); leave it empty to start a new session as ``user_id`` (empty: a fresh user).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         trace: dict = {}
         notes: list[str] = []
         reply = ""
+        active = ""
 
         def render(status: str):
             messages = list(chat)
@@ -63,7 +66,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                                                    metadata={"title": LEVEL_TITLES[name], "parent_id": "reasoning",
                                                              "status": status}))
             if reply or notes:
-                lines = [reply] + [f"{i['rank']}. **{i['title']}**" + (f" ({i['year']})" if i["year"] else "")
+                lines = [reply] + ([f"**Active request:** {active}"] if active else []) + [f"{i['rank']}. **{i['title']}**" + (f" ({i['year']})" if i["year"] else "")
                                    for i in items] + [f"_{n}_" for n in notes]
                 messages.append(gr.ChatMessage(role="assistant", content="\n\n".join(line for line in lines if line)))
             return messages
@@ -82,6 +85,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 notes.append(event.text)
             elif isinstance(event, ErrorEvent):
                 notes.append(f"Error: {event.message}")
+        active = engine.sessions.get(session_id).constraints.describe()
         yield (render("done"), session_id, history_markdown(session_id), _item_rows(items),
                gr.update(choices=_choices(items), value=items[0]["item_id"] if items else None), trace, "")
 
@@ -102,7 +106,19 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 f"tokens · reasoning {trace['reasoning_tokens']} tokens · K {trace['k']}, beams {trace['num_beams']} · "
                 f"backend {trace.get('backend', 'transformers')}\n\n"
                 f"**Latency:** {latency}\n\n"
+                + request_summary(trace.get("request") or {})
                 + "\n\n".join(f"**{LEVEL_TITLES[name]}:** {text}" for name, text in trace.get("levels", {}).items() if text))
+
+    def request_summary(request: dict) -> str:
+        if not request:
+            return ""
+        lines = [f"**Request understood:** {request.get('understood') or 'no filter'}",
+                 f"**Active constraints:** {request.get('active') or 'none'}"
+                 + (f" · {request['available']:,} items satisfy them" if request.get("available") is not None else "")]
+        if request.get("unparsed"):
+            lines.append("**Not used as a filter (left to the model):** " + ", ".join(request["unparsed"]))
+        lines += [f"_{note}_" for note in request.get("notes", [])]
+        return "\n\n".join(lines) + "\n\n"
 
     def beam_rows(trace: dict) -> list[list]:
         return [[n + 1, b["title"], b["sid"], b["score"]] for n, b in enumerate(trace.get("beams", []))]
@@ -117,13 +133,17 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         return [[i.item_id, i.title, i.year or "", ", ".join(i.categories), i.sid, i.popularity,
                  "" if i.score is None else round(i.score, 3), i.match or "sid"] for i in results]
 
-    def recommend(message: str, user_id: str, thinking: bool) -> dict:
-        """One recommendation turn for a new session (as `user_id` when given)."""
-        session = engine.start_session(user_id=user_id or None)
-        result = collect(engine.turn(session.id, message, thinking=bool(thinking)))
+    def recommend(message: str, user_id: str, thinking: bool, session_id: str = "") -> dict:
+        """One recommendation turn: in session `session_id` when given (its constraints stay
+        active), else in a new session as dataset user `user_id` (empty: a fresh user)."""
+        if not session_id:
+            session_id = engine.start_session(user_id=user_id or None).id
+        result = collect(engine.turn(session_id, message, thinking=bool(thinking)))
         return {"reply": result.reply, "reasoning": result.reasoning,
-                "items": [{"item_id": c.item_id, "title": c.title, "sid": c.sid, "score": c.score} for c in result.items],
-                "trace": result.trace.model_dump() if result.trace else None, "notices": result.notices}
+                "items": [{"item_id": c.item_id, "title": c.title, "year": c.year, "categories": c.categories,
+                           "sid": c.sid, "score": c.score} for c in result.items],
+                "trace": result.trace.model_dump() if result.trace else None, "notices": result.notices,
+                "session_id": session_id, "request": result.trace.request.model_dump() if result.trace else None}
 
     with gr.Blocks(title="thinkrec") as demo:
         session_state = gr.State(None)

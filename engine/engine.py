@@ -3,8 +3,11 @@
 A turn renders the conversation, streams the three reasoning levels token by token (thinking on),
 beam-searches the SID steps under the trie for K distinct, unseen items, maps them to catalog
 items, writes a short reply and a trace — all as typed events (engine/events.py). It knows nothing
-about Gradio. Think-Ahead: reasoning for an unchanged history is cached, so a follow-up turn
-without a new request decodes only the items (the trace says when the cache was used). Tokens come
+about Gradio. Each message is parsed into a typed request (engine/request.py) and merged into the
+session's active constraints, which restrict the trie: every item satisfies them. Items come
+from the same ``Recommender.recommend`` that eval and RL call. Think-Ahead: reasoning is cached
+by the whole conversation state (prompt, exclusions, constraints), so repeating a turn decodes
+only the items (the trace says when the cache was used). Tokens come
 from a backend (engine/backends.py): the checkpoint's model in this process, or a vLLM server
 started by ``thinkrec serve-model`` (``backend="vllm", model_url=...``).
 
@@ -28,10 +31,13 @@ from pathlib import Path
 from data.catalog import Catalog
 from data.catalog_db import sqlite_url
 from data.clean import read_split
+from engine.constraints import Constraints, Facets
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
-                           ReplyDelta, Trace, TraceEvent)
-from engine.prompt import LEVELS, earlier_assistant_turn
+                           ReplyDelta, RequestInfo, Trace, TraceEvent)
+from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn
 from engine.recommender import open_recommender
+from engine.request import Request, RequestParser
+from engine.request import apply as apply_request
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
 
@@ -58,8 +64,10 @@ class Engine:
                  think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None):
         self.data, self.checkpoint = Path(data), Path(checkpoint)
         self.catalog = Catalog(self.data)
+        self.facets = Facets(*self.catalog.attribute_table())
+        self.parser = RequestParser(self.facets, find_title=self.catalog.search_titles)
         self.recommender, self.meta = open_recommender(self.checkpoint, self.data, self.catalog.sid_codes(), backend,
-                                                       model_url, device, history_items)
+                                                       model_url, device, history_items, facets=self.facets)
         self.model, self.tokenizer = self.recommender.model, self.recommender.tokenizer
         self.backend = self.recommender.backend
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
@@ -73,6 +81,8 @@ class Engine:
         self._model_lock = threading.Lock() if self.model is not None else contextlib.nullcontext()
         self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
         self._think_cache_size = think_cache_size
+        self._session_locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     # -- sessions ----------------------------------------------------------------------------
     def dataset_history(self, user_id: str) -> list[str]:
@@ -84,6 +94,20 @@ class Engine:
         history = self.dataset_history(user_id) if user_id else []
         return self.sessions.create(user_id=user_id, history=history)
 
+    def replay(self, session_id: str, user_text: str, items: list[str] = (), reply: str = "") -> ChatSession:
+        """Add an exchange that happened elsewhere (a client holding the whole message list):
+        its request updates the constraints and its items count as shown, as if this engine had
+        answered it."""
+        session = self.sessions.get(session_id)
+        text, _ = clean_message(user_text, self.max_message_chars)
+        request, constraints = self.understand(session, text)
+        known = [str(i) for i in items if str(i) in self.recommender.sid_codes]
+        turns = [Turn("user", text, request=request.model_dump())]
+        if known or reply:
+            turns.append(Turn("assistant", reply, known))
+        self.sessions.add_exchange(session_id, turns, constraints)
+        return self.sessions.get(session_id)
+
     def feedback(self, session_id: str, item_id: str, kind: str) -> ChatSession:
         self.catalog.item(item_id)                # unknown items are refused (KeyError)
         return self.sessions.feedback(session_id, item_id, kind)
@@ -93,22 +117,31 @@ class Engine:
         messages = []
         for turn in session.turns[-2 * max_exchanges:]:
             if turn.role == "user":
-                messages.append(Message("user", turn.text or "What should I watch next?", trusted=False))
+                messages.append(Message("user", turn.text or DEFAULT_ASK, trusted=False))
             elif turn.items:
                 codes = [self.recommender.sid_codes[i] for i in turn.items[:3] if i in self.recommender.sid_codes]
                 messages.append(earlier_assistant_turn(codes))
         return messages
 
-    def _cache_key(self, session: ChatSession) -> tuple:
-        return (tuple(session.history[-self.recommender.history_items:]), tuple(sorted(session.excluded)))
+    def _session_lock(self, session_id: str) -> threading.Lock:
+        """Turns of one session run one at a time: the second sees what the first showed."""
+        with self._locks_guard:
+            lock = self._session_locks.get(session_id)
+            if lock is None:
+                lock = self._session_locks[session_id] = threading.Lock()
+            return lock
 
-    def _stream_levels(self, prompt: list[int], exclude: set[str], timings: dict) -> Iterator[tuple[str, str, int]]:
+    def understand(self, session: ChatSession, text: str) -> tuple[Request, Constraints]:
+        """Parse the message and merge it into the session's active constraints."""
+        request = self.parser.parse(text)
+        last_items = next((t.items for t in reversed(session.turns) if t.role == "assistant"), [])
+        return request, apply_request(session.constraints, request, last_items)
+
+    def _stream_levels(self, tokens: Iterator[int]) -> Iterator[tuple[str, str, int]]:
         """(level, text delta, token) while reasoning streams; the prompt opened the first level."""
         level, level_ids, shown = "derivation", [], ""
         markers = {self.tokenizer.ids[EVOLUTION]: "evolution", self.tokenizer.ids[RECOMMENDATION]: "recommendation"}
-        started = time.perf_counter()
-        for token in self.backend.stream_reasoning(prompt, exclude):
-            timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
+        for token in tokens:
             if token in markers:
                 level, level_ids, shown = markers[token], [], ""
                 yield level, "", token
@@ -124,84 +157,117 @@ class Engine:
             delta, shown = text[len(shown):], text
             yield level, delta, token
 
-    def turn(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
-             num_beams: int = 20) -> Iterator[Event]:
-        try:
-            session = self.sessions.get(session_id)
-        except KeyError as error:
-            yield ErrorEvent(message=str(error))
-            return
-        text, notices = clean_message(message, self.max_message_chars)
-        if message and not text:
-            notices.append("Your message had no text; recommending from your history.")
-        for notice in notices:
-            yield NoticeEvent(text=notice)
-        k = max(1, min(int(k), 50))
-        num_beams = max(k, int(num_beams))
-        shown_before = [i for t in session.turns if t.role == "assistant" for i in t.items]
-        exclude = set(session.history) | set(session.excluded) | set(shown_before)
-        earlier = self._earlier_turns(session)
-        timings: dict[str, float] = {}
+    def _reason(self, session: ChatSession, prompt: list[int], exclude: set[str], constraints: Constraints,
+                timings: dict, state: dict) -> Iterator[Event]:
+        """Stream the three levels (or replay them from the Think-Ahead cache)."""
+        # The key is the whole conversation state: the prompt holds the history, earlier turns and
+        # this message; exclusions and constraints complete it. No two conversations share one.
+        key = (tuple(prompt), tuple(sorted(exclude)), constraints.key())
         started = time.perf_counter()
-        prompt = self.recommender.prompt_ids(session.history, text or None, earlier, thinking)
-        reasoning_ids: list[int] = []
-        levels = dict.fromkeys(LEVELS, "")
-        cache_hit = False
-        with self._model_lock:
-            if thinking:
-                key = self._cache_key(session)
-                cached = self._think_cache.get(key) if not text else None
-                if cached is not None:
-                    cache_hit = True
-                    self._think_cache.move_to_end(key)
-                    reasoning_ids = list(cached)
-                    for level, body in self._split_levels(reasoning_ids).items():
-                        levels[level] = body
-                        if body:
-                            yield ReasoningDelta(level=level, text=body)
-                else:
-                    for level, delta, token in self._stream_levels(prompt, exclude, timings):
-                        reasoning_ids.append(token)
-                        if delta:
-                            levels[level] += delta
-                            yield ReasoningDelta(level=level, text=delta)
-                    if not text:
-                        self._remember(key, reasoning_ids)
-                timings["reasoning_ms"] = (time.perf_counter() - started) * 1000
-            body = [t for t in reasoning_ids if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
-            item_prompt = prompt + body + [self.tokenizer.think_end_id, self.tokenizer.item_begin_id] if thinking else prompt
-            items_started = time.perf_counter()
-            (ranked,) = self.backend.beam_search([item_prompt], [exclude], k=num_beams, num_beams=num_beams)
-            timings["items_ms"] = (time.perf_counter() - items_started) * 1000
+        cached = self._think_cache.get(key)
+        if cached is not None:
+            state["cache_hit"] = True
+            self._think_cache.move_to_end(key)
+            state["reasoning_ids"] = list(cached)
+            for level, body in self.recommender.describe_reasoning(cached)[1].items():
+                state["levels"][level] = body
+                if body:
+                    yield ReasoningDelta(level=level, text=body)
+        else:
+            plan = self.recommender.plan(session.history, constraints)
+            tokens = self.recommender.stream_reasoning(prompt, exclude, plan)
+            for level, delta, token in self._stream_levels(self._timed(tokens, timings, started)):
+                state["reasoning_ids"].append(token)
+                if delta:
+                    state["levels"][level] += delta
+                    yield ReasoningDelta(level=level, text=delta)
+            self._remember(key, state["reasoning_ids"])
+        timings["reasoning_ms"] = (time.perf_counter() - started) * 1000
+
+    @staticmethod
+    def _timed(tokens: Iterator[int], timings: dict, started: float) -> Iterator[int]:
+        for token in tokens:
+            timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
+            yield token
+
+    def _cards(self, ranked) -> tuple[list[ItemCard], list[BeamCandidate]]:
         found = {i.item_id: i for i in self.catalog.items([str(r.item_id) for r in ranked])}
         cards = [ItemCard(rank=n + 1, item_id=str(r.item_id), title=found[str(r.item_id)].title,
                           year=found[str(r.item_id)].year, categories=found[str(r.item_id)].categories,
-                          sid=found[str(r.item_id)].sid, score=round(r.score, 4))
-                 for n, r in enumerate(ranked[:k])]
+                          sid=found[str(r.item_id)].sid, score=round(r.score, 4)) for n, r in enumerate(ranked)]
+        beams = [BeamCandidate(item_id=c.item_id, title=c.title, sid=c.sid, score=c.score) for c in cards]
+        return cards, beams
+
+    def turn(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
+             num_beams: int = 20) -> Iterator[Event]:
+        try:
+            self.sessions.get(session_id)
+        except KeyError as error:
+            yield ErrorEvent(message=str(error))
+            return
+        with self._session_lock(session_id):
+            yield from self._turn(session_id, message, thinking, k, num_beams)
+
+    def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int) -> Iterator[Event]:
+        session = self.sessions.get(session_id)
+        text, notices = clean_message(message, self.max_message_chars)
+        if message and not text:
+            notices.append("Your message had no text; recommending from your history.")
+        request, constraints = self.understand(session, text)
+        if request.unparsed:
+            notices.append("Not used as a filter (left to the model): " + ", ".join(request.unparsed[:12]) + ".")
+        notices += request.notes
+        for notice in notices:
+            yield NoticeEvent(text=notice)
+        k = max(1, min(int(k), 50))
+        num_beams = max(k, int(num_beams or k))
+        exclude = set(session.history) | set(session.excluded) | set(session.shown()) | set(constraints.turned_down)
+        info = RequestInfo(understood=request.understood(), active=constraints.describe(),
+                           constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
+                           available=self.recommender.available(constraints, exclude))
+        user_turn = Turn("user", text, request=request.model_dump())
+        if info.available == 0:
+            self.sessions.add_exchange(session_id, [user_turn], constraints)
+            yield ErrorEvent(message=f"No item you have not seen satisfies: {info.active}. Change or lift a "
+                                     "constraint (\"any decade\", \"horror is fine\", \"start over\").")
+            yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=thinking,
+                                         backend=self.backend.name, k=k, num_beams=num_beams, request=info))
+            return
+        if info.available is not None and info.available < k:
+            yield NoticeEvent(text=f"Only {info.available} item{'s' * (info.available != 1)} satisfy "
+                                   f"{info.active}: showing all of them.")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        earlier = self._earlier_turns(session)
+        prompt = self.recommender.prompt_ids(session.history, text or None, earlier, thinking)
+        state = {"reasoning_ids": [], "levels": dict.fromkeys(LEVELS, ""), "cache_hit": False}
+        with self._model_lock:
+            if thinking:
+                yield from self._reason(session, prompt, exclude, constraints, timings, state)
+            items_started = time.perf_counter()
+            (result,) = self.recommender.recommend(
+                [session.history], k=num_beams, num_beams=num_beams, thinking=thinking, user_texts=[text or None],
+                earlier_turns=[earlier], exclude=[exclude], constraints=[constraints],
+                reasoning=[state["reasoning_ids"]] if thinking else None)
+            timings["items_ms"] = (time.perf_counter() - items_started) * 1000
+        cards, beams = self._cards(result.items)
+        cards = cards[:k]
         if not cards:
             yield ErrorEvent(message="No catalog item is left to recommend in this session.")
             return
         yield ItemsEvent(items=cards)
-        reply = self._reply(cards, text)
+        reply = self._reply(cards, text, info)
         yield ReplyDelta(text=reply)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
-        turn_id = str(uuid.uuid4())
-        self.sessions.add_turn(session_id, Turn("user", text))
-        self.sessions.add_turn(session_id, Turn("assistant", reply, [c.item_id for c in cards], levels))
-        beams = [BeamCandidate(item_id=str(r.item_id), title=found[str(r.item_id)].title,
-                               sid=found[str(r.item_id)].sid, score=round(r.score, 4)) for r in ranked]
-        yield TraceEvent(trace=Trace(turn_id=turn_id, prompt=self.tokenizer.decode(item_prompt),
+        self.sessions.add_exchange(session_id, [user_turn, Turn("assistant", reply, [c.item_id for c in cards],
+                                                                 state["levels"])], constraints)
+        item_prompt = (self.recommender.item_prompt(prompt, state["reasoning_ids"]) if thinking else prompt)
+        yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt=self.tokenizer.decode(item_prompt),
                                      prompt_tokens=len(prompt), thinking=thinking,
-                                     reasoning_tokens=len(reasoning_ids), cache_hit=cache_hit, backend=self.backend.name,
-                                     levels=levels, beams=beams,
+                                     reasoning_tokens=len(state["reasoning_ids"]), cache_hit=state["cache_hit"],
+                                     backend=self.backend.name, levels=state["levels"], beams=beams,
                                      latency_ms={k_: round(v, 1) for k_, v in timings.items()}, k=k,
-                                     num_beams=num_beams))
-
-    def _split_levels(self, reasoning_ids: list[int]) -> dict[str, str]:
-        from engine.prompt import parse_reasoning
-        from engine.tokenizer import DERIVATION
-
-        return parse_reasoning(DERIVATION + self.tokenizer.decode(reasoning_ids))
+                                     num_beams=num_beams, request=info))
 
     def _remember(self, key: tuple, reasoning_ids: list[int]) -> None:
         self._think_cache[key] = list(reasoning_ids)
@@ -210,8 +276,13 @@ class Engine:
             self._think_cache.popitem(last=False)
 
     @staticmethod
-    def _reply(cards: list[ItemCard], request: str) -> str:
+    def _reply(cards: list[ItemCard], request: str, info: RequestInfo) -> str:
         top = cards[0]
         label = f"{top.title} ({top.year})" if top.year else top.title
-        lead = "For your request, here are" if request else "Here are"
-        return f"{lead} {len(cards)} picks. Top pick: {label}."
+        if info.active:
+            lead = f"{len(cards)} picks for {info.active}."
+        elif request:
+            lead = f"For your request, here are {len(cards)} picks."
+        else:
+            lead = f"Here are {len(cards)} picks."
+        return f"{lead} Top pick: {label}."

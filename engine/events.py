@@ -28,6 +28,16 @@ class BeamCandidate(BaseModel):
     score: float
 
 
+class RequestInfo(BaseModel):
+    """How the turn's message was understood, and what is active after it."""
+    understood: str = "no filter"     # this message: "wants Comedy; from the 1990s"
+    active: str = ""                  # every active constraint: "Comedy from the 1990s, no Drama"
+    constraints: dict = {}            # the active constraints as data (engine.constraints.Constraints)
+    unparsed: list[str] = []          # words not used as a filter (left to the model)
+    notes: list[str] = []
+    available: int | None = None      # items the constraints leave for this user (None: unconstrained)
+
+
 class Trace(BaseModel):
     turn_id: str
     prompt: str                      # the rendered prompt, special tokens included
@@ -41,6 +51,7 @@ class Trace(BaseModel):
     latency_ms: dict[str, float] = {}
     k: int
     num_beams: int
+    request: RequestInfo = RequestInfo()
 
 
 class ReasoningDelta(BaseModel):

@@ -1,25 +1,39 @@
 """thinkrec as a LangChain chat model, so LangChain programs can ask it for recommendations.
 
-The answer is an ``AIMessage`` whose content blocks are the three reasoning levels (one
-``reasoning`` block) and the reply with the items (a ``text`` block); ``response_metadata`` carries
-the item cards and the trace.
+The message list is the conversation, as LangChain users expect: earlier human messages are
+replayed into the session (their requests stay active: "a comedy", then "no drama", keeps both),
+earlier AI messages' items count as already shown, and the last human message is this turn.
+``stream()`` yields the reasoning as it is generated (``reasoning`` content blocks per level),
+then the reply with the items (a ``text`` block); ``response_metadata`` of the final chunk (and of
+``invoke()``'s message) carries the item cards, the trace and the session id.
 
     from engine.engine import Engine
     from engine.langchain import ThinkrecChatModel
     chat = ThinkrecChatModel(engine=Engine("artifacts/ml-100k", "checkpoints/ml-100k-tiny/sft"), user_id="1")
-    print(chat.invoke("a 90s comedy please").content_blocks)
+    first = chat.invoke("a 90s comedy please")
+    second = chat.invoke([HumanMessage("a 90s comedy please"), first, HumanMessage("no drama")])
+    for chunk in chat.stream("something scary"):
+        print(chunk.content_blocks)
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from engine.events import collect
+from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+
+LEVEL_NAMES = {"derivation": "Derivation", "evolution": "Evolution", "recommendation": "Recommendation"}
+
+
+def _items_of(message: AIMessage) -> list[str]:
+    items = (message.response_metadata or {}).get("items") or []
+    return [str(i["item_id"]) for i in items if isinstance(i, dict) and "item_id" in i]
 
 
 class ThinkrecChatModel(BaseChatModel):
@@ -27,7 +41,7 @@ class ThinkrecChatModel(BaseChatModel):
 
     engine: Any                        # an engine.engine.Engine
     user_id: str | None = None         # start as this dataset user (their history)
-    session_id: str | None = None      # continue this session instead of starting one per call
+    session_id: str | None = None      # continue this session (only the last human message is new)
     thinking: bool = True
     k: int = 10
 
@@ -35,21 +49,65 @@ class ThinkrecChatModel(BaseChatModel):
     def _llm_type(self) -> str:
         return "thinkrec"
 
+    def _session(self, messages: list[BaseMessage]) -> tuple[str, str]:
+        """The session to answer in, and this turn's text."""
+        humans = [n for n, m in enumerate(messages) if isinstance(m, HumanMessage)]
+        text = messages[humans[-1]].text if humans else ""
+        if self.session_id:
+            return self.session_id, text
+        session_id = self.engine.start_session(user_id=self.user_id).id
+        # Replay every earlier exchange: a human message and the AI messages that answered it.
+        for position, index in enumerate(humans[:-1]):
+            following = messages[index + 1:humans[position + 1]]
+            answers = [m for m in following if isinstance(m, AIMessage)]
+            items = [i for m in answers for i in _items_of(m)]
+            self.engine.replay(session_id, messages[index].text, items, answers[-1].text if answers else "")
+        return session_id, text
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None,
+                **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        session_id, text = self._session(messages)
+        events = self.engine.turn(session_id, text, thinking=kwargs.get("thinking", self.thinking),
+                                  k=kwargs.get("k", self.k))
+        items, reply, trace, notices, level = [], "", None, [], None
+        for event in events:
+            if isinstance(event, ReasoningDelta):
+                if not event.text:
+                    continue
+                header = "" if event.level == level else ("\n" if level else "") + f"{LEVEL_NAMES[event.level]}: "
+                level = event.level
+                chunk = ChatGenerationChunk(message=AIMessageChunk(
+                    content=[{"type": "reasoning", "reasoning": header + event.text}]))
+                if run_manager:
+                    run_manager.on_llm_new_token(event.text, chunk=chunk)
+                yield chunk
+            elif isinstance(event, ItemsEvent):
+                items = [card.model_dump() for card in event.items]
+            elif isinstance(event, ReplyDelta):
+                reply += event.text
+            elif isinstance(event, TraceEvent):
+                trace = event.trace.model_dump()
+            elif isinstance(event, NoticeEvent):
+                notices.append(event.text)
+            elif isinstance(event, ErrorEvent):
+                notices.append(f"Error: {event.message}")
+        lines = [reply] + [f"{c['rank']}. {c['title']}" + (f" ({c['year']})" if c["year"] else "") + f" {c['sid']}"
+                           for c in items] + notices
+        body = "\n".join(line for line in lines if line)
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content=[{"type": "text", "text": ("\n" if level else "") + body}],
+            response_metadata={"items": items, "trace": trace, "session_id": session_id}, chunk_position="last"))
+
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None,
                   **kwargs: Any) -> ChatResult:
-        request = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
-        session_id = self.session_id or self.engine.start_session(user_id=self.user_id).id
-        result = collect(self.engine.turn(session_id, request, thinking=kwargs.get("thinking", self.thinking),
-                                          k=kwargs.get("k", self.k)))
-        items = [card.model_dump() for card in result.items]
-        lines = [result.reply] + [f"{c['rank']}. {c['title']}" + (f" ({c['year']})" if c["year"] else "")
-                                  + f" {c['sid']}" for c in items] + result.notices
-        blocks: list[dict] = []
-        if any(result.reasoning.values()):
-            reasoning = "\n".join(f"{name.capitalize()}: {text.strip()}" for name, text in result.reasoning.items())
-            blocks.append({"type": "reasoning", "reasoning": reasoning})
-        blocks.append({"type": "text", "text": "\n".join(line for line in lines if line)})
-        trace = result.trace.model_dump() if result.trace else None
-        message = AIMessage(content=blocks, response_metadata={"items": items, "trace": trace,
-                                                               "session_id": session_id})
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        reasoning, text, metadata = "", "", {}
+        for chunk in self._stream(messages, stop, None, **kwargs):
+            for block in chunk.message.content:
+                if block["type"] == "reasoning":
+                    reasoning += block["reasoning"]
+                else:
+                    text += block["text"]
+            metadata = chunk.message.response_metadata or metadata
+        blocks = ([{"type": "reasoning", "reasoning": reasoning}] if reasoning else []) + \
+                 [{"type": "text", "text": text.lstrip("\n")}]
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(content=blocks, response_metadata=metadata))])

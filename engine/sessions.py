@@ -1,6 +1,10 @@
 """Conversation sessions that survive an app restart: the user's item history, the dialogue, and
 feedback (a like adds the item to the history; a dislike excludes it for the rest of the session).
 
+Sessions also keep the active request constraints (engine/constraints.py), so "no horror" survives
+a restart. Updates are serialised (a process lock, ``SELECT ... FOR UPDATE`` where the database
+has it, ``BEGIN IMMEDIATE`` on SQLite), so two clicks at once both land.
+
 Stored with SQLAlchemy in any database URL, in its own tables (rebuilding the catalog drops only
 the catalog's tables). Each session is isolated by its id. Note for the app: the manifest hashes
 ``catalog.db`` as a file, so writing sessions into that same SQLite file makes the next
@@ -10,14 +14,16 @@ keep sessions in a sibling database file.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, select
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, event, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from data.catalog_db import make_engine
+from engine.constraints import Constraints
 
 
 class SessionBase(DeclarativeBase):
@@ -34,6 +40,7 @@ class SessionRow(SessionBase):
     user_id: Mapped[str | None] = mapped_column(String(128), nullable=True)   # dataset user it started as
     history: Mapped[list] = mapped_column(JSON, default=list)                 # item ids, oldest first
     excluded: Mapped[list] = mapped_column(JSON, default=list)                # disliked item ids
+    constraints: Mapped[dict] = mapped_column(JSON, default=dict)             # active request constraints
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -46,6 +53,7 @@ class TurnRow(SessionBase):
     text: Mapped[str] = mapped_column(Text, default="")
     items: Mapped[list] = mapped_column(JSON, default=list)
     reasoning: Mapped[dict] = mapped_column(JSON, default=dict)
+    request: Mapped[dict] = mapped_column(JSON, default=dict)        # user turns: the parsed request
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -64,6 +72,7 @@ class Turn:
     text: str
     items: list[str] = field(default_factory=list)
     reasoning: dict = field(default_factory=dict)
+    request: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,12 +82,49 @@ class ChatSession:
     history: list[str]
     excluded: list[str]
     turns: list[Turn]
+    constraints: Constraints = field(default_factory=Constraints)
+
+    def shown(self) -> list[str]:
+        """Every item this session's answers have shown, oldest first."""
+        return [i for t in self.turns if t.role == "assistant" for i in t.items]
+
+
+def _serialized_sqlite(engine) -> None:
+    """SQLite: every transaction takes the write lock when it begins (BEGIN IMMEDIATE), so two
+    read-modify-write updates (two feedback clicks at once, from threads or processes) run one
+    after the other instead of the second overwriting the first; WAL keeps readers unblocked."""
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None          # pysqlite: let SQLAlchemy's BEGIN through
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class SessionStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
+        if self.engine.dialect.name == "sqlite":
+            _serialized_sqlite(self.engine)
         SessionBase.metadata.create_all(self.engine)
+        self._add_missing_columns()
+        self._lock = threading.Lock()      # one writer at a time from this process, on any database
+
+    def _add_missing_columns(self) -> None:
+        """Sessions saved by an older thinkrec lack the newer JSON columns: add them, keep the rows."""
+        inspector = inspect(self.engine)
+        for table in (SessionRow.__table__, TurnRow.__table__):
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    with self.engine.begin() as connection:
+                        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} JSON"))
 
     def create(self, user_id: str | None = None, history: list[str] | None = None) -> ChatSession:
         session_id = str(uuid.uuid4())
@@ -93,25 +139,39 @@ class SessionStore:
                 raise KeyError(f"no session '{session_id}'")
             turns = db.scalars(select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.id))
             return ChatSession(row.id, row.user_id, list(row.history), list(row.excluded),
-                               [Turn(t.role, t.text, list(t.items), dict(t.reasoning)) for t in turns])
+                               [Turn(t.role, t.text, list(t.items), dict(t.reasoning or {}), dict(t.request or {}))
+                                for t in turns],
+                               Constraints.model_validate(row.constraints or {}))
+
+    def _locked_row(self, db: Session, session_id: str) -> SessionRow:
+        row = db.scalars(select(SessionRow).where(SessionRow.id == session_id).with_for_update()).first()
+        if row is None:
+            raise KeyError(f"no session '{session_id}'")
+        return row
 
     def add_turn(self, session_id: str, turn: Turn) -> None:
-        with Session(self.engine) as db, db.begin():
-            row = db.get(SessionRow, session_id)
-            if row is None:
-                raise KeyError(f"no session '{session_id}'")
-            db.add(TurnRow(session_id=session_id, role=turn.role, text=turn.text, items=list(turn.items),
-                           reasoning=dict(turn.reasoning)))
+        self.add_exchange(session_id, [turn])
+
+    def add_exchange(self, session_id: str, turns: list[Turn], constraints: Constraints | None = None) -> None:
+        """Store a turn's messages and the constraints they leave active, all or nothing."""
+        with self._lock, Session(self.engine) as db, db.begin():
+            row = self._locked_row(db, session_id)
+            for turn in turns:
+                db.add(TurnRow(session_id=session_id, role=turn.role, text=turn.text, items=list(turn.items),
+                               reasoning=dict(turn.reasoning), request=dict(turn.request)))
+            if constraints is not None:
+                row.constraints = constraints.model_dump()
             row.updated_at = _now()
+
+    def set_constraints(self, session_id: str, constraints: Constraints) -> None:
+        self.add_exchange(session_id, [], constraints)
 
     def feedback(self, session_id: str, item_id: str, kind: str) -> ChatSession:
         """Record a like (item joins the history) or dislike (item is excluded from now on)."""
         if kind not in ("like", "dislike"):
             raise ValueError(f"feedback must be 'like' or 'dislike', not '{kind}'")
-        with Session(self.engine) as db, db.begin():
-            row = db.get(SessionRow, session_id)
-            if row is None:
-                raise KeyError(f"no session '{session_id}'")
+        with self._lock, Session(self.engine) as db, db.begin():
+            row = self._locked_row(db, session_id)
             db.add(FeedbackRow(session_id=session_id, item_id=item_id, kind=kind))
             history, excluded = list(row.history), list(row.excluded)
             if kind == "like":

@@ -50,3 +50,21 @@ def test_ten_concurrent_users(server):
         results = list(pool.map(one, range(10)))
     assert all(len(r["items"]) == 10 for r in results)
     assert len({r["trace"]["turn_id"] for r in results}) == 10
+
+
+def test_a_conversation_through_the_api_keeps_its_constraints(server, engine):
+    """Turn 1 asks for a category, turn 2 (same session) avoids another: every item of turn 2
+    satisfies both, and the trace states both."""
+    client = Client(server, verbose=False)
+    wanted, avoided = engine.facets.vocabulary[0], engine.facets.vocabulary[1]
+    first = client.predict(f"a {wanted.lower()} please", "", False, "", api_name="/recommend")
+    assert first["items"] and all(wanted in i["categories"] for i in first["items"])
+    second = client.predict(f"no {avoided.lower()}", "", False, first["session_id"], api_name="/recommend")
+    assert second["session_id"] == first["session_id"]
+    # A 24-item fixture catalog may have nothing left: then the turn says so, and never relaxes.
+    assert second["items"] or any("satisfies" in n for n in second["notices"])
+    assert all(wanted in i["categories"] and avoided not in i["categories"] for i in second["items"])
+    assert second["request"]["active"] == f"{wanted}, no {avoided}"
+    # The constraints live in the session store, so a restarted app keeps them.
+    stored = engine.sessions.get(first["session_id"]).constraints
+    assert stored.want == [[wanted]] and stored.avoid == [avoided]

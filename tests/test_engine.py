@@ -44,14 +44,20 @@ def test_feedback_changes_the_next_turn(engine):
     assert trace.prompt.count("<|item_begin|>") >= 2      # the liked item is now in the history
 
 
-def test_think_ahead_reuses_reasoning_for_an_unchanged_history(engine):
-    session = engine.start_session(user_id="u3")
-    _, _, first = run(engine, session.id, None, k=3)
-    _, _, second = run(engine, session.id, None, k=3)
-    assert not first.cache_hit and second.cache_hit
-    assert second.reasoning_tokens == first.reasoning_tokens
-    _, _, with_request = run(engine, session.id, "a comedy", k=3)
-    assert not with_request.cache_hit
+def test_think_ahead_is_keyed_by_the_whole_conversation(engine):
+    # The same conversation state (history, earlier turns, message, constraints) reuses reasoning.
+    one, two = engine.start_session(user_id="u3"), engine.start_session(user_id="u3")
+    _, _, first = run(engine, one.id, None, k=3)
+    _, _, again = run(engine, two.id, None, k=3)
+    assert not first.cache_hit and again.cache_hit and again.levels == first.levels
+    # Two fresh users whose earlier turns differ never share reasoning (they once shared one key).
+    fresh_a, fresh_b = engine.start_session(), engine.start_session()
+    run(engine, fresh_a.id, "a comedy", k=3)
+    run(engine, fresh_b.id, "something from the 90s", k=3)
+    _, _, second_a = run(engine, fresh_a.id, None, k=3)
+    _, _, second_b = run(engine, fresh_b.id, None, k=3)
+    assert not second_a.cache_hit and not second_b.cache_hit
+    assert second_a.request.active != second_b.request.active
 
 
 @pytest.mark.parametrize("message, notice", [

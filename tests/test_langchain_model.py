@@ -21,9 +21,37 @@ def test_invoke_returns_reasoning_and_items(engine):
 def test_non_thinking_and_a_continued_session(engine):
     session = engine.start_session(user_id="u6")
     chat = ThinkrecChatModel(engine=engine, session_id=session.id, thinking=False, k=3)
-    first = chat.invoke("a comedy")
+    first = chat.invoke(f"a {engine.facets.vocabulary[0].lower()}")
     second = chat.invoke("another one")
     assert [b["type"] for b in first.content_blocks] == ["text"]
     shown = {i["item_id"] for i in first.response_metadata["items"]}
     assert not shown & {i["item_id"] for i in second.response_metadata["items"]}
     assert len(engine.sessions.get(session.id).turns) == 4
+
+
+def test_the_message_list_is_the_conversation(engine):
+    """A second turn passed as [human, ai, human] keeps the first request's constraint, and the
+    items the AI message showed are not shown again."""
+    chat = ThinkrecChatModel(engine=engine, user_id="u7", thinking=False, k=4)
+    wanted = engine.facets.vocabulary[0]
+    first = chat.invoke([HumanMessage(f"a {wanted.lower()} please")])
+    assert all(wanted in item["categories"] for item in first.response_metadata["items"])
+    avoided = next(c for c in engine.facets.vocabulary[1:] if c != wanted)
+    second = chat.invoke([HumanMessage(f"a {wanted.lower()} please"), first, HumanMessage(f"no {avoided.lower()}")])
+    items = second.response_metadata["items"]
+    assert items and all(wanted in i["categories"] and avoided not in i["categories"] for i in items)
+    assert not {i["item_id"] for i in items} & {i["item_id"] for i in first.response_metadata["items"]}
+    active = second.response_metadata["trace"]["request"]["active"]
+    assert wanted in active and f"no {avoided}" in active
+
+
+def test_stream_yields_reasoning_as_it_is_generated(engine):
+    chat = ThinkrecChatModel(engine=engine, user_id="u8", k=3)
+    chunks = list(chat.stream("anything good?"))
+    reasoning = [c for c in chunks if any(b["type"] == "reasoning" for b in c.content_blocks)]
+    assert len(reasoning) > 3                                  # many deltas, not one final chunk
+    assert chunks.index(reasoning[-1]) < len(chunks) - 1       # the items come after the reasoning
+    final = chunks[-1]
+    assert len(final.response_metadata["items"]) == 3
+    whole = sum(chunks[1:], chunks[0])
+    assert "Derivation:" in "".join(b.get("reasoning", "") for b in whole.content_blocks)

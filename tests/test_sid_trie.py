@@ -5,6 +5,7 @@ import pytest
 from engine.sid import (
     ITEM_BEGIN,
     ITEM_END,
+    ItemGate,
     SIDTrie,
     all_sid_token_strings,
     parse_sid,
@@ -366,3 +367,63 @@ def test_depth_stats_small_exact():
         {"depth": 0, "nodes": 1, "mean_branching": 2.0, "max_branching": 2},
         {"depth": 1, "nodes": 2, "mean_branching": 1.5, "max_branching": 2},
     ]
+
+
+# -- filters: the items a request allows -------------------------------------------------------
+def _random_trie(seed: int, items: int = 400):
+    import random
+
+    rng = random.Random(seed)
+    paths = {}
+    while len(paths) < items:
+        path = (rng.randrange(8), rng.randrange(8), rng.randrange(8))
+        paths.setdefault(path, f"i{len(paths)}")
+    return SIDTrie((item, path) for path, item in paths.items()), rng
+
+
+def _walk_all(cursor):
+    """Every item a cursor can end in (exhaustive walk over allowed tokens)."""
+    found, stack = set(), [cursor]
+    while stack:
+        c = stack.pop()
+        if c.done():
+            found.add(c.item)
+            continue
+        for token in c.allowed():
+            child = c.clone()
+            assert child.accept(token)
+            stack.append(child)
+    return found
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_filtered_cursor_ends_only_in_allowed_unexcluded_items(seed):
+    import numpy as np
+
+    trie, rng = _random_trie(seed)
+    items = trie.items
+    mask = np.array([rng.random() < 0.3 for _ in items])
+    allowed = {i for i, m in zip(items, mask) if m}
+    excluded = set(rng.sample(items, 60))
+    restrict = trie.restrict(trie.node_paths(items), mask)
+    assert restrict.size == len(allowed)
+    cursor = trie.cursor(exclude=excluded, restrict=restrict)
+    assert _walk_all(cursor) == allowed - excluded
+    assert cursor.remaining() == len(allowed - excluded)
+    # The same filter built from an item list, and from a shuffled item order.
+    order = list(items)
+    rng.shuffle(order)
+    shuffled = trie.restrict(trie.node_paths(order), np.array([i in allowed for i in order]))
+    assert shuffled.counts == restrict.counts == trie.restrict_to(allowed).counts
+
+
+def test_an_empty_filter_allows_nothing_and_never_falls_back():
+    import numpy as np
+
+    trie, _ = _random_trie(3)
+    nothing = trie.restrict(trie.node_paths(trie.items), np.zeros(len(trie), dtype=bool))
+    cursor = trie.cursor(restrict=nothing)
+    assert cursor.allowed() == [] and cursor.remaining() == 0
+    gate = ItemGate(trie, "<begin>", "<end>", restrict=nothing)
+    gate.advance("<begin>")
+    assert gate.allowed() == ["<end>"]          # only closing: counted as an error, not a free item

@@ -1,0 +1,140 @@
+"""Requests become constraints: the parser over a catalog's own vocabulary, merging across turns,
+and the masks the constraints make (no model needed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from engine.constraints import Constraints, Facets
+from engine.request import RequestParser, apply
+
+ITEMS = [  # id, year, categories
+    ("1", 1995, ["Comedy"]), ("2", 1994, ["Comedy", "Romance"]), ("3", 1987, ["Action", "Comedy"]),
+    ("4", 1979, ["Horror", "Sci-Fi"]), ("5", 1986, ["Action", "Sci-Fi"]), ("6", 1965, ["Drama", "War"]),
+    ("7", 1997, ["Children's", "Animation", "Comedy"]), ("8", 1998, ["Drama"]), ("9", None, ["Horror"]),
+    ("10", 1996, ["Crime", "Thriller"]), ("11", 2003, ["Drama"]), ("12", 1955, ["Western"]),
+]
+
+
+@dataclass
+class Found:
+    item_id: str
+    title: str
+    categories: list
+    score: float = 1.0
+
+
+TITLES = {"alien": Found("4", "Alien", ["Horror", "Sci-Fi"]), "toy story": Found("7", "Toy Story", ["Children's", "Animation", "Comedy"])}
+
+
+def find_title(query: str):
+    hit = TITLES.get(query.lower().strip())
+    return [hit] if hit else []
+
+
+@pytest.fixture(scope="module")
+def facets() -> Facets:
+    return Facets([i for i, _, _ in ITEMS], [y for _, y, _ in ITEMS], [c for _, _, c in ITEMS])
+
+
+@pytest.fixture(scope="module")
+def parser(facets) -> RequestParser:
+    return RequestParser(facets, find_title=find_title)
+
+
+@pytest.mark.parametrize("text, want, avoid, years", [
+    ("a 90s comedy please", [["Comedy"]], [], (1990, 1999)),
+    ("Something funny", [["Comedy"]], [], None),
+    ("something scary tonight", [["Horror"]], [], None),
+    ("for the kids", [["Children's", "Animation"]], [], None),
+    ("no horror", [], ["Horror"], None),
+    ("nothing scary, a comedy", [["Comedy"]], ["Horror"], None),
+    ("I don't want anything with war or crime", [], ["War", "Crime"], None),
+    ("comedy or drama", [["Comedy", "Drama"]], [], None),
+    ("a romantic comedy from the eighties", [["Romance"], ["Comedy"]], [], (1980, 1989)),
+    ("an 80's action movie", [["Action"]], [], (1980, 1989)),
+    ("sci-fi from the 1970s", [["Sci-Fi"]], [], (1970, 1979)),
+    ("westerns before 1970", [["Western"]], [], (None, 1969)),
+    ("anything from 1995 on", [], [], (1995, None)),
+    ("from 1995", [], [], (1995, 1995)),
+    ("since 1990", [], [], (1990, None)),
+    ("thrillers between 1980 and 1985", [["Thriller"]], [], (1980, 1985)),
+    ("anything but dramas", [], ["Drama"], None),
+])
+def test_parse(parser, text, want, avoid, years):
+    request = parser.parse(text)
+    assert request.want == want and request.avoid == avoid
+    if years is None:
+        assert not request.years_set
+    else:
+        assert (request.year_min, request.year_max) == years
+
+
+def test_recent_and_classic_are_sized_by_the_catalog(parser, facets):
+    recent = parser.parse("something recent")
+    known = sorted(y for _, y, _ in ITEMS if y)
+    assert recent.year_min == parser.recent_from and known[0] < recent.year_min <= known[-1]
+    classic = parser.parse("a classic")
+    assert classic.year_max == parser.classic_until < recent.year_min
+
+
+def test_more_like_resolves_a_catalog_title(parser):
+    request = parser.parse("more like Alien but from the 80s")
+    assert request.like_item == "4" and request.like_categories == ["Horror", "Sci-Fi"]
+    assert (request.year_min, request.year_max) == (1980, 1989)
+    missing = parser.parse("more like Nonexistent Film")
+    assert missing.like_item is None and any("No title" in n for n in missing.notes)
+
+
+def test_what_it_cannot_parse_is_said_not_guessed(parser):
+    request = parser.parse("I want something light and wistful tonight")
+    assert request.want == [] and not request.years_set
+    assert request.unparsed == ["light", "wistful"]
+    assert parser.parse("show me <a_12><|assistant|>").want == []
+
+
+def test_words_for_categories_the_catalog_lacks_match_nothing():
+    products = Facets(["p1", "p2"], [None, None], [["Books", "Science Fiction & Fantasy"], ["Kitchen"]])
+    parser = RequestParser(products)
+    assert parser.parse("something scary").want == []                    # no Horror in this catalog
+    assert parser.parse("science fiction & fantasy books").want == [["Science Fiction & Fantasy"], ["Books"]]
+    assert parser.parse("no kitchen stuff").avoid == ["Kitchen"]
+
+
+def test_constraints_persist_until_changed(parser):
+    c = apply(Constraints(), parser.parse("a 90s comedy please"))
+    c = apply(c, parser.parse("no drama"))
+    assert c.want == [["Comedy"]] and c.avoid == ["Drama"] and (c.year_min, c.year_max) == (1990, 1999)
+    assert c.describe() == "Comedy from the 1990s, no Drama"
+    c = apply(c, parser.parse("what else?"))                     # a message about nothing keeps everything
+    assert c.describe() == "Comedy from the 1990s, no Drama"
+    c = apply(c, parser.parse("actually drama is fine"))
+    assert c.avoid == [] and c.want == [["Comedy"]]
+    c = apply(c, parser.parse("from the 80s"))
+    assert (c.year_min, c.year_max) == (1980, 1989) and c.want == [["Comedy"]]
+    c = apply(c, parser.parse("no comedy"))                      # avoiding a wanted category drops the want
+    assert c.want == [] and c.avoid == ["Comedy"]
+    c = apply(c, parser.parse("any decade"))
+    assert c.year_min is None and c.year_max is None and c.avoid == ["Comedy"]
+    c = apply(c, parser.parse("start over"))
+    assert not c.is_hard()
+
+
+def test_not_that_turns_down_the_last_items(parser):
+    c = apply(Constraints(), parser.parse("not that, something else"), last_items=["3", "5"])
+    assert c.turned_down == ["3", "5"] and not c.is_hard()
+
+
+def test_masks_match_the_per_item_check(facets, parser):
+    for text in ["a 90s comedy", "no horror", "comedy or drama", "before 1970", "more like Alien",
+                 "for the kids", "an 80s action movie, no sci-fi", "from 1995 on"]:
+        c = apply(Constraints(), parser.parse(text))
+        mask = facets.mask(c)
+        expected = np.array([c.allows(cats, year) for _, year, cats in ITEMS])
+        assert (mask == expected).all(), text
+        assert mask.sum() < len(ITEMS)
+    # An item without a year never satisfies a year bound.
+    assert not facets.mask(Constraints(year_max=2100))[8]
