@@ -81,13 +81,16 @@ class ServerMismatch(ValueError):
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, url: str, tokenizer, trie: SIDTrie, meta, timeout: float = 120.0, concurrency: int = 32):
+    def __init__(self, url: str, tokenizer, trie: SIDTrie, meta, timeout: float = 120.0, concurrency: int = 32,
+                 filter_for: FilterFor = _no_filter):
         import httpx
 
         self.url = url.rstrip("/")
         if not self.url.endswith("/v1"):
             self.url += "/v1"
         self.tokenizer, self.trie = tokenizer, trie
+        # The client-side beam cursors use the same filter the server builds from the constraint.
+        self.filter_for = filter_for
         self.stop_ids = [tokenizer.think_end_id, tokenizer.end_id]    # reasoning ends at </think> or <|end|>
         self.model_name = served_model_name(meta.dataset_fingerprint, meta.sid_levels, meta.sid_codebook_size)
         # Many users at once are many requests in flight: the server batches them.
@@ -110,14 +113,21 @@ class VLLMBackend:
                                  "started for another catalog or SID layout, so its item tokens would name "
                                  "the wrong items. Start it with thinkrec serve-model on this checkpoint.")
 
-    def _request(self, prompt, exclude: set[Hashable], **fields) -> dict:
-        return {"model": self.model_name, "prompt": prompt, "skip_special_tokens": False,
-                "vllm_xargs": {ENABLE_ARG: 1, EXCLUDE_ARG: sorted(str(i) for i in exclude)}, **fields}
+    def _request(self, prompt, exclude: set[Hashable], constraints: Constraints | None = None, **fields) -> dict:
+        from engine.vllm_trie import CONSTRAINT_ARG
 
-    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0):
+        xargs = {ENABLE_ARG: 1, EXCLUDE_ARG: sorted(str(i) for i in exclude)}
+        if constraints is not None and constraints.is_hard():
+            # The constraint itself (a JSON string: xargs values must be plain types), never the
+            # items it allows; the server builds the same trie filter from its copy of the facets.
+            xargs[CONSTRAINT_ARG] = constraints.model_dump_json()
+        return {"model": self.model_name, "prompt": prompt, "skip_special_tokens": False, "vllm_xargs": xargs,
+                **fields}
+
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None):
         body = self._request(list(prompt), exclude, max_tokens=max_new_tokens, temperature=temperature,
                              stream=True, return_token_ids=True,
-                             stop_token_ids=self.stop_ids)
+                             stop_token_ids=list(stop_ids) if stop_ids else self.stop_ids)
         with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
             if response.status_code != 200:
                 response.read()
@@ -128,21 +138,24 @@ class VLLMBackend:
                 for choice in json.loads(line[6:]).get("choices", []):
                     yield from choice.get("token_ids") or []
 
-    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32):
+    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
+                           stop_ids=None):
+        stops = list(stop_ids) if stop_ids else self.stop_ids
+
         # One request per user: exclusions are per request. Sampling is seeded by the server.
         def one(prompt, exclude):
             body = self._request(list(prompt), exclude, max_tokens=max_new_tokens,
                                  temperature=temperature if sample else 0.0, return_token_ids=True,
-                                 stop_token_ids=self.stop_ids)
+                                 stop_token_ids=stops)
             return self._post(body)["choices"][0]["token_ids"]
 
         return self._map(one, prompts, excludes)
 
-    def _map(self, fn, prompts, excludes) -> list:
+    def _map(self, fn, *columns) -> list:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(fn, prompts, excludes))
+            return list(pool.map(fn, *columns))
 
     def _post(self, body: dict) -> dict:
         response = self.client.post(f"{self.url}/completions", json=body)
@@ -150,9 +163,10 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
         return response.json()
 
-    def _top_allowed(self, prompts: list[list[int]], exclude: set[Hashable], width: int) -> list[dict[int, float]]:
+    def _top_allowed(self, prompts: list[list[int]], exclude: set[Hashable], width: int,
+                     constraints: Constraints | None = None) -> list[dict[int, float]]:
         """Per prompt: the ``width`` best next SID tokens and their log-probabilities."""
-        body = self._request(prompts, exclude, max_tokens=1, temperature=0.0, logprobs=width,
+        body = self._request(prompts, exclude, constraints, max_tokens=1, temperature=0.0, logprobs=width,
                              return_tokens_as_token_ids=True)
         tops = [{} for _ in prompts]
         for choice in self._post(body)["choices"]:
@@ -160,14 +174,24 @@ class VLLMBackend:
             tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
         return tops
 
-    def beam_search(self, prompts, excludes, k, num_beams, batch_size=16):
-        return self._map(lambda p, e: self._beam_search_one(list(p), e, k, max(k, num_beams)), prompts, excludes)
+    def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
+        width = max(k, num_beams or k)
+        constraints = list(constraints) if constraints is not None else [None] * len(prompts)
+        # Filters first, here: a hard constraint this backend cannot apply fails before any request.
+        filters = [self.filter_for(c) for c in constraints]
+        return self._map(lambda p, e, c, f: self._beam_search_one(list(p), e, k, width, c, f),
+                         prompts, excludes, constraints, filters)
 
-    def _beam_search_one(self, prompt: list[int], exclude: set[Hashable], k: int, width: int) -> list[RankedItem]:
-        beams: list[tuple[float, TrieCursor]] = [(0.0, self.trie.cursor(exclude=exclude))]
+    def _beam_search_one(self, prompt: list[int], exclude: set[Hashable], k: int, width: int,
+                         constraints: Constraints | None = None,
+                         restrict: TrieFilter | None = None) -> list[RankedItem]:
+        root = self.trie.cursor(exclude=exclude, restrict=restrict)
+        if not root.allowed():         # nothing left to recommend (constraint and exclusions): no request
+            return []
+        beams: list[tuple[float, TrieCursor]] = [(0.0, root)]
         while any(not cursor.done() for _, cursor in beams):
             live = [n for n, (_, cursor) in enumerate(beams) if not cursor.done()]
-            tops = self._top_allowed([prompt + beams[n][1].prefix for n in live], exclude, width)
+            tops = self._top_allowed([prompt + beams[n][1].prefix for n in live], exclude, width, constraints)
             top_of = dict(zip(live, tops))
             candidates = []
             for n, (score, cursor) in enumerate(beams):

@@ -92,7 +92,11 @@ def server_command(python: Path, args: ServeArgs, device: str, name: str) -> lis
                "--served-model-name", name, "--host", args.host, "--port", str(args.port), "--dtype", dtype,
                # Beam scores are the processor's log-probabilities: report them as processed.
                "--logprobs-mode", "processed_logits", "--max-logprobs", str(args.max_logprobs),
-               "--generation-config", "vllm"]
+               "--generation-config", "vllm",
+               # The trie processor is an entry-point processor that reads each request's output
+               # ids: under async scheduling (vLLM's default where supported) the newest of them
+               # are still -1 placeholders when it runs. Off, so every step sees its real tokens.
+               "--no-async-scheduling"]
     if args.max_model_len:
         # Pretrained bases declare long contexts (Qwen3: 40k) whose KV cache would not fit a CPU's
         # budget; a thinkrec turn needs far less.
@@ -127,10 +131,21 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: int) -> float:
     raise TimeoutError(f"the vLLM server did not answer at {url} within {seconds} s")
 
 
-def main(args: ServeArgs) -> None:
+def write_catalog_spec(path: Path, tokenizer, data: str | Path, fingerprint: str) -> Path:
+    """The server's catalog file: every item's SID tokens and its facets (year, categories), so
+    requests can send their constraints and the server restricts items exactly as the app does."""
     from data.catalog import Catalog
+    from engine.constraints import Facets
+    from engine.vllm_trie import write_trie_spec
+
+    catalog = Catalog(data)
+    return write_trie_spec(path, tokenizer, catalog.sid_codes(), fingerprint,
+                           facets=Facets(*catalog.attribute_table()))
+
+
+def main(args: ServeArgs) -> None:
     from engine.checkpoint import load_checked
-    from engine.vllm_trie import served_model_name, write_trie_spec
+    from engine.vllm_trie import served_model_name
 
     device, venv = pick_device(args.device), Path(args.venv)
     if args.install_only:             # e.g. while building an image, before any checkpoint exists
@@ -144,8 +159,8 @@ def main(args: ServeArgs) -> None:
     tokenizer, meta = load_checked(checkpoint, args.data)       # refuses a checkpoint of another catalog
     python = ensure_environment(venv, device)
     name = served_model_name(meta.dataset_fingerprint, meta.sid_levels, meta.sid_codebook_size)
-    trie_file = write_trie_spec(venv / "catalogs" / f"{meta.dataset_fingerprint}.json", tokenizer,
-                                Catalog(args.data).sid_codes(), meta.dataset_fingerprint)
+    trie_file = write_catalog_spec(venv / "catalogs" / f"{meta.dataset_fingerprint}.json", tokenizer, args.data,
+                                   meta.dataset_fingerprint)
     command = server_command(python, args, device, name)
     print(f"[serve-model] starting vLLM ({device}) for {checkpoint} as '{name}'", flush=True)
     process = subprocess.Popen(command, env=server_environment(trie_file, args, device))

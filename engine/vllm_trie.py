@@ -2,28 +2,43 @@
 gate state its logits processor keeps. No vLLM import here — the adapter that plugs this into
 vLLM is ``engine/vllm_plugin.py``, which only the server's environment loads.
 
-``thinkrec serve-model`` writes the catalog's token paths to a JSON file and points the server at
-it with ``THINKREC_TRIE``. A request opts in with ``vllm_xargs: {"thinkrec": 1,
-"thinkrec_exclude": [item ids]}``; other requests on the same server are untouched.
+``thinkrec serve-model`` writes the catalog's token paths and facets (every item's year and
+categories) to a JSON file and points the server at it with ``THINKREC_TRIE``. A request opts in
+with ``vllm_xargs: {"thinkrec": 1, "thinkrec_exclude": [item ids]}``; other requests on the same
+server are untouched. A request with hard constraints adds ``"thinkrec_constraint":
+Constraints.model_dump_json()`` — the constraint itself (a few hundred bytes), never the list of
+items it allows; the server turns it into the same trie filter the transformers backend uses
+(``Facets.mask`` then ``SIDTrie.restrict``, cached per constraint), so both backends restrict the
+items the same way. Malformed arguments raise ValueError, which the server answers with a 400.
 
 For rows it constrains, the processor writes *log-probabilities* (``log_softmax`` of the raw
 logits) with disallowed tokens at ``-inf``. Sampling and greedy decoding are unchanged by that
 shift, and a server started with ``--logprobs-mode processed_logits`` then reports, for each
 allowed token, exactly the log-probability the transformers backend ranks beams by.
+
+Output ids are read from vLLM's live output lists. Under async scheduling a list can end in ``-1``
+placeholders for tokens not sampled yet; a gate never consumes one (it stops there and reads the
+real token on a later step). ``thinkrec serve-model`` starts the server with
+``--no-async-scheduling`` so the lists are always complete when the processor runs.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from engine.sid import ItemGate, SIDTrie
+from engine.constraints import Constraints, Facets
+from engine.sid import ItemGate, SIDTrie, TrieFilter
 
 TRIE_ENV = "THINKREC_TRIE"
-ENABLE_ARG, EXCLUDE_ARG = "thinkrec", "thinkrec_exclude"
+ENABLE_ARG, EXCLUDE_ARG, CONSTRAINT_ARG = "thinkrec", "thinkrec_exclude", "thinkrec_constraint"
 
 
 def served_model_name(fingerprint: str, sid_levels: int, codebook_size: int) -> str:
@@ -31,27 +46,87 @@ def served_model_name(fingerprint: str, sid_levels: int, codebook_size: int) -> 
     return f"thinkrec-{fingerprint}-{sid_levels}x{codebook_size}"
 
 
-def write_trie_spec(path: Path, tokenizer, sid_codes: dict[str, Sequence[int]], fingerprint: str) -> Path:
+def write_trie_spec(path: Path, tokenizer, sid_codes: dict[str, Sequence[int]], fingerprint: str,
+                    facets: Facets | None = None) -> Path:
+    """The file a server reads: item token paths, and ``facets`` so requests can carry constraints
+    (without facets the server refuses hard constraints)."""
     spec = {"fingerprint": fingerprint, "begin_id": tokenizer.item_begin_id, "end_id": tokenizer.item_end_id,
             "sid_token_ids": sorted(tokenizer.sid_code_of),
-            "items": {str(item): tokenizer.sid_token_ids(codes) for item, codes in sid_codes.items()}}
+            "items": {str(item): tokenizer.sid_token_ids(codes) for item, codes in sid_codes.items()},
+            "facets": facets.to_json() if facets is not None else None}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec))
     return path
 
 
+@lru_cache(maxsize=8)
+def spec_has_facets(path: str) -> bool:
+    """Whether the spec at ``path`` carries facets (read once per path: the API server process
+    checks it before accepting a constrained request)."""
+    return json.loads(Path(path).read_text()).get("facets") is not None
+
+
 class TrieSpec:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, filter_cache_size: int = 64):
         spec = json.loads(Path(path).read_text())
         self.fingerprint = spec["fingerprint"]
         self.begin_id, self.end_id = int(spec["begin_id"]), int(spec["end_id"])
         self.sid_token_ids = [int(t) for t in spec["sid_token_ids"]]
         self.trie = SIDTrie((item, path) for item, path in spec["items"].items())
+        self.facets = Facets.from_json(spec["facets"]) if spec.get("facets") is not None else None
+        # Node indices on every item's path in facet order: a constraint's mask turns into a
+        # filter with one bincount (SIDTrie.restrict).
+        self.node_paths = self.trie.node_paths(self.facets.item_ids) if self.facets is not None else None
+        self._filters: OrderedDict[str, TrieFilter] = OrderedDict()
+        self._filter_cache_size = filter_cache_size
+        self._lock = threading.Lock()
+
+    def filter_for(self, constraints: Constraints | None) -> TrieFilter | None:
+        """The trie filter of a request's hard constraints (None when it has none). Cached by
+        ``constraints.key()``: a genre is asked for often, and every beam step is a request."""
+        if constraints is None or not constraints.is_hard():
+            return None
+        if self.facets is None:
+            raise ValueError("this vLLM server's catalog file has no facets: it cannot apply "
+                             f"{CONSTRAINT_ARG}; restart it with thinkrec serve-model")
+        key = constraints.key()
+        with self._lock:
+            cached = self._filters.get(key)
+            if cached is not None:
+                self._filters.move_to_end(key)
+                return cached
+        built = self.trie.restrict(self.node_paths, self.facets.mask(constraints))
+        with self._lock:
+            self._filters[key] = built
+            while len(self._filters) > self._filter_cache_size:
+                self._filters.popitem(last=False)
+        return built
 
 
-def request_excludes(extra_args: dict | None) -> set[str] | None:
-    """The request's excluded items when it asked for the constraint, else None.
+@dataclass
+class GateRequest:
+    """What a request asked the processor for: its excluded items and its hard constraints."""
+    exclude: set[str]
+    constraints: Constraints | None = None
+
+
+def parse_constraint(value) -> Constraints | None:
+    """``thinkrec_constraint``: a ``Constraints`` JSON string (or, from Python callers, a dict)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, str):
+            return Constraints.model_validate_json(value)
+        if isinstance(value, dict):
+            return Constraints.model_validate(value)
+    except ValueError as error:       # pydantic's ValidationError is a ValueError
+        raise ValueError(f"vllm_xargs.{CONSTRAINT_ARG} is not a valid constraint: {error}") from None
+    raise ValueError(f"vllm_xargs.{CONSTRAINT_ARG} must be a Constraints JSON string")
+
+
+def request_args(extra_args: dict | None) -> GateRequest | None:
+    """The request's gate arguments when it asked for the constraint, else None.
 
     Raises ValueError on malformed arguments (the server answers 400 instead of decoding freely).
     """
@@ -60,7 +135,13 @@ def request_excludes(extra_args: dict | None) -> set[str] | None:
     exclude = extra_args.get(EXCLUDE_ARG, [])
     if not isinstance(exclude, list) or not all(isinstance(i, (str, int)) for i in exclude):
         raise ValueError(f"vllm_xargs.{EXCLUDE_ARG} must be a list of item ids")
-    return {str(i) for i in exclude}
+    return GateRequest({str(i) for i in exclude}, parse_constraint(extra_args.get(CONSTRAINT_ARG)))
+
+
+def request_excludes(extra_args: dict | None) -> set[str] | None:
+    """The request's excluded items when it asked for the constraint, else None."""
+    request = request_args(extra_args)
+    return None if request is None else request.exclude
 
 
 class _Request:
@@ -79,10 +160,17 @@ class RequestGates:
         self.rows: dict[int, _Request] = {}
         self._sid_ids: torch.Tensor | None = None
 
-    def add(self, index: int, exclude: set[Hashable], prompt: Sequence[int] | None, outputs: list[int]) -> None:
-        """``outputs`` is the request's live output list (vLLM appends to it as it decodes)."""
-        gate = ItemGate(self.spec.trie, self.spec.begin_id, self.spec.end_id, exclude)
+    def add(self, index: int, exclude: set[Hashable], prompt: Sequence[int] | None, outputs: list[int],
+            constraints: Constraints | None = None) -> None:
+        """``outputs`` is the request's live output list (vLLM appends to it as it decodes);
+        ``constraints``' hard parts restrict every item of the request to those they allow."""
+        gate = ItemGate(self.spec.trie, self.spec.begin_id, self.spec.end_id, exclude,
+                        restrict=self.spec.filter_for(constraints))
         self.rows[index] = _Request(gate.resume(list(prompt or ())), outputs)
+
+    def add_request(self, index: int, request: GateRequest, prompt: Sequence[int] | None,
+                    outputs: list[int]) -> None:
+        self.add(index, request.exclude, prompt, outputs, request.constraints)
 
     def remove(self, index: int) -> None:
         self.rows.pop(index, None)
@@ -94,19 +182,32 @@ class RequestGates:
         if swap and displaced is not None:
             self.rows[source] = displaced
 
+    @staticmethod
+    def _catch_up(request: _Request) -> None:
+        """Feed the gate the output tokens it has not seen, stopping at a placeholder (a negative
+        id: async scheduling has not filled that token in yet; it is read on a later step)."""
+        outputs, position = request.outputs, request.seen
+        while position < len(outputs):
+            token = outputs[position]
+            if token < 0:
+                break
+            request.gate.advance(token)
+            position += 1
+        request.seen = position
+
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows:
             return logits
         if self._sid_ids is None or self._sid_ids.device != logits.device:
             self._sid_ids = torch.tensor(self.spec.sid_token_ids, dtype=torch.long, device=logits.device)
         indices = sorted(i for i in self.rows if i < logits.shape[0])
+        if not indices:
+            return logits
         index = torch.tensor(indices, dtype=torch.long, device=logits.device)
         rows = torch.log_softmax(logits[index].float(), dim=-1)
         for n, i in enumerate(indices):
             request = self.rows[i]
-            for token in request.outputs[request.seen:]:
-                request.gate.advance(token)
-            request.seen = len(request.outputs)
+            self._catch_up(request)
             keep = request.gate.allowed()
             if keep is None:
                 rows[n, self._sid_ids] = float("-inf")

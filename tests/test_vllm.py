@@ -84,12 +84,22 @@ def turn(engine, user, text, thinking):
     return items, reasoning, trace
 
 
-@pytest.mark.parametrize("user,text,thinking", [("u1", None, True), ("u2", "something with robots", True),
-                                                ("u3", "a comedy please", False)])
-def test_same_greedy_request_same_items(both, user, text, thinking):
+@pytest.mark.parametrize("user,text,thinking,genre", [("u1", None, True, None),
+                                                      ("u2", "something with robots", True, None),
+                                                      ("u3", "a comedy please", False, "Comedy")])
+def test_same_greedy_request_same_items(both, built_dataset, user, text, thinking, genre):
     items_hf, reasoning_hf, trace_hf = turn(both["transformers"], user, text, thinking)
     items_vllm, reasoning_vllm, trace_vllm = turn(both["vllm"], user, text, thinking)
-    assert len(items_hf) == 10
+    if genre is None:
+        assert len(items_hf) == 10
+    else:       # the request became a hard constraint: only its items (the themed catalog has 5 comedies)
+        from data.catalog import Catalog
+        from engine.constraints import Constraints, Facets
+
+        facets = Facets(*Catalog(built_dataset).attribute_table())
+        allowed = set(facets.allowed_items(Constraints(want=[[genre]])))
+        assert items_hf and set(items_hf) <= allowed
+        assert len(items_hf) == min(10, len(allowed - set(both["transformers"].dataset_history(user))))
     assert items_vllm == items_hf
     assert reasoning_vllm == reasoning_hf
     assert trace_vllm.reasoning_tokens == trace_hf.reasoning_tokens
@@ -131,6 +141,71 @@ def test_server_constrains_items_and_honours_exclusions(both, vllm_url):
     response = _complete(vllm_url, engine, prompt, max_tokens=1,
                          vllm_xargs={"thinkrec": 1, "thinkrec_exclude": "not a list"})
     assert response.status_code == 400
+
+
+@pytest.fixture(scope="module")
+def recommenders(built_dataset, tiny_checkpoint, vllm_url):
+    """The two backends behind the one recommender path, without the engine's sessions."""
+    from data.catalog import Catalog
+    from engine.recommender import open_recommender
+
+    codes = Catalog(built_dataset).sid_codes()
+    local, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
+    served, _ = open_recommender(tiny_checkpoint, built_dataset, codes, backend="vllm", model_url=vllm_url)
+    return local, served
+
+
+HARD = [{"want": [["Comedy"]]}, {"want": [["Sci-Fi", "Horror"]], "year_min": 1980},
+        {"avoid": ["Sci-Fi", "Drama"], "year_max": 1999}]
+
+
+@pytest.mark.parametrize("thinking", [False, True])
+@pytest.mark.parametrize("hard", HARD)
+def test_same_greedy_request_same_items_under_a_hard_constraint(recommenders, built_dataset, hard, thinking):
+    from data.catalog import Catalog
+    from engine.constraints import Constraints, Facets
+
+    local, served = recommenders
+    constraints = Constraints(**hard)
+    facets = Facets(*Catalog(built_dataset).attribute_table())
+    allowed = set(facets.allowed_items(constraints))
+    histories = [["1", "2", "13"], ["6", "20", "11"], []]          # the last: a user with no history
+    common = dict(k=5, num_beams=8, thinking=thinking, constraints=[constraints] * len(histories))
+    ours, theirs = local.recommend(histories, **common), served.recommend(histories, **common)
+    for history, a, b in zip(histories, ours, theirs):
+        items = [r.item_id for r in a.items]
+        assert items == [r.item_id for r in b.items]
+        assert len(items) == min(5, len(allowed - set(history)))
+        assert set(items) <= allowed - set(history)                              # 0 violations
+        assert all(constraints.allows(facets.categories_of(i), facets.year_of(i)) for i in items)
+        assert all(abs(x.score - y.score) < 1e-3 for x, y in zip(a.items, b.items))
+        assert a.reasoning_ids == b.reasoning_ids
+    # The backends directly, beam width left unset: same items again.
+    prompts = [local.prompt_ids(h) for h in histories]          # no thinking: ends with <|item_begin|>
+    excludes = [set(h) for h in histories]
+    direct = [backend.beam_search(prompts, excludes, k=4, constraints=[constraints] * len(prompts))
+              for backend in (local.backend, served.backend)]
+    assert [[r.item_id for r in items] for items in direct[0]] == [[r.item_id for r in items] for items in direct[1]]
+
+
+def test_server_restricts_items_to_the_constraint(recommenders, vllm_url):
+    from engine.constraints import Constraints
+
+    _, served = recommenders
+    comedy = Constraints(want=[["Comedy"]])
+    prompt = served.prompt_ids(["1", "2"])
+    xargs = {"thinkrec": 1, "thinkrec_exclude": [], "thinkrec_constraint": comedy.model_dump_json()}
+    body = {"model": served.backend.model_name, "prompt": prompt, "temperature": 0.0, "max_tokens": 1,
+            "logprobs": 20, "return_tokens_as_token_ids": True, "skip_special_tokens": False, "vllm_xargs": xargs}
+    response = httpx.post(f"{vllm_url}/v1/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    top = response.json()["choices"][0]["logprobs"]["top_logprobs"][0]
+    finite = {int(k.split(":")[1]) for k, v in top.items() if v > -9999.0}
+    assert finite and finite <= set(served.trie.cursor(restrict=served.filter_for(comedy)).allowed())
+    for bad in ["not json", '{"want": "Comedy"}']:
+        body["vllm_xargs"] = dict(xargs, thinkrec_constraint=bad)
+        response = httpx.post(f"{vllm_url}/v1/completions", json=body, timeout=60)
+        assert response.status_code == 400, response.text
 
 
 def test_a_server_for_another_catalog_is_refused(both, vllm_url):

@@ -1,0 +1,302 @@
+"""Request constraints on the vLLM side without vLLM: the server's catalog file with facets, the
+``thinkrec_constraint`` argument, the gates that restrict items by it, and the client backend's
+requests (against an in-process stand-in for the server). The real server runs in
+tests/test_vllm.py (``-m vllm``)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from engine.constraints import Constraints, Facets
+from engine.vllm_trie import (CONSTRAINT_ARG, ENABLE_ARG, EXCLUDE_ARG, RequestGates, TrieSpec, request_args,
+                              spec_has_facets, write_trie_spec)
+
+LEVELS, CODEBOOK = 3, 4
+CATEGORIES = ["Comedy", "Drama", "Horror", "Sci-Fi", "Romance"]
+
+
+class FakeTokenizer:
+    """Token ids: 0-9 text, 10 <|item_begin|>, 11 <|item_end|>, 12 </think>, 13 <|end|>, then SID tokens."""
+
+    item_begin_id, item_end_id, think_end_id, end_id = 10, 11, 12, 13
+    first_sid = 14
+
+    def __init__(self):
+        self.sid_code_of = {self.first_sid + level * CODEBOOK + code: (level, code)
+                            for level in range(LEVELS) for code in range(CODEBOOK)}
+
+    def __len__(self) -> int:
+        return self.first_sid + LEVELS * CODEBOOK
+
+    def sid_token_ids(self, codes) -> list[int]:
+        return [self.first_sid + level * CODEBOOK + int(code) for level, code in enumerate(codes)]
+
+
+def synthetic_catalog(n: int = 48, seed: int = 0):
+    """Items with distinct SIDs, a few categories each, and years (some unknown)."""
+    rng = random.Random(seed)
+    all_codes = [(a, b, c) for a in range(CODEBOOK) for b in range(CODEBOOK) for c in range(CODEBOOK)]
+    codes = {str(i): all_codes[j] for i, j in enumerate(rng.sample(range(len(all_codes)), n))}
+    years = [None if i % 11 == 0 else rng.randint(1950, 2010) for i in range(n)]
+    categories = [rng.sample(CATEGORIES, rng.randint(1, 3)) for _ in range(n)]
+    return codes, Facets(list(codes), years, categories)
+
+
+@pytest.fixture()
+def spec(tmp_path) -> TrieSpec:
+    codes, facets = synthetic_catalog()
+    return TrieSpec(write_trie_spec(tmp_path / "trie.json", FakeTokenizer(), codes, "fp", facets=facets))
+
+
+def allowed_ids(spec: TrieSpec, constraints: Constraints | None) -> set[str]:
+    if constraints is None:
+        return set(spec.trie.items)
+    return set(spec.facets.allowed_items(constraints))
+
+
+def test_spec_round_trip_with_facets(tmp_path, spec):
+    codes, facets = synthetic_catalog()
+    assert spec.facets.item_ids == facets.item_ids
+    assert all(spec.facets.year_of(i) == facets.year_of(i) and spec.facets.categories_of(i) == facets.categories_of(i)
+               for i in facets.item_ids)
+    assert spec.node_paths.shape == (len(facets), LEVELS + 1)
+    wanted = Constraints(want=[["Comedy"]], year_min=1980)
+    restrict = spec.filter_for(wanted)
+    assert restrict.size == len(facets.allowed_items(wanted)) > 0
+    assert {i for i in facets.item_ids if restrict.allows(i)} == set(facets.allowed_items(wanted))
+    assert spec.filter_for(Constraints.model_validate_json(wanted.model_dump_json())) is restrict   # cached by key
+    assert spec.filter_for(None) is None and spec.filter_for(Constraints(turned_down=["3"])) is None
+    assert spec_has_facets(str(tmp_path / "trie.json"))
+    # A catalog file without facets: unconstrained requests work, hard constraints are refused.
+    bare = write_trie_spec(tmp_path / "bare.json", FakeTokenizer(), codes, "fp")
+    assert not spec_has_facets(str(bare))
+    bare_spec = TrieSpec(bare)
+    assert bare_spec.facets is None and bare_spec.filter_for(None) is None
+    with pytest.raises(ValueError, match="no facets"):
+        bare_spec.filter_for(wanted)
+
+
+def test_the_filter_cache_is_bounded(tmp_path):
+    codes, facets = synthetic_catalog()
+    spec = TrieSpec(write_trie_spec(tmp_path / "t.json", FakeTokenizer(), codes, "fp", facets=facets),
+                    filter_cache_size=2)
+    for year in range(1960, 1966):
+        spec.filter_for(Constraints(year_min=year))
+    assert len(spec._filters) == 2
+
+
+def test_request_args_parse_the_constraint_and_refuse_malformed_ones():
+    wanted = Constraints(want=[["Comedy", "Drama"]], avoid=["Horror"], year_max=1999)
+    request = request_args({ENABLE_ARG: 1, EXCLUDE_ARG: [1, "2"], CONSTRAINT_ARG: wanted.model_dump_json()})
+    assert request.exclude == {"1", "2"} and request.constraints == wanted
+    assert request_args({ENABLE_ARG: 1}).constraints is None
+    assert request_args({CONSTRAINT_ARG: wanted.model_dump_json()}) is None      # not opted in: untouched
+    for bad in ["not json", json.dumps({"want": "Comedy"}), json.dumps({"year_min": "soon"}), 42, ["Comedy"]]:
+        with pytest.raises(ValueError, match=CONSTRAINT_ARG):
+            request_args({ENABLE_ARG: 1, CONSTRAINT_ARG: bad})
+
+
+def walk(gates: RequestGates, rows: dict[int, list[int]], steps: int, seed: int) -> None:
+    """Decode every row for ``steps`` tokens: sample among the tokens the gates leave finite."""
+    generator = torch.Generator().manual_seed(seed)
+    width = len(FakeTokenizer())
+    for _ in range(steps):
+        logits = gates.apply(torch.randn(max(rows) + 1, width, generator=generator))
+        for index, outputs in rows.items():
+            finite = torch.isfinite(logits[index]).nonzero().flatten()
+            outputs.append(int(finite[torch.randint(len(finite), (1,), generator=generator)]))
+
+
+def items_of(spec: TrieSpec, outputs: list[int], begin: int, end: int) -> list[str | None]:
+    """Items spelled between <|item_begin|> and <|item_end|> (None for a span that names none)."""
+    found, span = [], None
+    for token in outputs:
+        if span is None:
+            span = [] if token == begin else None
+        elif token == end:
+            found.append(spec.trie.lookup(span))
+            span = None
+        else:
+            span.append(token)
+    return found
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_constrained_walk_ends_in_an_allowed_item(spec, seed):
+    tok = FakeTokenizer()
+    constraints = [Constraints(want=[["Comedy"]]), Constraints(want=[["Drama", "Romance"]], avoid=["Horror"]),
+                   Constraints(year_min=1970, year_max=1999), None]
+    exclude = {"0", "5", "7"}
+    gates, rows = RequestGates(spec), {}
+    for index, c in enumerate(constraints):
+        rows[index] = []
+        # Prompts end at <|item_begin|>: every step is inside an item or free text after one.
+        gates.add(index, exclude, [tok.end_id, tok.item_begin_id], rows[index], c)
+    walk(gates, rows, 200, seed)
+    for index, c in enumerate(constraints):
+        items = items_of(spec, [tok.item_begin_id] + rows[index], tok.item_begin_id, tok.item_end_id)
+        assert items, "the walk never finished an item"
+        assert None not in items                                       # every span spells a real item
+        assert set(items) <= allowed_ids(spec, c) - exclude            # allowed, never excluded
+        assert len(items) == len(set(items))                           # no repeats within a reply
+        for item in items:
+            if c is not None:
+                assert c.allows(spec.facets.categories_of(item), spec.facets.year_of(item))
+
+
+def test_a_constraint_nothing_satisfies_allows_only_the_item_end(spec):
+    tok = FakeTokenizer()
+    gates, outputs = RequestGates(spec), []
+    gates.add(0, set(), [tok.item_begin_id], outputs, Constraints(want=[["Western"]]))
+    logits = gates.apply(torch.randn(1, len(tok)))
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [tok.item_end_id]
+
+
+def test_gates_wait_for_placeholder_tokens(spec):
+    """Under async scheduling vLLM hands over -1 for a token not sampled yet and fills it in place
+    later: the gate must neither consume the placeholder nor skip the real token."""
+    tok = FakeTokenizer()
+    item = spec.facets.allowed_items(Constraints(want=[["Comedy"]]))[0]
+    path = list(spec.trie.path(item))
+    gates, outputs = RequestGates(spec), []
+    gates.add(0, set(), [tok.item_begin_id], outputs, Constraints(want=[["Comedy"]]))
+    outputs += [path[0], -1]
+    gates.apply(torch.zeros(1, len(tok)))
+    cursor = gates.rows[0].gate.cursor
+    assert cursor.prefix == path[:1] and not cursor.dead
+    outputs[1] = path[1]                                      # vLLM replaces the placeholder in place
+    logits = gates.apply(torch.zeros(1, len(tok)))
+    assert cursor.prefix == path[:2] and path[2] in torch.isfinite(logits[0]).nonzero().flatten().tolist()
+
+
+# -- the client backend against an in-process stand-in for the server ---------------------------
+class FakeServer:
+    """Answers /v1/models and /v1/completions like ``thinkrec serve-model``: the "model" is a fixed
+    random logit table per context length, masked by the same RequestGates the plugin uses."""
+
+    def __init__(self, spec: TrieSpec, name: str):
+        self.spec, self.name, self.bodies = spec, name, []
+        self.table = torch.randn(64, len(FakeTokenizer()), generator=torch.Generator().manual_seed(7))
+
+    def logits(self, context: list[int]) -> torch.Tensor:
+        return self.table[(len(context) * 31 + sum(context)) % len(self.table)].clone()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": self.name}]})
+        body = json.loads(request.content)
+        self.bodies.append(body)
+        try:
+            asked = request_args(body.get("vllm_xargs"))
+        except ValueError as error:
+            return httpx.Response(400, json={"error": str(error)})
+        prompts = body["prompt"] if isinstance(body["prompt"][0], list) else [body["prompt"]]
+        choices = []
+        for index, prompt in enumerate(prompts):
+            gates, outputs = RequestGates(self.spec), []
+            if asked is not None:
+                gates.add_request(0, asked, prompt, outputs)
+            logprobs = gates.apply(self.logits(prompt)[None])[0]
+            choice = {"index": index, "token_ids": [int(logprobs.argmax())]}
+            if body.get("logprobs"):
+                top = logprobs.topk(body["logprobs"])
+                choice["logprobs"] = {"top_logprobs": [{f"token_id:{int(t)}": max(float(v), -9999.0)
+                                                        for v, t in zip(top.values, top.indices)}]}
+            choices.append(choice)
+        return httpx.Response(200, json={"choices": choices})
+
+
+class Meta:
+    dataset_fingerprint, sid_levels, sid_codebook_size = "fp", LEVELS, CODEBOOK
+
+
+@pytest.fixture()
+def backend(spec, monkeypatch):
+    from engine import backends
+    from engine.vllm_trie import served_model_name
+
+    server = FakeServer(spec, served_model_name("fp", LEVELS, CODEBOOK))
+    client = httpx.Client
+    monkeypatch.setattr(httpx, "Client", lambda **kw: client(transport=httpx.MockTransport(server), **kw))
+    vllm = backends.VLLMBackend("http://fake:1", FakeTokenizer(), spec.trie, Meta(), filter_for=spec.filter_for)
+    return vllm, server
+
+
+def test_backend_sends_the_constraint_itself_and_returns_only_allowed_items(spec, backend):
+    vllm, server = backend
+    wanted = Constraints(want=[["Comedy"]])
+    tok = FakeTokenizer()
+    prompts = [[1, 2, tok.item_begin_id], [3, tok.item_begin_id], [4, tok.item_begin_id]]
+    excludes = [{"1"}, set(), set(spec.facets.allowed_items(wanted))]          # the last: nothing left
+    ranked = vllm.beam_search(prompts, excludes, k=5, constraints=[wanted, None, wanted])   # num_beams unset
+    allowed = set(spec.facets.allowed_items(wanted))
+    assert len(ranked[0]) == min(5, len(allowed - {"1"})) and {r.item_id for r in ranked[0]} <= allowed - {"1"}
+    assert len(ranked[1]) == 5 and ranked[2] == []
+    assert [r.score for r in ranked[0]] == sorted((r.score for r in ranked[0]), reverse=True)
+    sent = [b["vllm_xargs"] for b in server.bodies]
+    constrained = [x for x in sent if CONSTRAINT_ARG in x]
+    assert constrained and all(Constraints.model_validate_json(x[CONSTRAINT_ARG]) == wanted for x in constrained)
+    assert all(isinstance(x[CONSTRAINT_ARG], str) for x in constrained)      # a JSON string: xargs are plain
+    assert all(len(x[EXCLUDE_ARG]) <= 1 for x in sent)                       # exclusions only, no allow-list
+    assert len(constrained) < len(sent)                                      # the unconstrained prompt sent none
+    # Wider beams than k are fine; a backend without facets refuses hard constraints before any request.
+    assert len(vllm.beam_search(prompts[:1], [set()], k=3, num_beams=8, constraints=[wanted])[0]) == 3
+    from engine.backends import VLLMBackend
+    bare = VLLMBackend("http://fake:1", tok, spec.trie, Meta())
+    count = len(server.bodies)
+    with pytest.raises(ValueError, match="facets"):
+        bare.beam_search(prompts[:1], [set()], k=3, constraints=[wanted])
+    assert len(server.bodies) == count
+    assert bare.beam_search(prompts[:1], [set()], k=3)[0]                    # no constraints: fine
+
+
+def test_backend_reasoning_stops_at_the_given_ids(backend):
+    vllm, server = backend
+    tok = FakeTokenizer()
+    vllm.generate_reasoning([[1, 2]], [set()], max_new_tokens=4)
+    assert server.bodies[-1]["stop_token_ids"] == [tok.think_end_id, tok.end_id]
+    vllm.generate_reasoning([[1, 2]], [set()], max_new_tokens=4, stop_ids=[5, 6])
+    assert server.bodies[-1]["stop_token_ids"] == [5, 6]
+
+
+# -- serve-model -------------------------------------------------------------------------------
+def test_server_runs_without_async_scheduling():
+    """The trie processor reads output ids; vLLM's async scheduling would hand it -1 placeholders."""
+    from engine.vllm_server import ServeArgs, server_command
+
+    args = ServeArgs(checkpoint="ckpt", max_model_len=0)
+    for device in ("cpu", "cuda"):
+        command = server_command(Path("/venv/bin/python"), args, device, "name")
+        assert "--no-async-scheduling" in command and "--async-scheduling" not in command
+
+
+def test_serve_model_writes_the_catalogs_facets(built_dataset, tmp_path):
+    from data.catalog import Catalog
+    from engine.vllm_server import write_catalog_spec
+
+    catalog = Catalog(built_dataset)
+    spec = TrieSpec(write_catalog_spec(tmp_path / "trie.json", fake_tokenizer_for(catalog), built_dataset, "fp"))
+    facets = Facets(*catalog.attribute_table())
+    assert spec.facets.item_ids == facets.item_ids and len(spec.trie) == len(catalog)
+    comedy = Constraints(want=[["Comedy"]])
+    restrict = spec.filter_for(comedy)
+    assert {i for i in facets.item_ids if restrict.allows(i)} == set(facets.allowed_items(comedy))
+    assert all("Comedy" in facets.categories_of(i) for i in facets.allowed_items(comedy))
+
+
+def fake_tokenizer_for(catalog):
+    """A FakeTokenizer wide enough for the catalog's SID layout."""
+    codes = catalog.sid_codes()
+    levels = len(next(iter(codes.values())))
+    size = 1 + max(c for path in codes.values() for c in path)
+    tok = FakeTokenizer()
+    tok.sid_code_of = {tok.first_sid + level * size + code: (level, code) for level in range(levels)
+                       for code in range(size)}
+    tok.sid_token_ids = lambda path: [tok.first_sid + level * size + int(c) for level, c in enumerate(path)]
+    return tok
