@@ -221,7 +221,9 @@ class Engine:
             yield NoticeEvent(text=notice)
         k = max(1, min(int(k), 50))
         num_beams = max(k, int(num_beams or k))
-        exclude = set(session.history) | set(session.excluded) | set(session.shown()) | set(constraints.turned_down)
+        # Seen, disliked, already shown, turned down, and the title a "more like" names.
+        exclude = (set(session.history) | set(session.excluded) | set(session.shown()) | set(constraints.turned_down)
+                   | ({constraints.like_item} if constraints.like_item else set()))
         info = RequestInfo(understood=request.understood(), active=constraints.describe(),
                            constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
                            available=self.recommender.available(constraints, exclude))

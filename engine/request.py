@@ -68,6 +68,7 @@ NOT_THAT = re.compile(r"\b(?:not (?:that|this|these|those)(?: ones?)?|something 
 LIKE_CUE = re.compile(r"\b(?:more like|similar to|something like|stuff like|things like|films? like|movies? like|"
                       r"anything like|in the vein of|along the lines of|the likes of|resembling|^like)\s+(.+)$")
 LIKE_STOP = re.compile(r"\s+(?:but|from|without|and no|and not|though|except|in the|before|after|since)\b|[.!?;]")
+MAX_TITLE_WORDS = 10
 WORD_DECADES = {"twenties": 20, "thirties": 30, "forties": 40, "fifties": 50, "sixties": 60, "seventies": 70,
                 "eighties": 80, "nineties": 90}
 RECENT = {"recent", "new", "newer", "newest", "latest", "modern", "recently"}
@@ -174,35 +175,34 @@ class RequestParser:
 
     # -- pieces ------------------------------------------------------------------------------
     def _like(self, text: str, request: Request) -> str:
-        """Resolve "more like <title>" and cut the title out of the text (its words are no request)."""
+        """Resolve "more like <title>" and cut the title out of the text (its words are no request).
+        The longest run of words after the cue that names a catalog title wins, so "more like
+        Escape from New York" keeps its "from" and "more like Alien but from the 80s" stops at Alien."""
         match = LIKE_CUE.search(text)
         if not match:
             return text
-        tail = match.group(1)
-        stop = LIKE_STOP.search(tail)
-        title = tail[:stop.start()] if stop else tail
-        title = title.strip(" \"'\u201c\u201d,")
-        rest = text[:match.start()] + " " + (tail[stop.start():] if stop else "")
-        if not title:
-            return text
-        found = self._find(title)
-        if found is None:
-            request.notes.append(f'No title in the catalog matches "{title}": "more like" was not applied.')
-            return rest
-        request.like_item, request.like_title = str(found.item_id), found.title
-        request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
-        return rest
+        sentence = re.split(r"[.!?;]", match.group(1), maxsplit=1)[0]
+        words = sentence.strip().split()[:MAX_TITLE_WORDS]
+        for n in range(len(words), 0, -1):
+            title = " ".join(words[:n]).strip(" \"'\u201c\u201d,")
+            if not title or (n == 1 and title in FILLER):
+                continue
+            found = self._find(title)
+            if found is not None:
+                request.like_item, request.like_title = str(found.item_id), found.title
+                request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
+                rest = " ".join(sentence.strip().split()[n:])
+                return text[:match.start()] + " " + rest + " " + match.group(1)[len(sentence):]
+        stop = LIKE_STOP.search(sentence)
+        shown = (sentence[:stop.start()] if stop else sentence).strip(" \"'\u201c\u201d,")
+        request.notes.append(f'No title in the catalog matches "{shown}": "more like" was not applied.')
+        return text[:match.start()] + " " + (sentence[stop.start():] if stop else "") + match.group(1)[len(sentence):]
 
     def _find(self, title: str):
         if self.find_title is None:
             return None
-        words = title.split()
-        # The whole phrase first, then shorter heads ("Alien please" -> "Alien").
-        for n in range(len(words), 0, -1):
-            results = self.find_title(" ".join(words[:n]))
-            if results and (getattr(results[0], "score", None) or 0) >= 0.8:
-                return results[0]
-        return None
+        results = self.find_title(title)
+        return results[0] if results and (getattr(results[0], "score", None) or 0) >= 0.8 else None
 
     def _decade(self, two_digits: int) -> tuple[int, int]:
         candidates = [1900 + two_digits, 2000 + two_digits] if two_digits < 30 else [1900 + two_digits]

@@ -4,6 +4,7 @@
 
     thinkrec eval --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --split test \
         --json results/test.json
+    thinkrec eval --steering ...        # requests vs neutral messages (training/steering.py)
 
 Writes OUT (JSON: {"split", "num_users", "results": {name: {"hr@K", "ndcg@K", "invalid_rate", ...}}}),
 OUT with .md (a markdown table) and .png (a bar chart). History items are excluded from every
@@ -39,6 +40,9 @@ class EvalArgs:
     seed: int = 0                       # seed for data order, initialisation and sampling
     backend: str = "transformers"       # transformers (in process) or vllm (a thinkrec serve-model server)
     model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
+    steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
+    steering_users: int = 40            # --steering: sampled dataset users of the split
+    steering_fresh: int = 10            # --steering: fresh users (no history)
 
 
 def _rows(view, split: str, max_users: int) -> list[dict]:
@@ -95,6 +99,10 @@ def run(args: EvalArgs) -> dict:
     from training.dataset_view import DatasetView
     from training.popularity import PopularityRecommender
 
+    if args.steering:
+        from training.steering import run_steering
+
+        return run_steering(args)
     torch.manual_seed(args.seed)
     view = DatasetView.load(args.data)
     rows = _rows(view, args.split, args.max_users)
