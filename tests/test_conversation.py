@@ -1,0 +1,121 @@
+"""A conversation that steers: constraints inside the trie, kept across turns and restarts, fresh
+users, one path for app and eval, and the engine's concurrency fixes."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, TraceEvent
+from engine.prompt import NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION
+
+
+def run(engine, session_id, message, **kwargs):
+    events = list(engine.turn(session_id, message, **kwargs))
+    items = next((e.items for e in events if isinstance(e, ItemsEvent)), [])
+    trace = next((e.trace for e in events if isinstance(e, TraceEvent)), None)
+    return events, items, trace
+
+
+def satisfies(item, want=(), avoid=()):
+    return all(w in item.categories for w in want) and not set(avoid) & set(item.categories)
+
+
+def test_a_fresh_user_gets_only_what_they_asked_for_and_it_stays(engine):
+    wanted, avoided = engine.facets.vocabulary[0], engine.facets.vocabulary[2]
+    session = engine.start_session()
+    _, first, trace = run(engine, session.id, f"a {wanted.lower()} please", k=3)
+    assert first and all(satisfies(i, [wanted]) for i in first)
+    assert trace.request.understood == f"wants {wanted}" and trace.request.active == wanted
+    # Fresh user: levels 1-2 say there is no history; level 3 states the request.
+    assert trace.levels["derivation"] == NO_HISTORY_DERIVATION
+    assert trace.levels["evolution"] == NO_HISTORY_EVOLUTION
+    assert trace.levels["recommendation"].startswith(f"You asked for {wanted}")
+    _, second, trace = run(engine, session.id, f"no {avoided.lower()}", k=3, thinking=False)
+    assert all(satisfies(i, [wanted], [avoided]) for i in second)
+    assert trace.request.active == f"{wanted}, no {avoided}"
+    assert not {i.item_id for i in first} & {i.item_id for i in second}
+
+
+def test_constraints_survive_a_restart(engine, built_dataset, tiny_checkpoint):
+    from engine.engine import Engine
+
+    wanted = engine.facets.vocabulary[0]
+    session = engine.start_session(user_id="u9")
+    run(engine, session.id, f"no {wanted.lower()}", k=2, thinking=False)
+    restarted = Engine(built_dataset, tiny_checkpoint, sessions_url=str(engine.sessions.engine.url))
+    _, items, trace = run(restarted, session.id, "what else?", k=4, thinking=False)
+    assert trace.request.active == f"no {wanted}" and all(satisfies(i, avoid=[wanted]) for i in items)
+
+
+def test_fewer_items_than_k_are_said_and_never_padded(engine):
+    from engine.constraints import Constraints
+    from engine.request import apply
+
+    rare = engine.facets.vocabulary[-1]
+    allowed = set(engine.facets.allowed_items(apply(Constraints(), engine.parser.parse(f"some {rare.lower()}"))))
+    session = engine.start_session()
+    events, items, trace = run(engine, session.id, f"some {rare.lower()}", k=10, thinking=False)
+    assert 0 < len(items) == len(allowed) < 10 and {i.item_id for i in items} == allowed
+    assert any(isinstance(e, NoticeEvent) and "Only" in e.text for e in events)
+    # Asked again: nothing unseen is left, the turn says so and shows nothing else.
+    events, items, trace = run(engine, session.id, "more", k=10, thinking=False)
+    assert not items and any(isinstance(e, ErrorEvent) and "satisfies" in e.message for e in events)
+    assert trace.request.available == 0
+
+
+def test_app_and_eval_give_the_same_items(engine):
+    """The engine's turn and the batched Recommender.recommend (what eval and RL call) agree."""
+    wanted = engine.facets.vocabulary[1]
+    from engine.constraints import Constraints
+    from engine.request import apply
+
+    for thinking in (False, True):
+        session = engine.start_session(user_id="u11")
+        _, items, trace = run(engine, session.id, f"a {wanted.lower()}", k=5, num_beams=10, thinking=thinking)
+        constraints = apply(Constraints(), engine.parser.parse(f"a {wanted.lower()}"))
+        (batch,) = engine.recommender.recommend([engine.dataset_history("u11")], k=10, num_beams=10,
+                                                thinking=thinking, user_texts=[f"a {wanted.lower()}"],
+                                                constraints=[constraints])
+        assert [i.item_id for i in items] == [str(r.item_id) for r in batch.items][:5]
+        if thinking:
+            assert trace.levels == batch.levels
+
+
+def test_two_feedback_clicks_at_once_both_land(engine):
+    session = engine.start_session(user_id="u12")
+    _, items, _ = run(engine, session.id, None, k=6, thinking=False)
+    ids = [i.item_id for i in items]
+    barrier = threading.Barrier(len(ids))
+
+    def click(item_id, kind):
+        barrier.wait()
+        engine.feedback(session.id, item_id, kind)
+
+    with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+        list(pool.map(click, ids, ["like", "dislike"] * (len(ids) // 2)))
+    state = engine.sessions.get(session.id)
+    assert set(ids[0::2]) <= set(state.history) and set(ids[1::2]) <= set(state.excluded)
+
+
+def test_two_turns_at_once_in_one_session_show_different_items(engine):
+    session = engine.start_session(user_id="u13")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: run(engine, session.id, None, k=4, thinking=False)[1], range(2)))
+    first, second = ({i.item_id for i in r} for r in results)
+    assert len(first) == len(second) == 4 and not first & second
+
+
+def test_generation_settings_do_not_come_from_the_checkpoint(engine):
+    """A checkpoint whose generation_config asks for top_k / beams changes nothing: every setting
+    is passed explicitly (the gates would otherwise pair with the wrong rows)."""
+    model = engine.recommender.model
+    prompt = engine.recommender.prompt_ids(engine.dataset_history("u14"), None, (), thinking=True)
+    before = engine.recommender.backend.generate_reasoning([prompt], [set()], 24)
+    saved = (model.generation_config.top_k, model.generation_config.num_beams)
+    model.generation_config.top_k, model.generation_config.num_beams = 2, 3
+    try:
+        after = engine.recommender.backend.generate_reasoning([prompt], [set()], 24)
+    finally:
+        model.generation_config.top_k, model.generation_config.num_beams = saved
+    assert before == after
