@@ -5,6 +5,8 @@ behave for a synthetic catalog of up to millions of items (random unit-norm "tex
 
 Measures: SID build time (balanced residual k-means + uniqueness), trie build time and memory,
 the cost of one ``TrieCursor.allowed()`` + ``accept()`` step (with a user's history excluded),
+building a request's filter (a category holding ~30 % of the catalog, and that category in one
+decade) and a filtered step against the unfiltered one,
 FAISS index build and query time, and constrained versus unconstrained greedy decoding of the SID
 steps with a model of the ``tiny`` preset (same number of forward passes; the difference is the
 constraint's overhead).
@@ -94,6 +96,9 @@ def run(args: CatalogBenchArgs, progress=print) -> dict:
     report["trie"]["cursor_with_history_us"] = round((time.perf_counter() - started) / 1000 * 1e6, 1)
     progress(f"trie step: {report['trie']['step_us']} µs")
 
+    report["filter"] = _filters(trie, args)
+    progress(f"filters: {report['filter']}")
+
     started = time.perf_counter()
     index = build_index(vectors, args.index)
     build_s = time.perf_counter() - started
@@ -110,6 +115,67 @@ def run(args: CatalogBenchArgs, progress=print) -> dict:
     report["decoding"] = _decoding(trie, size, unique.codes.shape[1], base, args)
     progress(f"decoding: {report['decoding']}")
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return report
+
+
+def _synthetic_facets(items: int, seed: int):
+    """Years 1950-2020 and 1-3 of 20 categories per item, Zipf-like, so the biggest category holds
+    about 30 % of the catalog (a genre like Drama or a broad product category)."""
+    import numpy as np
+
+    from engine.constraints import Facets
+
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, 21) ** 0.65
+    weights /= weights.sum()
+    counts = rng.integers(1, 4, items)
+    firsts = rng.choice(20, size=(items, 3), p=weights)
+    categories = [[f"cat{c}" for c in dict.fromkeys(row[:n].tolist())] for row, n in zip(firsts, counts)]
+    years = rng.integers(1950, 2021, items).tolist()
+    return Facets(list(range(items)), years, categories)
+
+
+def _filters(trie, args: CatalogBenchArgs) -> dict:
+    """Building a request's filter, and a filtered trie step against the unfiltered one."""
+    from engine.constraints import Constraints
+
+    started = time.perf_counter()
+    facets = _synthetic_facets(args.items, args.seed)
+    facets_s = time.perf_counter() - started
+    started = time.perf_counter()
+    node_paths = trie.node_paths(range(args.items))      # the bench's trie is keyed by row numbers
+    paths_s = time.perf_counter() - started
+    biggest = facets.vocabulary[0]
+    report = {"facets_seconds": round(facets_s, 1), "node_paths_seconds": round(paths_s, 2)}
+    walk = random.Random(args.seed)
+    cases = {"genre": Constraints(want=[[biggest]]),
+             "genre+decade": Constraints(want=[[biggest]], year_min=1990, year_max=1999),
+             "none": None}
+    for name, constraints in cases.items():
+        restrict, build_ms, share = None, 0.0, 1.0
+        if constraints is not None:
+            started = time.perf_counter()
+            mask = facets.mask(constraints)
+            restrict = trie.restrict(node_paths, mask)
+            build_ms = (time.perf_counter() - started) * 1e3
+            share = float(mask.mean())
+            allowed = mask.nonzero()[0][:100_000].tolist()
+            assert restrict.size == int(mask.sum())
+        total, calls = 0.0, 0
+        while calls < args.steps:
+            history = walk.sample(range(args.items), args.history)
+            target = walk.choice(allowed) if restrict is not None else walk.randrange(args.items)
+            cursor = trie.cursor(exclude=history, restrict=restrict)
+            for token in trie.path(target):
+                t0 = time.perf_counter()
+                options = cursor.allowed()
+                cursor.accept(token if token in options else options[0])
+                total += time.perf_counter() - t0
+                calls += 1
+        report[name] = {"share": round(share, 4), "build_ms": round(build_ms, 1),
+                        "step_us": round(total / calls * 1e6, 2)}
+    for name in ("genre", "genre+decade"):
+        report[name]["step_vs_unfiltered"] = round(report[name]["step_us"] / report["none"]["step_us"], 2)
     return report
 
 
@@ -168,6 +234,8 @@ def main(args: CatalogBenchArgs) -> dict:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{args.items:,} items: SIDs {report['sid']['seconds']} s, trie {report['trie']['seconds']} s / "
           f"{report['trie']['memory_mb']} MB, trie step {report['trie']['step_us']} µs, "
+          f"filtered step ({report['filter']['genre']['share']:.0%} of items) {report['filter']['genre']['step_us']} µs "
+          f"(filter built in {report['filter']['genre']['build_ms']} ms), "
           f"{report['faiss']['kind']} index {report['faiss']['build_seconds']} s / query {report['faiss']['query_ms']} ms, "
           f"constrained decoding overhead {report['decoding']['overhead_pct']} %")
     return report
