@@ -80,3 +80,53 @@ def test_chat_like_and_next_turn(app_url):
         expect(page.locator("#trace-summary")).to_contain_text("Latency", timeout=30_000)
         page.screenshot(path=str(SHOTS / "trace.png"), full_page=True)
         browser.close()
+
+
+def _decade_request(engine) -> tuple[str, int, str]:
+    """A category and a decade with several items together, and a category to avoid on top."""
+    from collections import Counter
+
+    from engine.constraints import Constraints
+
+    best = Counter()
+    for category in engine.facets.vocabulary:
+        for item in engine.facets.allowed_items(Constraints(want=[[category]])):
+            year = engine.facets.year_of(item)
+            if year:
+                best[(category, year // 10 * 10)] += 1
+    (category, decade), _ = best.most_common(1)[0]
+    avoid = next(c for c in engine.facets.vocabulary if c != category)
+    return category, decade, avoid
+
+
+def test_a_fresh_user_steers_by_category_and_decade(app_url, engine):
+    """The acceptance flow: a fresh user asks for "a 90s comedy" (here: the fixture's own category
+    and decade), gets only such items, sees the request stated; "no <category>" keeps both."""
+    from playwright.sync_api import expect, sync_playwright
+
+    category, decade, avoid = _decade_request(engine)
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
+        page.locator("#start-session").click(timeout=60_000)
+        expect(page.locator("#history")).to_contain_text("Fresh user", timeout=30_000)
+        page.locator("#message textarea").fill(f"a {str(decade)[2:]}s {category.lower()} please")
+        page.locator("#send").click()
+        stated = f"{category} from the {decade}s"
+        expect(page.locator("#chat")).to_contain_text(f"Active request: {stated}", timeout=90_000)
+        expect(page.locator("#chat")).to_contain_text(f"You asked for {stated}")
+        cells = [c.strip() for c in page.locator("#items").inner_text().splitlines() if c.strip()]
+        body = cells[cells.index("score") + 1:]
+        rows = [body[i:i + 6] for i in range(0, len(body) - 5, 6)]
+        assert rows and all(decade <= int(r[2]) <= decade + 9 and category in r[3] for r in rows), rows
+
+        page.locator("#message textarea").fill(f"no {avoid.lower()}")
+        page.locator("#send").click()
+        expect(page.locator("#chat")).to_contain_text(f"Active request: {stated}, no {avoid}", timeout=90_000)
+        page.get_by_role("tab", name="Trace").click()
+        expect(page.locator("#trace-summary")).to_contain_text(f"Active constraints: {stated}, no {avoid}",
+                                                               timeout=30_000)
+        page.screenshot(path=str(SHOTS / "steering_trace.png"), full_page=True)
+        browser.close()
