@@ -14,6 +14,8 @@ No torch and no catalog access here: the vLLM server's environment imports this 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -175,3 +177,37 @@ class Facets:
     @classmethod
     def load(cls, path: str | Path) -> Facets:
         return cls.from_json(json.loads(Path(path).read_text()))
+
+
+class ConstraintFilters:
+    """Trie filters for constraints over one catalog, built from its facets and cached (a genre is
+    asked for often, and every beam step of a vLLM request is a request). The app's recommender
+    and the vLLM server's processor each keep one, so both restrict the trie the same way."""
+
+    def __init__(self, trie, facets: Facets | None, cache_size: int = 64, missing: str = "no catalog facets"):
+        self.trie, self.facets = trie, facets
+        # Node indices on every item's path in facet order: a mask becomes a filter with one bincount.
+        self.node_paths = trie.node_paths(facets.item_ids) if facets is not None else None
+        self._cache: OrderedDict[str, object] = OrderedDict()
+        self._cache_size = cache_size
+        self._missing = missing
+        self._lock = threading.Lock()
+
+    def __call__(self, constraints: Constraints | None):
+        """The ``TrieFilter`` of the hard constraints, or None when there are none."""
+        if constraints is None or not constraints.is_hard():
+            return None
+        if self.facets is None:
+            raise ValueError(f"{self._missing}: request constraints cannot be applied")
+        key = constraints.key()
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        built = self.trie.restrict(self.node_paths, self.facets.mask(constraints))
+        with self._lock:
+            self._cache[key] = built
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return built

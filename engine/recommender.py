@@ -6,19 +6,16 @@ this same code path.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
-from engine.constraints import Constraints, Facets
+from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
 from engine.prompt import (NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
                            parse_reasoning, recommendation_messages, request_statement)
-from engine.sid import TrieFilter
 from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, Message, ThinkrecTokenizer
 
 
@@ -57,33 +54,11 @@ class Recommender:
         self.trie = build_token_trie(tokenizer, self.sid_codes)
         self.history_items = history_items
         self.facets = facets
-        self._node_paths = self.trie.node_paths(facets.item_ids) if facets is not None else None
-        self._filters: OrderedDict[str, TrieFilter] = OrderedDict()
-        self._filter_cache_size = filter_cache_size
-        self._filter_lock = threading.Lock()
+        self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
         self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta, filter_for=self.filter_for)
                                  if model_url else TransformersBackend(model, tokenizer, self.trie, self.filter_for))
 
     # -- constraints ---------------------------------------------------------------------------
-    def filter_for(self, constraints: Constraints | None) -> TrieFilter | None:
-        """The trie filter of a request's hard constraints (cached: a genre is asked for often)."""
-        if constraints is None or not constraints.is_hard():
-            return None
-        if self.facets is None:
-            raise ValueError("this recommender has no catalog facets: it cannot apply request constraints")
-        key = constraints.key()
-        with self._filter_lock:
-            cached = self._filters.get(key)
-            if cached is not None:
-                self._filters.move_to_end(key)
-                return cached
-        built = self.trie.restrict(self._node_paths, self.facets.mask(constraints))
-        with self._filter_lock:
-            self._filters[key] = built
-            while len(self._filters) > self._filter_cache_size:
-                self._filters.popitem(last=False)
-        return built
-
     def available(self, constraints: Constraints | None, exclude: set[str]) -> int | None:
         """How many items the constraints leave once ``exclude`` is taken out (None: unconstrained)."""
         restrict = self.filter_for(constraints)

@@ -25,8 +25,6 @@ real token on a later step). ``thinkrec serve-model`` starts the server with
 from __future__ import annotations
 
 import json
-import threading
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -34,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from engine.constraints import Constraints, Facets
-from engine.sid import ItemGate, SIDTrie, TrieFilter
+from engine.constraints import ConstraintFilters, Constraints, Facets
+from engine.sid import ItemGate, SIDTrie
 
 TRIE_ENV = "THINKREC_TRIE"
 ENABLE_ARG, EXCLUDE_ARG, CONSTRAINT_ARG = "thinkrec", "thinkrec_exclude", "thinkrec_constraint"
@@ -75,33 +73,10 @@ class TrieSpec:
         self.sid_token_ids = [int(t) for t in spec["sid_token_ids"]]
         self.trie = SIDTrie((item, path) for item, path in spec["items"].items())
         self.facets = Facets.from_json(spec["facets"]) if spec.get("facets") is not None else None
-        # Node indices on every item's path in facet order: a constraint's mask turns into a
-        # filter with one bincount (SIDTrie.restrict).
-        self.node_paths = self.trie.node_paths(self.facets.item_ids) if self.facets is not None else None
-        self._filters: OrderedDict[str, TrieFilter] = OrderedDict()
-        self._filter_cache_size = filter_cache_size
-        self._lock = threading.Lock()
-
-    def filter_for(self, constraints: Constraints | None) -> TrieFilter | None:
-        """The trie filter of a request's hard constraints (None when it has none). Cached by
-        ``constraints.key()``: a genre is asked for often, and every beam step is a request."""
-        if constraints is None or not constraints.is_hard():
-            return None
-        if self.facets is None:
-            raise ValueError("this vLLM server's catalog file has no facets: it cannot apply "
-                             f"{CONSTRAINT_ARG}; restart it with thinkrec serve-model")
-        key = constraints.key()
-        with self._lock:
-            cached = self._filters.get(key)
-            if cached is not None:
-                self._filters.move_to_end(key)
-                return cached
-        built = self.trie.restrict(self.node_paths, self.facets.mask(constraints))
-        with self._lock:
-            self._filters[key] = built
-            while len(self._filters) > self._filter_cache_size:
-                self._filters.popitem(last=False)
-        return built
+        self.filter_for = ConstraintFilters(
+            self.trie, self.facets, filter_cache_size,
+            missing=f"this vLLM server's catalog file has no facets (restart it with thinkrec serve-model), so "
+                    f"{CONSTRAINT_ARG}")
 
 
 @dataclass

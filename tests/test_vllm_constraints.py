@@ -65,7 +65,7 @@ def test_spec_round_trip_with_facets(tmp_path, spec):
     assert spec.facets.item_ids == facets.item_ids
     assert all(spec.facets.year_of(i) == facets.year_of(i) and spec.facets.categories_of(i) == facets.categories_of(i)
                for i in facets.item_ids)
-    assert spec.node_paths.shape == (len(facets), LEVELS + 1)
+    assert spec.filter_for.node_paths.shape == (len(facets), LEVELS + 1)
     wanted = Constraints(want=[["Comedy"]], year_min=1980)
     restrict = spec.filter_for(wanted)
     assert restrict.size == len(facets.allowed_items(wanted)) > 0
@@ -88,7 +88,7 @@ def test_the_filter_cache_is_bounded(tmp_path):
                     filter_cache_size=2)
     for year in range(1960, 1966):
         spec.filter_for(Constraints(year_min=year))
-    assert len(spec._filters) == 2
+    assert len(spec.filter_for._cache) == 2
 
 
 def test_request_args_parse_the_constraint_and_refuse_malformed_ones():

@@ -116,7 +116,6 @@ def compliance(items: list[str], meant: Constraints, facets) -> float | None:
 
 
 def run_steering(args) -> dict:
-    import numpy as np
     import torch
 
     from engine.prompt import DEFAULT_ASK, earlier_assistant_turn
