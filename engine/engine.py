@@ -157,8 +157,8 @@ class Engine:
             delta, shown = text[len(shown):], text
             yield level, delta, token
 
-    def _reason(self, session: ChatSession, prompt: list[int], exclude: set[str], constraints: Constraints,
-                timings: dict, state: dict) -> Iterator[Event]:
+    def _reason(self, session: ChatSession, text: str, prompt: list[int], exclude: set[str],
+                constraints: Constraints, timings: dict, state: dict) -> Iterator[Event]:
         """Stream the three levels (or replay them from the Think-Ahead cache)."""
         # The key is the whole conversation state: the prompt holds the history, earlier turns and
         # this message; exclusions and constraints complete it. No two conversations share one.
@@ -174,7 +174,7 @@ class Engine:
                 if body:
                     yield ReasoningDelta(level=level, text=body)
         else:
-            plan = self.recommender.plan(session.history, constraints)
+            plan = self.recommender.plan(session.history, constraints, text or None)
             tokens = self.recommender.stream_reasoning(prompt, exclude, plan)
             for level, delta, token in self._stream_levels(self._timed(tokens, timings, started)):
                 state["reasoning_ids"].append(token)
@@ -245,7 +245,7 @@ class Engine:
         state = {"reasoning_ids": [], "levels": dict.fromkeys(LEVELS, ""), "cache_hit": False}
         with self._model_lock:
             if thinking:
-                yield from self._reason(session, prompt, exclude, constraints, timings, state)
+                yield from self._reason(session, text, prompt, exclude, constraints, timings, state)
             items_started = time.perf_counter()
             (result,) = self.recommender.recommend(
                 [session.history], k=num_beams, num_beams=num_beams, thinking=thinking, user_texts=[text or None],

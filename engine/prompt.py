@@ -39,6 +39,29 @@ def request_statement(described: str) -> str:
     return ASKED_LEAD + described
 
 
+def fresh_user_recommendation(constraints, user_text: str | None, category_word: str = "category") -> str:
+    """Level 3 for a user with no history, written whole: there is nothing to derive, so the only
+    honest reasoning is the request itself (the teacher writes the same for fresh users)."""
+    from engine.constraints import decade_label, year_phrase
+
+    described = constraints.describe() if constraints is not None else ""
+    words = (user_text or "").split()
+    if described:
+        lead = request_statement(described) + ": serve that."
+    elif words and user_text.strip() != DEFAULT_ASK:
+        quoted = " ".join(words[:12]) + ("..." if len(words) > 12 else "")
+        lead = request_statement(f'"{quoted}"') + ": serve that."
+    else:
+        lead = "No history and no request yet: serve what is widely liked."
+    wanted = [group[0] for group in constraints.want] if constraints is not None else []
+    years = ""
+    if constraints is not None and (constraints.year_min is not None or constraints.year_max is not None):
+        decade = decade_label(constraints.year_min, constraints.year_max)
+        years = decade.removeprefix("the ") if decade else year_phrase(constraints.year_min, constraints.year_max)
+    shown = ", ".join(wanted or [f"any {category_word}"]) + (f", {years}" if years else "")
+    return f"{lead} Next item: {shown}."
+
+
 def item_span(codes: Sequence[int]) -> str:
     return ITEM_BEGIN + sid_string(codes) + ITEM_END
 

@@ -15,7 +15,7 @@ from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
 from engine.prompt import (NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
-                           parse_reasoning, recommendation_messages, request_statement)
+                           fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement)
 from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, Message, ThinkrecTokenizer
 
 
@@ -39,6 +39,7 @@ class ReasoningPlan:
     an active request is stated at the start of level 3 (``statement``, after the model opens it)."""
     prefix: list[int] = field(default_factory=list)
     statement: list[int] = field(default_factory=list)
+    complete: bool = False      # the prefix is the whole reasoning (a fresh user): nothing to generate
 
 
 class Recommender:
@@ -48,12 +49,13 @@ class Recommender:
 
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
-                 filter_cache_size: int = 64):
+                 filter_cache_size: int = 64, category_word: str = "category"):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
         self.history_items = history_items
         self.facets = facets
+        self.category_word = category_word          # "genre" for movies: how level 3 names a category
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
         self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta, filter_for=self.filter_for)
                                  if model_url else TransformersBackend(model, tokenizer, self.trie, self.filter_for))
@@ -75,20 +77,28 @@ class Recommender:
             messages, add_generation_prompt=True, assistant_prefix=THINK_PREFIX if thinking else NO_THINK_PREFIX)
         return ids
 
-    def plan(self, history: Sequence[str], constraints: Constraints | None) -> ReasoningPlan:
-        described = constraints.describe() if constraints is not None else ""
-        statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
+    def plan(self, history: Sequence[str], constraints: Constraints | None,
+             user_text: str | None = None) -> ReasoningPlan:
+        """Users with a history: the model reasons, and level 3 opens with the active request.
+        Users without one: all three levels are written from the request (nothing to derive, so
+        nothing the model could say there would be true)."""
         if any(i in self.sid_codes for i in history):
+            described = constraints.describe() if constraints is not None else ""
+            statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
             return ReasoningPlan(statement=statement)
+        text = fresh_user_recommendation(constraints, user_text, self.category_word)
         prefix = (self.tokenizer.encode(NO_HISTORY_DERIVATION, trusted=False) + [self.tokenizer.ids[EVOLUTION]]
-                  + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]] + statement)
-        return ReasoningPlan(prefix=prefix)
+                  + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]]
+                  + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
+        return ReasoningPlan(prefix=prefix, complete=True)
 
     def stream_reasoning(self, prompt: Sequence[int], exclude: set[str], plan: ReasoningPlan,
                          max_new_tokens: int = 160, temperature: float = 0.0) -> Iterator[int]:
         """One user's reasoning tokens as they come, the plan's written tokens included in place
         (the prompt opened the first level). Ends with ``</think>`` (or ``<|end|>``) when closed."""
         yield from plan.prefix
+        if plan.complete:
+            return
         context = list(prompt) + plan.prefix
         if plan.statement:
             opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
@@ -113,7 +123,7 @@ class Recommender:
         """Batched reasoning with the plans applied: what ``stream_reasoning`` yields, for many users."""
         opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
         reasoning = [list(plan.prefix) for plan in plans]
-        free = [i for i, plan in enumerate(plans) if not plan.statement]
+        free = [i for i, plan in enumerate(plans) if not plan.statement and not plan.complete]
         stated = [i for i, plan in enumerate(plans) if plan.statement]
         for group, stops in ((free, None), (stated, [close, end, opened])):
             if not group:
@@ -175,7 +185,7 @@ class Recommender:
             if reasoning is not None:
                 generated = [list(r or []) for r in reasoning]
             else:
-                plans = [self.plan(histories[i], constraints[i]) for i in range(n)]
+                plans = [self.plan(histories[i], constraints[i], user_texts[i]) for i in range(n)]
                 generated = self._reason_batch(prompts, excludes, plans, max_reasoning_tokens, sample, temperature,
                                                max(batch_size, 16))
             share = (time.perf_counter() - started) / max(n, 1)
@@ -205,6 +215,9 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
     """A checkpoint's recommender (checked against ``data``'s catalog either way): the model loaded
     here (``transformers``), or only its tokenizer with a ``thinkrec serve-model`` server decoding
     (``vllm``, at ``model_url``). ``facets`` defaults to the catalog's at ``data``."""
+    from data.manifest import Manifest
+
+    category_word = Manifest.load(data).category_key
     if facets is None:
         from data.catalog import Catalog
 
@@ -216,6 +229,6 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
             raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
         tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
         return Recommender(None, tokenizer, sid_codes, history_items, model_url=model_url, meta=meta,
-                           facets=facets), meta
+                           facets=facets, category_word=category_word), meta
     model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
-    return Recommender(model, tokenizer, sid_codes, history_items, facets=facets), meta
+    return Recommender(model, tokenizer, sid_codes, history_items, facets=facets, category_word=category_word), meta

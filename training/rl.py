@@ -162,6 +162,9 @@ def rollout(recommender, prompts: list[Prompt], args: RLArgs, seed: int) -> list
     torch.manual_seed(seed)
     answers = recommender.recommend([p.history for p in expanded], k=args.k, num_beams=args.num_beams,
                                     thinking=True, user_texts=[p.user_text for p in expanded],
+                                    # A request's hard parts restrict the items here as in the app.
+                                    constraints=[p.request.constraints() if p.request is not None else None
+                                                 for p in expanded],
                                     max_reasoning_tokens=args.max_reasoning_tokens, sample=True,
                                     temperature=args.temperature, batch_size=len(expanded))
     out, scored = [], []
@@ -373,7 +376,7 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
-    recommender = Recommender(policy, tokenizer, view.codes)
+    recommender = Recommender(policy, tokenizer, view.codes, facets=view.facets, category_word=view.category_word)
     eval_rows = view.valid[:args.eval_users]
 
     state_dir, progress_file = out / "trainer_state", out / "trainer_state" / "progress.json"

@@ -1,0 +1,49 @@
+"""Re-take the README's screenshots from a running app (Debian's chromium via Playwright):
+
+    thinkrec app &                                   # README command 1
+    python docs/screenshots.py --url http://127.0.0.1:7860/ --out docs
+
+A fresh user asks for "a 90s comedy please", then "no drama"; the chat and the Trace tab are saved
+as app_chat.png and app_trace.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:7860/")
+    parser.add_argument("--out", default="docs")
+    parser.add_argument("--messages", nargs="+", default=["a 90s comedy please", "no drama"])
+    args = parser.parse_args()
+    from playwright.sync_api import expect, sync_playwright
+
+    out = Path(args.out)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1600})
+        page.goto(args.url, wait_until="domcontentloaded", timeout=60_000)
+        page.locator("#start-session").click(timeout=60_000)
+        expect(page.locator("#history")).to_contain_text("Fresh user", timeout=30_000)
+        for n, message in enumerate(args.messages):
+            page.locator("#message textarea").fill(message)
+            page.locator("#send").click()
+            expect(page.locator("#chat")).to_contain_text("Active request", timeout=120_000)
+            expect(page.locator("#chat").locator("text=Active request")).to_have_count(n + 1, timeout=120_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(out / "app_chat.png"), full_page=True)
+        page.get_by_role("tab", name="Trace").click()
+        expect(page.locator("#trace-summary")).to_contain_text("Active constraints", timeout=30_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(out / "app_trace.png"), full_page=True)
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
