@@ -189,7 +189,9 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
     # generation_config (top_k would become 50, num_beams could widen the batch past the gates).
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_beams=1,
                               num_return_sequences=1, temperature=temperature if do_sample else 1.0,
-                              top_p=top_p if do_sample else 1.0, top_k=0,
+                              # top_k 0 = no top-k cut when sampling; greedy ignores it (50 is the
+                              # library default, which keeps transformers from warning about it).
+                              top_p=top_p if do_sample else 1.0, top_k=0 if do_sample else 50,
                               eos_token_id=stops, pad_token_id=tokenizer.pad_id)
     try:
         for start in range(0, len(prompts), batch_size):

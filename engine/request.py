@@ -177,26 +177,25 @@ class RequestParser:
     def _like(self, text: str, request: Request) -> str:
         """Resolve "more like <title>" and cut the title out of the text (its words are no request).
         The longest run of words after the cue that names a catalog title wins, so "more like
-        Escape from New York" keeps its "from" and "more like Alien but from the 80s" stops at Alien."""
+        Escape from New York" keeps its "from", "Mr. Holland's Opus" its full stop, and "more like
+        Alien but from the 80s" stops at Alien."""
         match = LIKE_CUE.search(text)
         if not match:
             return text
-        sentence = re.split(r"[.!?;]", match.group(1), maxsplit=1)[0]
-        words = sentence.strip().split()[:MAX_TITLE_WORDS]
-        for n in range(len(words), 0, -1):
-            title = " ".join(words[:n]).strip(" \"'\u201c\u201d,")
+        words = match.group(1).split()
+        for n in range(min(len(words), MAX_TITLE_WORDS), 0, -1):
+            title = " ".join(words[:n]).strip(" \"'\u201c\u201d,.!?;")
             if not title or (n == 1 and title in FILLER):
                 continue
             found = self._find(title)
             if found is not None:
                 request.like_item, request.like_title = str(found.item_id), found.title
                 request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
-                rest = " ".join(sentence.strip().split()[n:])
-                return text[:match.start()] + " " + rest + " " + match.group(1)[len(sentence):]
-        stop = LIKE_STOP.search(sentence)
-        shown = (sentence[:stop.start()] if stop else sentence).strip(" \"'\u201c\u201d,")
+                return text[:match.start()] + " " + " ".join(words[n:])
+        stop = LIKE_STOP.search(match.group(1))
+        shown = (match.group(1)[:stop.start()] if stop else match.group(1)).strip(" \"'\u201c\u201d,")
         request.notes.append(f'No title in the catalog matches "{shown}": "more like" was not applied.')
-        return text[:match.start()] + " " + (sentence[stop.start():] if stop else "") + match.group(1)[len(sentence):]
+        return text[:match.start()] + " " + (match.group(1)[stop.start():] if stop else "")
 
     def _find(self, title: str):
         if self.find_title is None:

@@ -27,7 +27,8 @@ class Found:
     score: float = 1.0
 
 
-TITLES = {"alien": Found("4", "Alien", ["Horror", "Sci-Fi"]), "toy story": Found("7", "Toy Story", ["Children's", "Animation", "Comedy"])}
+TITLES = {"alien": Found("4", "Alien", ["Horror", "Sci-Fi"]), "toy story": Found("7", "Toy Story", ["Children's", "Animation", "Comedy"]),
+          "mr. holland's opus": Found("8", "Mr. Holland's Opus", ["Drama"]), "mr": Found("1", "Mr. Wrong", ["Comedy"])}
 
 
 def find_title(query: str):
@@ -85,6 +86,8 @@ def test_more_like_resolves_a_catalog_title(parser):
     request = parser.parse("more like Alien but from the 80s")
     assert request.like_item == "4" and request.like_categories == ["Horror", "Sci-Fi"]
     assert (request.year_min, request.year_max) == (1980, 1989)
+    # A title with full stops is matched whole, not cut at "Mr." (the longest title wins).
+    assert parser.parse("more like Mr. Holland's Opus please").like_item == "8"
     missing = parser.parse("more like Nonexistent Film")
     assert missing.like_item is None and any("No title" in n for n in missing.notes)
 
