@@ -3,8 +3,8 @@
     thinkrec app &                                   # README command 1
     python docs/screenshots.py --url http://127.0.0.1:7860/ --out docs
 
-A fresh user asks for "a 90s comedy please", then "no drama"; the chat and the Trace tab are saved
-as app_chat.png and app_trace.png.
+A fresh user asks for "a 90s comedy please", then "no drama"; the first answer (app_chat.png) and
+the Trace tab after the second (app_trace.png) are saved.
 """
 
 from __future__ import annotations
@@ -36,8 +36,14 @@ def main() -> None:
             page.locator("#send").click()
             expect(page.locator("#chat")).to_contain_text("Active request", timeout=120_000)
             expect(page.locator("#chat").locator("text=Active request")).to_have_count(n + 1, timeout=120_000)
-        page.wait_for_timeout(1000)
-        page.screenshot(path=str(out / "app_chat.png"), full_page=True)
+            if n == 0:
+                # The first answer, scrolled to its reasoning (the chat box follows the newest message).
+                page.wait_for_timeout(1000)
+                page.locator("#chat").evaluate(
+                    "root => root.querySelectorAll('*').forEach(e => { if (e.scrollHeight > e.clientHeight + 4)"
+                    " e.scrollTop = e.scrollHeight - e.clientHeight - 520; })")
+                page.wait_for_timeout(500)
+                page.screenshot(path=str(out / "app_chat.png"), full_page=True)
         page.get_by_role("tab", name="Trace").click()
         expect(page.locator("#trace-summary")).to_contain_text("Active constraints", timeout=30_000)
         page.wait_for_timeout(500)

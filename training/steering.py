@@ -15,7 +15,8 @@ Reports per kind and mode: compliance@10 (share of the top-10 satisfying the req
 same users' neutral message ("what next?"), for more-like the share of items sharing a category
 with the title, and for dataset users NDCG@10 of the held-out target with the request and with
 the neutral message; requests for dataset users are built consistent with their target (its
-category, its decade, a category it lacks), so the target satisfies them.
+category, its decade, a category it lacks), so the target satisfies them. Two-turn NDCG is of the
+second answer, over users whose target the first answer did not already show.
 """
 
 from __future__ import annotations
@@ -191,6 +192,9 @@ def run_steering(args) -> dict:
                 record["ndcg"] = hit_ndcg([items], [c.target], (k,))[f"ndcg@{k}"]
                 record["neutral_ndcg"] = hit_ndcg([base], [c.target], (k,))[f"ndcg@{k}"]
                 record["target_satisfies"] = p.meant.allows(facets.categories_of(c.target), facets.year_of(c.target))
+                # A target the first turn of a two-turn request already showed is excluded from the
+                # second: that user was served; the NDCG comparison leaves them out.
+                record["target_shown_earlier"] = c.target in first_turns.get((c.user, p.kind), (None, []))[1]
             records.append(record)
     seconds = time.perf_counter() - started
     summary = summarize(records)
@@ -215,7 +219,7 @@ def summarize(records: list[dict]) -> list[dict]:
             group = [r for r in records if r["mode"] == mode and r["kind"] == kind]
             if not group:
                 continue
-            consistent = [r for r in group if r.get("target_satisfies")]
+            consistent = [r for r in group if r.get("target_satisfies") and not r.get("target_shown_earlier")]
             rows.append({"mode": mode, "kind": kind, "n": len(group),
                          "compliance": _mean(r["compliance"] for r in group),
                          "neutral_compliance": _mean(r["neutral_compliance"] for r in group),
