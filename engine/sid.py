@@ -83,8 +83,8 @@ class TrieFilter:
         self._open_children: dict[int, list] = {}   # node index -> child tokens with allowed items
 
     def allows(self, item: Hashable) -> bool:
-        nodes = self.trie._leaf_nodes.get(item)
-        return nodes is not None and self.counts[nodes[-1]] > 0
+        leaf = self.trie._leaf_index.get(item)
+        return leaf is not None and self.counts[leaf] > 0
 
     def open_children(self, node: _Node) -> list:
         """Child tokens of ``node`` that lead to an allowed item (cached per node: beams revisit)."""
@@ -103,7 +103,7 @@ class SIDTrie:
         self.root = _Node(0)
         self.num_nodes = 1
         self._leaf_path: dict[Hashable, tuple] = {}
-        self._leaf_nodes: dict[Hashable, tuple[int, ...]] = {}   # node indices on the path, root first
+        self._leaf_index: dict[Hashable, int] = {}      # item -> its leaf's node index (filters count per index)
         for item, path in paths:
             path = tuple(path)
             if not path:
@@ -125,12 +125,10 @@ class SIDTrie:
             self._leaf_path[item] = path
             node = self.root
             node.count += 1
-            indices = [node.index]
             for token in path:
                 node = node.children[token]
                 node.count += 1
-                indices.append(node.index)
-            self._leaf_nodes[item] = tuple(indices)
+            self._leaf_index[item] = node.index
 
     def __len__(self) -> int:
         return self.root.count
@@ -162,11 +160,20 @@ class SIDTrie:
         padded with -1 where a SID is shorter; an item missing from the trie is a row of -1.
         Computed once per item order and reused by :meth:`restrict`."""
         depth = 1 + max((len(p) for p in self._leaf_path.values()), default=0)
-        paths = np.full((len(items), depth), -1, dtype=np.int64)
-        for row, item in enumerate(items):
-            nodes = self._leaf_nodes.get(item)
-            if nodes is not None:
-                paths[row, :len(nodes)] = nodes
+        missing = [-1] * depth
+        rows = []
+        for item in items:
+            path = self._leaf_path.get(item)
+            if path is None:
+                rows.append(missing)
+                continue
+            node = self.root
+            row = [node.index]
+            for token in path:
+                node = node.children[token]
+                row.append(node.index)
+            rows.append(row + [-1] * (depth - len(row)))
+        paths = np.array(rows, dtype=np.int64).reshape(len(rows), depth)
         return paths
 
     def restrict(self, node_paths: np.ndarray, mask: np.ndarray) -> TrieFilter:
@@ -177,11 +184,9 @@ class SIDTrie:
 
     def restrict_to(self, items: Iterable[Hashable]) -> TrieFilter:
         """A filter allowing exactly ``items`` (unknown ones are ignored)."""
-        counts = [0] * self.num_nodes
-        for item in set(items):
-            for index in self._leaf_nodes.get(item, ()):
-                counts[index] += 1
-        return TrieFilter(self, counts)
+        wanted = set(items)
+        order = [item for item in self._leaf_path if item in wanted]
+        return self.restrict(self.node_paths(order), np.ones(len(order), dtype=bool))
 
     def depth_stats(self) -> list[dict]:
         """Per depth: number of nodes and mean/max branching (for the catalog's SID tree view)."""
