@@ -78,18 +78,7 @@ def run(args: CatalogBenchArgs, progress=print) -> dict:
 
     # Per-step cost: a cursor with a history excluded walks a random item's path.
     walk = random.Random(args.seed)
-    total, calls = 0.0, 0
-    while calls < args.steps:
-        history = walk.sample(range(args.items), args.history)
-        target = walk.randrange(args.items)
-        cursor = trie.cursor(exclude=history)
-        for token in trie.path(target):
-            t0 = time.perf_counter()
-            allowed = cursor.allowed()
-            cursor.accept(token if token in allowed else allowed[0])
-            total += time.perf_counter() - t0
-            calls += 1
-    report["trie"]["step_us"] = round(total / calls * 1e6, 2)
+    report["trie"]["step_us"] = _step_us(trie, args, walk, lambda: walk.randrange(args.items))
     started = time.perf_counter()
     for _ in range(1000):
         trie.cursor(exclude=walk.sample(range(args.items), args.history))
@@ -116,6 +105,21 @@ def run(args: CatalogBenchArgs, progress=print) -> dict:
     progress(f"decoding: {report['decoding']}")
     report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return report
+
+
+def _step_us(trie, args: CatalogBenchArgs, walk: random.Random, pick_target, restrict=None) -> float:
+    """Mean cost of one ``allowed()`` + ``accept()`` step: cursors with a random history excluded
+    (and ``restrict``) walk toward targets from ``pick_target``, ``args.steps`` steps in all."""
+    total, calls = 0.0, 0
+    while calls < args.steps:
+        cursor = trie.cursor(exclude=walk.sample(range(args.items), args.history), restrict=restrict)
+        for token in trie.path(pick_target()):
+            t0 = time.perf_counter()
+            options = cursor.allowed()
+            cursor.accept(token if token in options else options[0])
+            total += time.perf_counter() - t0
+            calls += 1
+    return round(total / calls * 1e6, 2)
 
 
 def _synthetic_facets(items: int, seed: int):
@@ -161,19 +165,9 @@ def _filters(trie, args: CatalogBenchArgs) -> dict:
             share = float(mask.mean())
             allowed = mask.nonzero()[0][:100_000].tolist()
             assert restrict.size == int(mask.sum())
-        total, calls = 0.0, 0
-        while calls < args.steps:
-            history = walk.sample(range(args.items), args.history)
-            target = walk.choice(allowed) if restrict is not None else walk.randrange(args.items)
-            cursor = trie.cursor(exclude=history, restrict=restrict)
-            for token in trie.path(target):
-                t0 = time.perf_counter()
-                options = cursor.allowed()
-                cursor.accept(token if token in options else options[0])
-                total += time.perf_counter() - t0
-                calls += 1
+        pick = (lambda: walk.choice(allowed)) if restrict is not None else (lambda: walk.randrange(args.items))
         report[name] = {"share": round(share, 4), "build_ms": round(build_ms, 1),
-                        "step_us": round(total / calls * 1e6, 2)}
+                        "step_us": _step_us(trie, args, walk, pick, restrict)}
     for name in ("genre", "genre+decade"):
         report[name]["step_vs_unfiltered"] = round(report[name]["step_us"] / report["none"]["step_us"], 2)
     return report

@@ -37,11 +37,15 @@ def app_url(engine):
     demo.close()
 
 
-def item_titles(page) -> list[str]:
-    """Titles in the items table, read as the user sees it (6 cells per row after the header)."""
+def item_rows(page) -> list[list[str]]:
+    """Rows of the items table as the user sees them (rank, title, year, categories, SID, score)."""
     cells = [c.strip() for c in page.locator("#items").inner_text().splitlines() if c.strip()]
     body = cells[cells.index("score") + 1:]
-    return [body[i + 1] for i in range(0, len(body) - 5, 6)]
+    return [body[i:i + 6] for i in range(0, len(body) - 5, 6)]
+
+
+def item_titles(page) -> list[str]:
+    return [row[1] for row in item_rows(page)]
 
 
 def test_chat_like_and_next_turn(app_url):
@@ -117,9 +121,7 @@ def test_a_fresh_user_steers_by_category_and_decade(app_url, engine):
         stated = f"{category} from the {decade}s"
         expect(page.locator("#chat")).to_contain_text(f"Active request: {stated}", timeout=90_000)
         expect(page.locator("#chat")).to_contain_text(f"You asked for {stated}")
-        cells = [c.strip() for c in page.locator("#items").inner_text().splitlines() if c.strip()]
-        body = cells[cells.index("score") + 1:]
-        rows = [body[i:i + 6] for i in range(0, len(body) - 5, 6)]
+        rows = item_rows(page)
         assert rows and all(decade <= int(r[2]) <= decade + 9 and category in r[3] for r in rows), rows
 
         page.locator("#message textarea").fill(f"no {avoid.lower()}")
