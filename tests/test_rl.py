@@ -235,6 +235,11 @@ def test_train_rl_cli_specializes_then_unifies(built_dataset, tiny_checkpoint, t
     results = json.loads(report.read_text())["results"]
     assert set(results) == {"thinkrec [sft]", "thinkrec-think [sft]", "thinkrec [rl]", "thinkrec-think [rl]"}
     assert results["thinkrec [rl]"]["stage"] == "unified" and results["thinkrec [rl]"]["invalid_rate"] == 0
+    # Thinking rows carry the reasoning's quality as numbers; non-thinking rows have none.
+    assert {"ungrounded_share", "faithfulness", "level3_category_accuracy", "distinct_interests"} <= \
+        set(results["thinkrec-think [sft]"]["reasoning"])
+    assert "reasoning" not in results["thinkrec [sft]"]
+    assert "Reasoning (thinking rows)" in report.with_suffix(".md").read_text()
     # A finished specialist is reused, not retrained.
     again = CliRunner().invoke(app, ["train", "rl", *common, "--out", str(out), "--next-item-steps", "2",
                                      "--dialogue-steps", "2"])

@@ -129,6 +129,10 @@ def run(args: EvalArgs) -> dict:
     checkpoints = parse_checkpoints(args.checkpoint) if thinking_modes else {}
     if args.backend == "vllm" and checkpoints and (not args.model_url or len(checkpoints) > 1):
         raise ValueError("--backend vllm needs --model-url and one checkpoint (the one the server serves)")
+    if checkpoints:
+        from training.reasoning_metrics import scorer_for
+
+        scorer = scorer_for(view)
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
         for method, thinking in thinking_modes:
@@ -145,6 +149,9 @@ def run(args: EvalArgs) -> dict:
                 extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)
                 extra["mean_reasoning_tokens"] = sum(a.reasoning_tokens for a in answers) / max(len(answers), 1)
                 extra["example_reasoning"] = answers[0].levels if answers else {}
+                # The levels' quality as numbers: grounding, faithfulness, level-3 accuracy.
+                extra["reasoning"] = scorer.score([a.levels for a in answers], histories, ranked,
+                                                  [r["target"] for r in rows])
             results[name] = _score(ranked, rows, seconds, catalog, extra)
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
@@ -162,6 +169,17 @@ def markdown_table(report: dict) -> str:
     for name, values in report["results"].items():
         cells = [f"{values[c]:.4f}" if c != "users_per_s" else f"{values[c]:.1f}" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    thinking = {name: v["reasoning"] for name, v in report["results"].items() if v.get("reasoning")}
+    if thinking:
+        keys = ["ungrounded_share", "traces_with_ungrounded", "repeated_citations_per_trace", "distinct_interests",
+                "faithfulness", "faithfulness_categories", "level3_category_accuracy", "level3_decade_accuracy"]
+        lines += ["", "Reasoning (thinking rows): citations outside the history, repeats, interests, faithfulness "
+                      "(top-10 carrying a level-3 attribute), level-3 accuracy against the true next item", "",
+                  "| method | mean tokens | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+        for name, values in thinking.items():
+            tokens = report["results"][name].get("mean_reasoning_tokens", 0)
+            lines.append(f"| {name} | {tokens:.0f} | " + " | ".join("–" if values[k] is None else f"{values[k]}"
+                                                                    for k in keys) + " |")
     return "\n".join(lines)
 
 
