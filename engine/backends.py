@@ -113,19 +113,24 @@ class VLLMBackend:
                                  "started for another catalog or SID layout, so its item tokens would name "
                                  "the wrong items. Start it with thinkrec serve-model on this checkpoint.")
 
-    def _request(self, prompt, exclude: set[Hashable], constraints: Constraints | None = None, **fields) -> dict:
-        from engine.vllm_trie import CONSTRAINT_ARG
+    def _request(self, prompt, exclude: set[Hashable], constraints: Constraints | None = None,
+                 cite: set[Hashable] | None = None, **fields) -> dict:
+        from engine.vllm_trie import CITE_ARG, CONSTRAINT_ARG
 
         xargs = {ENABLE_ARG: 1, EXCLUDE_ARG: sorted(str(i) for i in exclude)}
         if constraints is not None and constraints.is_hard():
             # The constraint itself (a JSON string: xargs values must be plain types), never the
             # items it allows; the server builds the same trie filter from its copy of the facets.
             xargs[CONSTRAINT_ARG] = constraints.model_dump_json()
+        if cite is not None:
+            # Reasoning over the user's own history: spans may name only these items (the server
+            # restricts its trie to them for this request; an empty list allows no item).
+            xargs[CITE_ARG] = sorted(str(i) for i in cite)
         return {"model": self.model_name, "prompt": prompt, "skip_special_tokens": False, "vllm_xargs": xargs,
                 **fields}
 
-    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None):
-        body = self._request(list(prompt), exclude, max_tokens=max_new_tokens, temperature=temperature,
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None, cite=None):
+        body = self._request(list(prompt), exclude, cite=cite, max_tokens=max_new_tokens, temperature=temperature,
                              stream=True, return_token_ids=True,
                              stop_token_ids=list(stop_ids) if stop_ids else self.stop_ids)
         with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
@@ -139,17 +144,20 @@ class VLLMBackend:
                     yield from choice.get("token_ids") or []
 
     def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
-                           stop_ids=None):
+                           stop_ids=None, cites=None):
         stops = list(stop_ids) if stop_ids else self.stop_ids
+        cites = list(cites) if cites is not None else [None] * len(prompts)
+        if len(cites) != len(prompts):
+            raise ValueError(f"cites has {len(cites)} entries for {len(prompts)} prompts")
 
-        # One request per user: exclusions are per request. Sampling is seeded by the server.
-        def one(prompt, exclude):
-            body = self._request(list(prompt), exclude, max_tokens=max_new_tokens,
+        # One request per user: exclusions and cited items are per request. Sampling is seeded by the server.
+        def one(prompt, exclude, cite):
+            body = self._request(list(prompt), exclude, cite=cite, max_tokens=max_new_tokens,
                                  temperature=temperature if sample else 0.0, return_token_ids=True,
                                  stop_token_ids=stops)
             return self._post(body)["choices"][0]["token_ids"]
 
-        return self._map(one, prompts, excludes)
+        return self._map(one, prompts, excludes, cites)
 
     def _map(self, fn, *columns) -> list:
         from concurrent.futures import ThreadPoolExecutor

@@ -65,6 +65,13 @@ class _Node:
         self.index = index      # position in the trie's node numbering (filters count per index)
 
 
+class _SparseCounts(dict):
+    """Allowed-item counts for only the nodes on a few items' paths; every other node counts 0."""
+
+    def __missing__(self, index: int) -> int:
+        return 0
+
+
 class TrieFilter:
     """The items a request allows (a genre, a year range, ...), as allowed-item counts per trie
     node. A cursor with a filter treats every other item as excluded: it offers only tokens that
@@ -77,7 +84,8 @@ class TrieFilter:
 
     __slots__ = ("trie", "counts", "size", "_open_children")
 
-    def __init__(self, trie: SIDTrie, counts: list[int]):
+    def __init__(self, trie: SIDTrie, counts: Sequence[int]):
+        # A list over all nodes (``restrict``) or a sparse mapping defaulting to 0 (``restrict_to``).
         self.trie, self.counts = trie, counts
         self.size = counts[trie.root.index]
         self._open_children: dict[int, list] = {}   # node index -> child tokens with allowed items
@@ -183,10 +191,23 @@ class SIDTrie:
         return TrieFilter(self, counts.tolist())
 
     def restrict_to(self, items: Iterable[Hashable]) -> TrieFilter:
-        """A filter allowing exactly ``items`` (unknown ones are ignored)."""
-        wanted = set(items)
-        order = [item for item in self._leaf_path if item in wanted]
-        return self.restrict(self.node_paths(order), np.ones(len(order), dtype=bool))
+        """A filter allowing exactly ``items`` (unknown ones are ignored).
+
+        Meant for small sets (a user's history, cited during reasoning): the counts are built from
+        the items' own paths, sparse, so the cost is O(len(items) × depth) whatever the catalog
+        size (a 25-item filter over 10^6 items: microseconds, not the ~130 ms a dense
+        ``restrict`` pass costs). Large sets from facets go through :meth:`restrict`."""
+        counts = _SparseCounts()
+        for item in set(items):
+            path = self._leaf_path.get(item)
+            if path is None:
+                continue
+            node = self.root
+            counts[node.index] += 1
+            for token in path:
+                node = node.children[token]
+                counts[node.index] += 1
+        return TrieFilter(self, counts)
 
     def depth_stats(self) -> list[dict]:
         """Per depth: number of nodes and mean/max branching (for the catalog's SID tree view)."""

@@ -2,8 +2,10 @@
 entry point (pyproject.toml) in the server environment ``thinkrec serve-model`` builds.
 
 Only requests that ask for it are constrained (``vllm_xargs: {"thinkrec": 1, "thinkrec_exclude":
-[...], "thinkrec_constraint": "<Constraints JSON>"}``, the last only with hard constraints); the
-batch bookkeeping, the constraint filters and the masking live in ``engine/vllm_trie.py``. The
+[...], "thinkrec_constraint": "<Constraints JSON>"}``, the last only with hard constraints; a
+reasoning request may instead carry ``"thinkrec_cite": [item ids]``, the only items its spans may
+name); the batch bookkeeping, the constraint and cite filters and the masking live in
+``engine/vllm_trie.py``. The
 server runs the V1 model runner (``VLLM_USE_V2_MODEL_RUNNER=0``): this is the V1 interface, and
 Model Runner V2 needs Triton, which the CPU build lacks. It also runs without async scheduling
 (``--no-async-scheduling``): an entry-point processor would otherwise read ``-1`` placeholders for

@@ -9,7 +9,10 @@ server are untouched. A request with hard constraints adds ``"thinkrec_constrain
 Constraints.model_dump_json()`` — the constraint itself (a few hundred bytes), never the list of
 items it allows; the server turns it into the same trie filter the transformers backend uses
 (``Facets.mask`` then ``SIDTrie.restrict``, cached per constraint), so both backends restrict the
-items the same way. Malformed arguments raise ValueError, which the server answers with a 400.
+items the same way. A reasoning request that cites history items adds ``"thinkrec_cite": [item
+ids]``: its item spans may then name only those items (``SIDTrie.restrict_to``, built once per
+request; each cited item at most once, as the gate excludes items it has finished). Cite and
+constraint are exclusive. Malformed arguments raise ValueError, which the server answers with a 400.
 
 For rows it constrains, the processor writes *log-probabilities* (``log_softmax`` of the raw
 logits) with disallowed tokens at ``-inf``. Sampling and greedy decoding are unchanged by that
@@ -37,6 +40,7 @@ from engine.sid import ItemGate, SIDTrie
 
 TRIE_ENV = "THINKREC_TRIE"
 ENABLE_ARG, EXCLUDE_ARG, CONSTRAINT_ARG = "thinkrec", "thinkrec_exclude", "thinkrec_constraint"
+CITE_ARG = "thinkrec_cite"
 
 
 def served_model_name(fingerprint: str, sid_levels: int, codebook_size: int) -> str:
@@ -81,9 +85,11 @@ class TrieSpec:
 
 @dataclass
 class GateRequest:
-    """What a request asked the processor for: its excluded items and its hard constraints."""
+    """What a request asked the processor for: its excluded items and its hard constraints, or
+    the only items its spans may cite (reasoning over the user's own history)."""
     exclude: set[str]
     constraints: Constraints | None = None
+    cite: set[str] | None = None
 
 
 def parse_constraint(value) -> Constraints | None:
@@ -107,10 +113,22 @@ def request_args(extra_args: dict | None) -> GateRequest | None:
     """
     if not extra_args or not extra_args.get(ENABLE_ARG):
         return None
-    exclude = extra_args.get(EXCLUDE_ARG, [])
-    if not isinstance(exclude, list) or not all(isinstance(i, (str, int)) for i in exclude):
-        raise ValueError(f"vllm_xargs.{EXCLUDE_ARG} must be a list of item ids")
-    return GateRequest({str(i) for i in exclude}, parse_constraint(extra_args.get(CONSTRAINT_ARG)))
+    exclude = _item_ids(extra_args.get(EXCLUDE_ARG, []), EXCLUDE_ARG)
+    constraints = parse_constraint(extra_args.get(CONSTRAINT_ARG))
+    cite = extra_args.get(CITE_ARG)
+    if cite is not None:
+        cite = _item_ids(cite, CITE_ARG)
+        if constraints is not None:
+            raise ValueError(f"vllm_xargs.{CITE_ARG} and vllm_xargs.{CONSTRAINT_ARG} are exclusive: cite "
+                             "and constraint are exclusive (reasoning cites, the item search constrains)")
+    return GateRequest(exclude, constraints, cite)
+
+
+def _item_ids(value, arg: str) -> set[str]:
+    # bool is an int subclass: refuse it rather than cite item "True".
+    if not isinstance(value, list) or not all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in value):
+        raise ValueError(f"vllm_xargs.{arg} must be a list of item ids")
+    return {str(i) for i in value}
 
 
 def request_excludes(extra_args: dict | None) -> set[str] | None:
@@ -136,16 +154,22 @@ class RequestGates:
         self._sid_ids: torch.Tensor | None = None
 
     def add(self, index: int, exclude: set[Hashable], prompt: Sequence[int] | None, outputs: list[int],
-            constraints: Constraints | None = None) -> None:
+            constraints: Constraints | None = None, cite: set[Hashable] | None = None) -> None:
         """``outputs`` is the request's live output list (vLLM appends to it as it decodes);
-        ``constraints``' hard parts restrict every item of the request to those they allow."""
-        gate = ItemGate(self.spec.trie, self.spec.begin_id, self.spec.end_id, exclude,
-                        restrict=self.spec.filter_for(constraints))
+        ``constraints``' hard parts restrict every item of the request to those they allow;
+        ``cite`` (exclusive with ``constraints``) restricts them to exactly those items."""
+        if cite is not None:
+            if constraints is not None:
+                raise ValueError("cite and constraint are exclusive")
+            restrict = self.spec.trie.restrict_to(cite)     # a few items: sparse, per request, no cache
+        else:
+            restrict = self.spec.filter_for(constraints)
+        gate = ItemGate(self.spec.trie, self.spec.begin_id, self.spec.end_id, exclude, restrict=restrict)
         self.rows[index] = _Request(gate.resume(list(prompt or ())), outputs)
 
     def add_request(self, index: int, request: GateRequest, prompt: Sequence[int] | None,
                     outputs: list[int]) -> None:
-        self.add(index, request.exclude, prompt, outputs, request.constraints)
+        self.add(index, request.exclude, prompt, outputs, request.constraints, request.cite)
 
     def remove(self, index: int) -> None:
         self.rows.pop(index, None)

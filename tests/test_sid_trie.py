@@ -414,7 +414,12 @@ def test_a_filtered_cursor_ends_only_in_allowed_unexcluded_items(seed):
     order = list(items)
     rng.shuffle(order)
     shuffled = trie.restrict(trie.node_paths(order), np.array([i in allowed for i in order]))
-    assert shuffled.counts == restrict.counts == trie.restrict_to(allowed).counts
+    assert shuffled.counts == restrict.counts
+    # restrict_to keeps sparse counts (only the nodes on the items' paths): the same filter.
+    listed = trie.restrict_to(allowed)
+    assert [listed.counts[n] for n in range(trie.num_nodes)] == restrict.counts
+    assert listed.size == restrict.size and _walk_all(trie.cursor(exclude=excluded, restrict=listed)) == allowed - excluded
+    assert trie.restrict_to([*allowed, "no such item"]).size == len(allowed)   # unknown items are ignored
 
 
 def test_an_empty_filter_allows_nothing_and_never_falls_back():

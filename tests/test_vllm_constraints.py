@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from engine.constraints import Constraints, Facets
-from engine.vllm_trie import (CONSTRAINT_ARG, ENABLE_ARG, EXCLUDE_ARG, RequestGates, TrieSpec, request_args,
-                              spec_has_facets, write_trie_spec)
+from engine.vllm_trie import (CITE_ARG, CONSTRAINT_ARG, ENABLE_ARG, EXCLUDE_ARG, RequestGates, TrieSpec,
+                              request_args, spec_has_facets, write_trie_spec)
 
 LEVELS, CODEBOOK = 3, 4
 CATEGORIES = ["Comedy", "Drama", "Horror", "Sci-Fi", "Romance"]
@@ -175,6 +175,57 @@ def test_gates_wait_for_placeholder_tokens(spec):
     assert cursor.prefix == path[:2] and path[2] in torch.isfinite(logits[0]).nonzero().flatten().tolist()
 
 
+def test_request_args_parse_cited_items_and_refuse_malformed_ones():
+    request = request_args({ENABLE_ARG: 1, EXCLUDE_ARG: [], CITE_ARG: [3, "4", "4"]})
+    assert request.cite == {"3", "4"} and request.exclude == set() and request.constraints is None
+    assert request_args({ENABLE_ARG: 1}).cite is None                     # absent: no citation limit
+    assert request_args({ENABLE_ARG: 1, CITE_ARG: []}).cite == set()     # empty: no item may be cited
+    assert request_args({CITE_ARG: ["3"]}) is None                          # not opted in: untouched
+    for bad in ["3", 3, {"3": 1}, [3.5], ["3", None], [["3"]], [True]]:
+        with pytest.raises(ValueError, match=CITE_ARG):
+            request_args({ENABLE_ARG: 1, CITE_ARG: bad})
+    with pytest.raises(ValueError, match="exclusive"):
+        request_args({ENABLE_ARG: 1, CITE_ARG: ["3"], CONSTRAINT_ARG: Constraints(year_min=1990).model_dump_json()})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_citing_walk_names_only_cited_items_each_once(spec, seed):
+    """Reasoning over a history: spans name only the cited items, none twice; once all are cited,
+    a span can only close (on nothing) — never fall back to the rest of the catalog."""
+    tok = FakeTokenizer()
+    rng = random.Random(seed)
+    cites = [set(rng.sample(spec.trie.items, n)) for n in (1, 3, 5)] + [set()]
+    gates, rows = RequestGates(spec), {}
+    for index, cite in enumerate(cites):
+        rows[index] = []
+        gates.add_request(index, request_args({ENABLE_ARG: 1, CITE_ARG: sorted(cite)}),
+                          [tok.end_id, tok.item_begin_id], rows[index])
+    walk(gates, rows, 300, seed)
+    for index, cite in enumerate(cites):
+        items = items_of(spec, [tok.item_begin_id] + rows[index], tok.item_begin_id, tok.item_end_id)
+        named = [i for i in items if i is not None]
+        assert set(named) <= cite and len(named) == len(set(named))     # only cited items, each at most once
+        assert set(named) == cite          # 300 random steps open far more spans than there are cited items
+        assert gates.rows[index].gate.items == named
+    # Every cited item used up: inside a span only <|item_end|> is left.
+    gates.rows[0].outputs.append(tok.item_begin_id)
+    logits = gates.apply(torch.randn(len(cites), len(tok)))
+    assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [tok.item_end_id]
+
+
+def test_a_citing_request_resumes_inside_a_span_and_refuses_a_constraint_too(spec):
+    tok = FakeTokenizer()
+    cited = sorted(spec.trie.items)[:2]
+    path = list(spec.trie.path(cited[1]))
+    gates, outputs = RequestGates(spec), []
+    gates.add(0, set(), [1, tok.item_begin_id, path[0]], outputs, cite=set(cited))     # prompt ends mid-span
+    logits = gates.apply(torch.zeros(1, len(tok)))
+    finite = set(torch.isfinite(logits[0]).nonzero().flatten().tolist())
+    assert path[1] in finite and finite <= {p[1] for p in map(spec.trie.path, cited) if p[0] == path[0]}
+    with pytest.raises(ValueError, match="exclusive"):
+        gates.add(1, set(), [tok.item_begin_id], [], Constraints(want=[["Comedy"]]), cite=set(cited))
+
+
 # -- the client backend against an in-process stand-in for the server ---------------------------
 class FakeServer:
     """Answers /v1/models and /v1/completions like ``thinkrec serve-model``: the "model" is a fixed
@@ -254,6 +305,27 @@ def test_backend_sends_the_constraint_itself_and_returns_only_allowed_items(spec
         bare.beam_search(prompts[:1], [set()], k=3, constraints=[wanted])
     assert len(server.bodies) == count
     assert bare.beam_search(prompts[:1], [set()], k=3)[0]                    # no constraints: fine
+
+
+def test_backend_reasoning_sends_the_cited_items(spec, backend):
+    vllm, server = backend
+    tok = FakeTokenizer()
+    cited = set(sorted(spec.trie.items)[3:5])
+    prompts = [[1, tok.item_begin_id], [2, tok.item_begin_id]]
+    tokens = vllm.generate_reasoning(prompts, [set(), set()], max_new_tokens=1, cites=[cited, None])
+    sent = [b["vllm_xargs"] for b in server.bodies[-2:]]
+    with_cite = [x for x in sent if CITE_ARG in x]
+    assert len(with_cite) == 1 and with_cite[0][CITE_ARG] == sorted(cited) and with_cite[0][EXCLUDE_ARG] == []
+    assert CONSTRAINT_ARG not in with_cite[0]
+    assert tokens[0][0] in {spec.trie.path(i)[0] for i in cited}      # the span starts on a cited item
+    vllm.generate_reasoning(prompts[:1], [set()], max_new_tokens=1)   # no cites: no limit sent
+    assert CITE_ARG not in server.bodies[-1]["vllm_xargs"]
+    with pytest.raises(ValueError, match="cites"):
+        vllm.generate_reasoning(prompts, [set(), set()], cites=[cited])
+    # The streaming request carries the same argument (its body, built without a server round trip).
+    body = vllm._request([1], set(), cite=cited, max_tokens=4, stream=True)
+    assert body["vllm_xargs"][CITE_ARG] == sorted(cited)
+    assert vllm._request([1], set(), cite=set())["vllm_xargs"][CITE_ARG] == []
 
 
 def test_backend_reasoning_stops_at_the_given_ids(backend):
