@@ -27,14 +27,17 @@ class Backend(Protocol):
     name: str
 
     def stream_reasoning(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
-                         temperature: float = 0.0, stop_ids: Sequence[int] | None = None) -> Iterator[int]:
+                         temperature: float = 0.0, stop_ids: Sequence[int] | None = None,
+                         cite: set[Hashable] | None = None) -> Iterator[int]:
         """One user's reasoning token ids as they are decoded, up to and including the first stop
-        token (default ``</think>`` or ``<|end|>``)."""
+        token (default ``</think>`` or ``<|end|>``). ``cite``: the only items its spans may name
+        (each at most once); None: any item not excluded."""
 
     def generate_reasoning(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
                            max_new_tokens: int = 160, sample: bool = False, temperature: float = 1.0,
-                           batch_size: int = 32, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
-        """Many users' reasoning at once (evaluation, RL rollouts)."""
+                           batch_size: int = 32, stop_ids: Sequence[int] | None = None,
+                           cites: Sequence[set[Hashable] | None] | None = None) -> list[list[int]]:
+        """Many users' reasoning at once (evaluation, RL rollouts); ``cites`` one per prompt."""
 
     def beam_search(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
                     k: int, num_beams: int | None = None, batch_size: int = 16,
@@ -59,14 +62,15 @@ class TransformersBackend:
         self.model, self.tokenizer, self.trie = model, tokenizer, trie
         self.filter_for = filter_for
 
-    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None):
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None, cite=None):
         return stream_reasoning(self.model, self.tokenizer, prompt, self.trie, exclude, max_new_tokens, temperature,
-                                stop_ids)
+                                stop_ids, cite)
 
     def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
-                           stop_ids=None):
+                           stop_ids=None, cites=None):
         return generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes, max_new_tokens,
-                                  do_sample=sample, temperature=temperature, batch_size=batch_size, stop_ids=stop_ids)
+                                  do_sample=sample, temperature=temperature, batch_size=batch_size, stop_ids=stop_ids,
+                                  cites=cites)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None

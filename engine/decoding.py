@@ -32,18 +32,27 @@ def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
 class GatedTrieProcessor(LogitsProcessor):
     """Masks logits so every ``<|item_begin|>…<|item_end|>`` span spells a real, allowed item."""
 
-    def __init__(self, tokenizer, trie: SIDTrie, prompt_length: int, excludes: Sequence[set[Hashable]]):
+    def __init__(self, tokenizer, trie: SIDTrie, prompt_length: int, excludes: Sequence[set[Hashable]],
+                 restricts: Sequence[TrieFilter | None] | None = None):
         self.prompt_length = prompt_length
         self.end_id = tokenizer.item_end_id
         self.sid_token_ids = torch.tensor(sorted(tokenizer.sid_code_of), dtype=torch.long)
-        self.gates = [ItemGate(trie, tokenizer.item_begin_id, tokenizer.item_end_id, e) for e in excludes]
+        restricts = list(restricts) if restricts is not None else [None] * len(excludes)
+        self.gates = [ItemGate(trie, tokenizer.item_begin_id, tokenizer.item_end_id, e, r)
+                      for e, r in zip(excludes, restricts)]
         self.processed = [0] * len(excludes)
+        self.resumed = False
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         # One gate per sequence: generate() must not widen the batch (num_beams or
         # num_return_sequences > 1 would pair rows with the wrong gates).
         if input_ids.shape[0] != len(self.gates):
             raise RuntimeError(f"{input_ids.shape[0]} sequences for {len(self.gates)} constraint gates")
+        if not self.resumed:
+            # A prompt may end inside a span (``…<|item_begin|>``): each gate starts where it stands.
+            for row, gate in enumerate(self.gates):
+                gate.resume(input_ids[row, :self.prompt_length].tolist())
+            self.resumed = True
         generated = input_ids[:, self.prompt_length:]
         if self.sid_token_ids.device != scores.device:
             self.sid_token_ids = self.sid_token_ids.to(scores.device)   # once, not per row and step
@@ -175,9 +184,12 @@ def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
 def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie,
                        excludes: Sequence[set[Hashable]], max_new_tokens: int = 160,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                       batch_size: int = 32, stop_ids: Sequence[int] | None = None) -> list[list[int]]:
+                       batch_size: int = 32, stop_ids: Sequence[int] | None = None,
+                       cites: Sequence[set[Hashable] | None] | None = None) -> list[list[int]]:
     """Generate each prompt's reasoning up to and including ``</think>`` (gated constraint on), or
-    up to the first of ``stop_ids``."""
+    up to the first of ``stop_ids``. ``cites`` (one per prompt): the items its spans may name (the
+    user's history: reasoning can cite nothing else), each at most once."""
+    restricts = [trie.restrict_to(c) if c is not None else None for c in cites] if cites is not None else None
     from transformers import GenerationConfig, LogitsProcessorList
 
     device = next(model.parameters()).device
@@ -197,7 +209,8 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
             ids, attention = _left_pad(chunk, tokenizer.pad_id, device)
-            gate = GatedTrieProcessor(tokenizer, trie, ids.shape[1], excludes[start:start + batch_size])
+            gate = GatedTrieProcessor(tokenizer, trie, ids.shape[1], excludes[start:start + batch_size],
+                                      restricts[start:start + batch_size] if restricts is not None else None)
             generated = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
                                        logits_processor=LogitsProcessorList([gate]))
             for row in generated[:, ids.shape[1]:].tolist():
@@ -216,13 +229,15 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
 
 @torch.no_grad()
 def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exclude: set[Hashable],
-                     max_new_tokens: int = 160, temperature: float = 0.0, stop_ids: Sequence[int] | None = None):
+                     max_new_tokens: int = 160, temperature: float = 0.0, stop_ids: Sequence[int] | None = None,
+                     cite: set[Hashable] | None = None):
     """Yield reasoning token ids one at a time (greedy, or sampled with ``temperature`` > 0) under
     the gated constraint, stopping after ``</think>`` or ``<|end|>``; a KV cache keeps each step
     to one token of work, which is what makes the first token arrive fast."""
     device = next(model.parameters()).device
     stops = set(stop_ids) if stop_ids else {tokenizer.think_end_id, tokenizer.end_id}
-    gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)])
+    gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)],
+                              [trie.restrict_to(cite) if cite is not None else None])
     ids = torch.tensor([list(prompt)], device=device)
     out = model(input_ids=ids, use_cache=True)
     cache, sequence = out.past_key_values, ids

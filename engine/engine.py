@@ -20,6 +20,7 @@ started by ``thinkrec serve-model`` (``backend="vllm", model_url=...``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import threading
 import time
@@ -34,7 +35,7 @@ from data.clean import read_split
 from engine.constraints import Constraints, Facets
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, RequestInfo, Trace, TraceEvent)
-from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn
+from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
 from engine.recommender import open_recommender
 from engine.request import Request, RequestParser
 from engine.request import apply as apply_request
@@ -123,6 +124,17 @@ class Engine:
                 messages.append(earlier_assistant_turn(codes))
         return messages
 
+    def render(self, text: str) -> str:
+        """Reasoning text with its item spans shown as catalog titles."""
+        return render_spans(text, self._label)
+
+    @functools.lru_cache(maxsize=4096)
+    def _label(self, sid: str) -> str:
+        try:
+            return self.catalog.by_sid(sid).label()
+        except (KeyError, ValueError):
+            return "(unknown item)"
+
     def _session_lock(self, session_id: str) -> threading.Lock:
         """Turns of one session run one at a time: the second sees what the first showed."""
         with self._locks_guard:
@@ -150,8 +162,8 @@ class Engine:
                 yield level, "", token
                 return
             level_ids.append(token)
-            text = self.tokenizer.decode(level_ids)
-            if text.endswith("\ufffd"):          # half a UTF-8 character: wait for the rest
+            text = self.render(self.tokenizer.decode(level_ids))
+            if text.endswith("\ufffd") or not text.startswith(shown):   # half a character, or a span in progress
                 yield level, "", token
                 continue
             delta, shown = text[len(shown):], text
@@ -170,12 +182,13 @@ class Engine:
             self._think_cache.move_to_end(key)
             state["reasoning_ids"] = list(cached)
             for level, body in self.recommender.describe_reasoning(cached)[1].items():
+                body = self.render(body)
                 state["levels"][level] = body
                 if body:
                     yield ReasoningDelta(level=level, text=body)
         else:
             plan = self.recommender.plan(session.history, constraints, text or None)
-            tokens = self.recommender.stream_reasoning(prompt, exclude, plan)
+            tokens = self.recommender.stream_reasoning(prompt, plan)
             for level, delta, token in self._stream_levels(self._timed(tokens, timings, started)):
                 state["reasoning_ids"].append(token)
                 if delta:

@@ -96,6 +96,37 @@ def earlier_assistant_turn(item_codes: Sequence[Sequence[int]], learn: bool = Fa
     return Message("assistant", answer_text(None, item_codes), learn=learn)
 
 
+_SPAN = re.compile(re.escape(ITEM_BEGIN) + r"(.*?)" + re.escape(ITEM_END))
+
+
+def render_spans(text: str, label_of) -> str:
+    """Reasoning as people read it: each item span becomes ``label_of(sid)`` (the catalog title,
+    with year). A span still being generated is held back (not shown half-made)."""
+    open_at = text.rfind(ITEM_BEGIN)
+    if open_at > text.rfind(ITEM_END):
+        text = text[:open_at]
+    return _SPAN.sub(lambda m: label_of(m.group(1)), text)
+
+
+_NEXT_ITEM = re.compile(r"Next item:\s*(.+?)\.?\s*$")
+_DECADE = re.compile(r"^(\d{4})s$")
+
+
+def stated_attributes(recommendation: str, vocabulary) -> tuple[list[str], int | None]:
+    """What level 3 says the next item should be ("Next item: Comedy, Drama, 1990s."), read back:
+    the categories in ``vocabulary`` and the decade (None when not stated)."""
+    match = _NEXT_ITEM.search(recommendation.strip())
+    if not match:
+        return [], None
+    categories, decade = [], None
+    for part in (p.strip() for p in match.group(1).split(",")):
+        if part in vocabulary:
+            categories.append(part)
+        elif _DECADE.match(part):
+            decade = int(_DECADE.match(part).group(1))
+    return categories, decade
+
+
 _LEVEL_SPLIT = re.compile(r"(<\|derivation\|>|<\|evolution\|>|<\|recommendation\|>|</think>)")
 
 

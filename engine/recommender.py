@@ -15,7 +15,8 @@ from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
 from engine.prompt import (NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
-                           fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement)
+                           fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement,
+                           stated_attributes)
 from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, Message, ThinkrecTokenizer
 
 
@@ -40,6 +41,7 @@ class ReasoningPlan:
     prefix: list[int] = field(default_factory=list)
     statement: list[int] = field(default_factory=list)
     complete: bool = False      # the prefix is the whole reasoning (a fresh user): nothing to generate
+    cite: set[str] | None = None  # the only items reasoning may cite: the history the prompt shows
 
 
 class Recommender:
@@ -49,13 +51,15 @@ class Recommender:
 
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
-                 filter_cache_size: int = 64, category_word: str = "category"):
+                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
         self.history_items = history_items
         self.facets = facets
         self.category_word = category_word          # "genre" for movies: how level 3 names a category
+        self.follow_weight = follow_weight          # soft prior toward level 3's attributes (see follow)
+        self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
         self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta, filter_for=self.filter_for)
                                  if model_url else TransformersBackend(model, tokenizer, self.trie, self.filter_for))
@@ -77,6 +81,11 @@ class Recommender:
             messages, add_generation_prompt=True, assistant_prefix=THINK_PREFIX if thinking else NO_THINK_PREFIX)
         return ids
 
+    def shown_history(self, history: Sequence[str]) -> set[str]:
+        """The history items the prompt shows (the latest ``history_items``): all reasoning may cite."""
+        known = [i for i in history if i in self.sid_codes]
+        return set(known[-self.history_items:] if self.history_items else known)
+
     def plan(self, history: Sequence[str], constraints: Constraints | None,
              user_text: str | None = None) -> ReasoningPlan:
         """Users with a history: the model reasons, and level 3 opens with the active request.
@@ -85,14 +94,14 @@ class Recommender:
         if any(i in self.sid_codes for i in history):
             described = constraints.describe() if constraints is not None else ""
             statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
-            return ReasoningPlan(statement=statement)
+            return ReasoningPlan(statement=statement, cite=self.shown_history(history))
         text = fresh_user_recommendation(constraints, user_text, self.category_word)
         prefix = (self.tokenizer.encode(NO_HISTORY_DERIVATION, trusted=False) + [self.tokenizer.ids[EVOLUTION]]
                   + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]]
                   + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
         return ReasoningPlan(prefix=prefix, complete=True)
 
-    def stream_reasoning(self, prompt: Sequence[int], exclude: set[str], plan: ReasoningPlan,
+    def stream_reasoning(self, prompt: Sequence[int], plan: ReasoningPlan,
                          max_new_tokens: int = 160, temperature: float = 0.0) -> Iterator[int]:
         """One user's reasoning tokens as they come, the plan's written tokens included in place
         (the prompt opened the first level). Ends with ``</think>`` (or ``<|end|>``) when closed."""
@@ -103,8 +112,8 @@ class Recommender:
         if plan.statement:
             opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
             generated = []
-            for token in self.backend.stream_reasoning(context, exclude, max_new_tokens, temperature,
-                                                       stop_ids=[close, end, opened]):
+            for token in self.backend.stream_reasoning(context, set(), max_new_tokens, temperature,
+                                                       stop_ids=[close, end, opened], cite=plan.cite):
                 generated.append(token)
                 if token in (opened, close, end):
                     break
@@ -116,9 +125,11 @@ class Recommender:
             written = [opened] + plan.statement
             yield from written
             context += [t for t in generated if t not in (opened, close)] + written
-        yield from self.backend.stream_reasoning(context, exclude, max_new_tokens, temperature)
+        # Spans in the reasoning name only the shown history, each once per call (level 3, after the
+        # statement, cites nothing in the teacher's format).
+        yield from self.backend.stream_reasoning(context, set(), max_new_tokens, temperature, cite=plan.cite)
 
-    def _reason_batch(self, prompts: list[list[int]], excludes: list[set[str]], plans: list[ReasoningPlan],
+    def _reason_batch(self, prompts: list[list[int]], plans: list[ReasoningPlan],
                       max_new_tokens: int, sample: bool, temperature: float, batch_size: int) -> list[list[int]]:
         """Batched reasoning with the plans applied: what ``stream_reasoning`` yields, for many users."""
         opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
@@ -128,9 +139,10 @@ class Recommender:
         for group, stops in ((free, None), (stated, [close, end, opened])):
             if not group:
                 continue
-            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in group], [excludes[i] for i in group],
+            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in group], [set() for _ in group],
                                                   max_new_tokens, sample=sample, temperature=temperature,
-                                                  batch_size=batch_size, stop_ids=stops)
+                                                  batch_size=batch_size, stop_ids=stops,
+                                                  cites=[plans[i].cite for i in group])
             for i, tokens in zip(group, out):
                 reasoning[i] += tokens
         cont = []
@@ -142,9 +154,9 @@ class Recommender:
             reasoning[i] += [opened] + plans[i].statement
             cont.append(i)
         if cont:
-            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in cont], [excludes[i] for i in cont],
+            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in cont], [set() for _ in cont],
                                                   max_new_tokens, sample=sample, temperature=temperature,
-                                                  batch_size=batch_size)
+                                                  batch_size=batch_size, cites=[plans[i].cite for i in cont])
             for i, tokens in zip(cont, out):
                 reasoning[i] += tokens
         return reasoning
@@ -165,7 +177,8 @@ class Recommender:
                   exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = 160,
                   sample: bool = False, temperature: float = 1.0, batch_size: int = 16,
                   constraints: Sequence[Constraints | None] | None = None,
-                  reasoning: Sequence[Sequence[int] | None] | None = None) -> list[Recommendation]:
+                  reasoning: Sequence[Sequence[int] | None] | None = None,
+                  follow_weight: float | None = None) -> list[Recommendation]:
         """Top-``k`` items for each history (history items and ``exclude`` never recommended; every
         item satisfies its ``constraints``). ``reasoning``: already generated reasoning per user
         (the app streams it first), used instead of generating it here."""
@@ -186,7 +199,7 @@ class Recommender:
                 generated = [list(r or []) for r in reasoning]
             else:
                 plans = [self.plan(histories[i], constraints[i], user_texts[i]) for i in range(n)]
-                generated = self._reason_batch(prompts, excludes, plans, max_reasoning_tokens, sample, temperature,
+                generated = self._reason_batch(prompts, plans, max_reasoning_tokens, sample, temperature,
                                                max(batch_size, 16))
             share = (time.perf_counter() - started) / max(n, 1)
             item_prompts = []
@@ -200,10 +213,29 @@ class Recommender:
         ranked = self.backend.beam_search(item_prompts, excludes, k=k, num_beams=num_beams, batch_size=batch_size,
                                           constraints=constraints)
         share = (time.perf_counter() - started) / max(n, 1)
+        weight = self.follow_weight if follow_weight is None else follow_weight
         for result, items in zip(results, ranked):
-            result.items = items
+            result.items = self.follow(items, result.levels.get("recommendation", ""), weight) if thinking else items
             result.seconds["items"] = share
         return results
+
+    def follow(self, items: list[RankedItem], recommendation: str, weight: float) -> list[RankedItem]:
+        """Items follow level 3 as a soft prior: each beam's log-probability gains ``weight`` for
+        every attribute level 3 states that the item carries (a stated category, the stated
+        decade), and the beams are re-ranked. 0 leaves the model's order."""
+        if not weight or self.facets is None or not items:
+            return items
+        categories, decade = stated_attributes(recommendation, self.vocabulary)
+        if not categories and decade is None:
+            return items
+
+        def bonus(item: RankedItem) -> float:
+            have = set(self.facets.categories_of(str(item.item_id)))
+            year = self.facets.year_of(str(item.item_id))
+            hits = len(have & set(categories)) + int(decade is not None and year is not None and year // 10 * 10 == decade)
+            return weight * hits
+
+        return sorted(items, key=lambda item: -(item.score + bonus(item)))
 
 
 BACKENDS = ("transformers", "vllm")

@@ -195,9 +195,6 @@ def test_reasoning_cites_only_the_given_history_items(both, vllm_url):
         assert response.status_code == 400, response.text
 
 
-@pytest.mark.xfail(strict=True, reason="the transformers GatedTrieProcessor does not resume a span the prompt "
-                                       "opens (ItemGate.resume), so after a prompt ending in <|item_begin|> it "
-                                       "writes free text; vLLM's gate resumes. Drop this marker once it does.")
 def test_reasoning_citations_match_the_transformers_backend(both):
     prompt, _, cited = _citing_case(both["vllm"])
     hf, vllm = both["transformers"].backend, both["vllm"].backend

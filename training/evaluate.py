@@ -40,6 +40,7 @@ class EvalArgs:
     seed: int = 0                       # seed for data order, initialisation and sampling
     backend: str = "transformers"       # transformers (in process) or vllm (a thinkrec serve-model server)
     model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
+    follow_weight: float | None = None  # thinking rows: soft prior toward level 3's attributes (None: the recommender's default)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
     steering_fresh: int = 10            # --steering: fresh users (no history)
@@ -140,7 +141,7 @@ def run(args: EvalArgs) -> dict:
             started = time.perf_counter()
             answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
                                             max_reasoning_tokens=args.max_reasoning_tokens,
-                                            batch_size=args.batch_size)
+                                            batch_size=args.batch_size, follow_weight=args.follow_weight)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}

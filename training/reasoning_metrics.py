@@ -21,10 +21,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.prompt import stated_attributes
+
 _SPAN = re.compile(r"<\|item_begin\|>((?:<[a-d]_\d+>)+)<\|item_end\|>")
 _INTEREST = re.compile(r"\((\d+)\)\s*([^:()]+?):")
-_NEXT = re.compile(r"Next item:\s*(.+?)\.?\s*$")
-_DECADE = re.compile(r"^(\d{4})s$")
 MAX_TITLE_WORDS = 12
 
 
@@ -86,16 +86,7 @@ class ReasoningScorer:
 
     def stated(self, recommendation: str) -> tuple[list[str], int | None]:
         """Categories and decade of level 3's "Next item: ..." (those in the catalog's vocabulary)."""
-        match = _NEXT.search(recommendation.strip())
-        if not match:
-            return [], None
-        categories, decade = [], None
-        for part in (p.strip() for p in match.group(1).split(",")):
-            if part in self.vocabulary:
-                categories.append(part)
-            elif _DECADE.match(part):
-                decade = int(_DECADE.match(part).group(1))
-        return categories, decade
+        return stated_attributes(recommendation, self.vocabulary)
 
     @staticmethod
     def interests(derivation: str) -> list[str]:

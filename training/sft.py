@@ -45,7 +45,12 @@ class SFTArgs:
 def load_teacher(spec: str | None, view):
     from training.teacher import DeterministicTeacher
 
-    base = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
+    from engine.prompt import item_span
+
+    # Levels 1-2 cite history items as item spans (the engine constrains them to the history and
+    # shows each as its title), from the same 20 latest items the prompt shows.
+    base = DeterministicTeacher(view.facts, view.embeddings, view.category_word,
+                                cite=lambda item_id: item_span(view.codes[item_id]))
     if not spec:
         return base
     from training.langchain_teacher import LangChainTeacher

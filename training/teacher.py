@@ -19,6 +19,7 @@ import math
 import re
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +78,7 @@ class Interest:
     direction: str                  # "steady around the 1990s" / "moving from 1970s toward 1990s releases" / ""
     weight: float                   # share of the window
     decades: tuple[int, ...] = ()   # distinct decades of the members, for matching requests
+    evidence_ids: list[str] = field(default_factory=list)   # the evidence as item ids (same order)
     centroid: np.ndarray = field(default=None, repr=False, compare=False)  # unit vector, centred space
 
 
@@ -121,8 +123,11 @@ def mentions(text: str, title: str) -> bool:
 
 class DeterministicTeacher:
     def __init__(self, items: dict[str, ItemFacts], embeddings: np.ndarray, category_word: str = "genre",
-                 window: int = 30, max_interests: int = 3, seed: int = 0):
+                 window: int = 20, max_interests: int = 3, seed: int = 0, cite: Callable[[str], str] | None = None):
         self.items = items
+        # How levels 1-2 cite an item: its title by default; SFT cites item spans, which the engine
+        # constrains to the history the prompt shows (so the window matches the prompt's 20 items).
+        self.cite = cite or (lambda item_id: self.items[item_id].title)
         self.embeddings = embeddings
         self.category_word = category_word
         self.window = window
@@ -215,7 +220,7 @@ class DeterministicTeacher:
         return f"moving from {early}s toward {late}s releases"
 
     def analyse(self, history: list[str], timestamps: list[float]) -> tuple[list[Interest], list[str]]:
-        """Levels 1-2: interests of the last `window` items and the titles set aside as noise."""
+        """Levels 1-2: interests of the last `window` items and the item ids set aside as noise."""
         if len(timestamps) != len(history):
             raise ValueError(f"{len(history)} history items but {len(timestamps)} timestamps")
         start = max(0, len(history) - self.window)
@@ -259,26 +264,29 @@ class DeterministicTeacher:
             centroid = summed / max(float(np.linalg.norm(summed)), 1e-8)
             sims = vectors[ranks] @ centroid
             evidence: list[str] = []
+            evidence_ids: list[str] = []
             for i in sorted(range(len(ranks)), key=lambda i: (-round(float(sims[i]), 5), -ranks[i])):
                 if members[i].title not in evidence and len(evidence) < MAX_EVIDENCE:
                     evidence.append(members[i].title)
+                    evidence_ids.append(members[i].item_id)
             interests.append(Interest(
                 name=name, categories=categories,
                 era=era, members=[order[r] for r in ranks], evidence=evidence, trend=self._trend(ranks, n),
                 direction=self._direction([m.year for m in members if m.year is not None]),
-                weight=len(ranks) / n, decades=decades, centroid=centroid))
+                weight=len(ranks) / n, decades=decades, centroid=centroid, evidence_ids=evidence_ids))
         interests.sort(key=lambda i: (-i.weight, -max(i.members)))
-        set_aside = [facts[r].title for r in sorted(noise, reverse=True)]
+        set_aside = [facts[r].item_id for r in sorted(noise, reverse=True)]
         return interests, set_aside
 
     def derivation_text(self, interests: list[Interest], set_aside: list[str], history_size: int | None = None) -> str:
         if not interests and not set_aside:
             return NO_HISTORY_DERIVATION
-        parts = [f"({i + 1}) {it.name}: {', '.join(it.evidence)}." for i, it in enumerate(interests)]
+        cite = self.cite
+        parts = [f"({i + 1}) {it.name}: {', '.join(cite(e) for e in it.evidence_ids)}." for i, it in enumerate(interests)]
         text = "Interests: " + " ".join(parts) if parts else "No clear interest: the history is scattered."
         if set_aside:
             more = f" and {len(set_aside) - MAX_SET_ASIDE} more" if len(set_aside) > MAX_SET_ASIDE else ""
-            text += f" Set aside: {', '.join(set_aside[:MAX_SET_ASIDE])}{more}."
+            text += f" Set aside: {', '.join(cite(i) for i in set_aside[:MAX_SET_ASIDE])}{more}."
         if history_size is not None and history_size < LITTLE_HISTORY:
             text = f"Little history ({history_size} item{'s' * (history_size != 1)}). " + text
         return text
@@ -354,7 +362,7 @@ class DeterministicTeacher:
                                              request, liked)
         shown = ", ".join(categories or (f"any {self.category_word}",)) + (f", {decade}s" if decade else "")
         return Rationale(self.derivation_text(interests, set_aside, len(history)), self.evolution_text(interests),
-                         f"{lead} Next item: {shown}.", interests, served, set_aside,
+                         f"{lead} Next item: {shown}.", interests, served, [self.items[i].title for i in set_aside],
                          categories + ((f"{decade}s",) if decade else ()))
 
     def _informative(self, categories: tuple[str, ...]) -> list[str]:
