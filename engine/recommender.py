@@ -51,7 +51,7 @@ class Recommender:
 
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
-                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 1.0):
+                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
