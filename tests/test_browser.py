@@ -120,9 +120,12 @@ def test_a_fresh_user_steers_by_category_and_decade(app_url, engine):
         page.locator("#send").click()
         stated = f"{category} from the {decade}s"
         expect(page.locator("#chat")).to_contain_text(f"Active request: {stated}", timeout=90_000)
-        expect(page.locator("#chat")).to_contain_text(f"You asked for {stated}")
         rows = item_rows(page)
         assert rows and all(decade <= int(r[2]) <= decade + 9 and category in r[3] for r in rows), rows
+        # Level 3 states the request (the chat keeps the reasoning collapsed; the trace shows it).
+        page.get_by_role("tab", name="Trace").click()
+        expect(page.locator("#trace-summary")).to_contain_text(f"You asked for {stated}", timeout=30_000)
+        page.get_by_role("tab", name="Chat").click()
 
         page.locator("#message textarea").fill(f"no {avoid.lower()}")
         page.locator("#send").click()
