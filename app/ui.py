@@ -81,11 +81,11 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 reply += event.text
             elif isinstance(event, TraceEvent):
                 trace = event.trace.model_dump()
+                active = event.trace.request.active        # what stays active after this turn
             elif isinstance(event, NoticeEvent):
                 notes.append(event.text)
             elif isinstance(event, ErrorEvent):
                 notes.append(f"Error: {event.message}")
-        active = engine.sessions.get(session_id).constraints.describe()
         yield (render("done"), session_id, history_markdown(session_id), _item_rows(items),
                gr.update(choices=_choices(items), value=items[0]["item_id"] if items else None), trace, "")
 

@@ -304,6 +304,15 @@ class RequestParser:
         request.want = [kept for kept in ([c for c in g if c not in request.avoid] for g in request.want) if kept]
         return leftover
 
+    @staticmethod
+    def _flag(text: str, request: Request, *rules) -> str:
+        """For each (pattern, field): set the request's flag when the pattern occurs, and cut it out."""
+        for pattern, name in rules:
+            if pattern.search(text):
+                setattr(request, name, True)
+                text = pattern.sub(" ", text)
+        return text
+
     # -- the whole message -------------------------------------------------------------------
     def parse(self, message: str | None) -> Request:
         request = Request(text=message or "")
@@ -311,19 +320,9 @@ class RequestParser:
         text = re.sub(r"\b(\w+)n't\b", r"\1nt", text)          # don't -> dont, isn't -> isnt
         text = re.sub(r"\banything but\b", " not ", text)
         text = re.sub(r"\bno more\b|\bnot in the mood for\b|\bdont want\b|\bdo not want\b", " not ", text)
-        if RESET.search(text):
-            request.reset = True
-            text = RESET.sub(" ", text)
-        if NOT_THAT.search(text):
-            request.not_that = True
-            text = NOT_THAT.sub(" ", text)
+        text = self._flag(text, request, (RESET, "reset"), (NOT_THAT, "not_that"))
         text = self._like(text, request)
-        if ANY_CATEGORY.search(text):
-            request.clear_want = True
-            text = ANY_CATEGORY.sub(" ", text)
-        if ANY_YEAR.search(text):
-            request.clear_years = True
-            text = ANY_YEAR.sub(" ", text)
+        text = self._flag(text, request, (ANY_CATEGORY, "clear_want"), (ANY_YEAR, "clear_years"))
         # Keep clause punctuation, normalize the rest ("sci-fi" -> "sci fi", "'80s" -> "80s").
         text = re.sub(r"'", "", text)
         text = re.sub(r"[^0-9a-z,;.!?]+", " ", text)

@@ -37,6 +37,18 @@ def app_url(engine):
     demo.close()
 
 
+def fresh_session(playwright, app_url: str):
+    """Chromium on the app with a fresh user's session started."""
+    from playwright.sync_api import expect
+
+    browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 1500})
+    page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
+    page.locator("#start-session").click(timeout=60_000)
+    expect(page.locator("#history")).to_contain_text("Fresh user", timeout=30_000)
+    return browser, page
+
+
 def item_rows(page) -> list[list[str]]:
     """Rows of the items table as the user sees them (rank, title, year, categories, SID, score)."""
     cells = [c.strip() for c in page.locator("#items").inner_text().splitlines() if c.strip()]
@@ -53,11 +65,7 @@ def test_chat_like_and_next_turn(app_url):
 
     SHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1500})
-        page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
-        page.locator("#start-session").click(timeout=60_000)
-        expect(page.locator("#history")).to_contain_text("Fresh user", timeout=30_000)
+        browser, page = fresh_session(p, app_url)
 
         page.locator("#message textarea").fill("something with spaceships please")
         page.locator("#send").click()
@@ -111,11 +119,7 @@ def test_a_fresh_user_steers_by_category_and_decade(app_url, engine):
     category, decade, avoid = _decade_request(engine)
     SHOTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1500})
-        page.goto(app_url, wait_until="domcontentloaded", timeout=60_000)
-        page.locator("#start-session").click(timeout=60_000)
-        expect(page.locator("#history")).to_contain_text("Fresh user", timeout=30_000)
+        browser, page = fresh_session(p, app_url)
         page.locator("#message textarea").fill(f"a {str(decade)[2:]}s {category.lower()} please")
         page.locator("#send").click()
         stated = f"{category} from the {decade}s"
