@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 from engine.constraints import Constraints
 from engine.decoding import RankedItem, beam_search_items, generate_reasoning, stream_reasoning
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
+from engine.slots import SlotGrammar
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
 
 
@@ -58,19 +59,21 @@ def _no_filter(constraints: Constraints | None) -> None:
 class TransformersBackend:
     name = "transformers"
 
-    def __init__(self, model, tokenizer, trie: SIDTrie, filter_for: FilterFor = _no_filter):
+    def __init__(self, model, tokenizer, trie: SIDTrie, filter_for: FilterFor = _no_filter,
+                 slots: SlotGrammar | None = None):
         self.model, self.tokenizer, self.trie = model, tokenizer, trie
         self.filter_for = filter_for
+        self.slots = slots          # the vocabulary slots every reasoning call is held to
 
     def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None, cite=None):
         return stream_reasoning(self.model, self.tokenizer, prompt, self.trie, exclude, max_new_tokens, temperature,
-                                stop_ids, cite)
+                                stop_ids, cite, self.slots)
 
     def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
                            stop_ids=None, cites=None):
         return generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes, max_new_tokens,
                                   do_sample=sample, temperature=temperature, batch_size=batch_size, stop_ids=stop_ids,
-                                  cites=cites)
+                                  cites=cites, slots=self.slots)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
@@ -118,8 +121,8 @@ class VLLMBackend:
                                  "the wrong items. Start it with thinkrec serve-model on this checkpoint.")
 
     def _request(self, prompt, exclude: set[Hashable], constraints: Constraints | None = None,
-                 cite: set[Hashable] | None = None, **fields) -> dict:
-        from engine.vllm_trie import CITE_ARG, CONSTRAINT_ARG
+                 cite: set[Hashable] | None = None, reasoning: bool = False, **fields) -> dict:
+        from engine.vllm_trie import CITE_ARG, CONSTRAINT_ARG, SLOTS_ARG
 
         xargs = {ENABLE_ARG: 1, EXCLUDE_ARG: sorted(str(i) for i in exclude)}
         if constraints is not None and constraints.is_hard():
@@ -130,12 +133,14 @@ class VLLMBackend:
             # Reasoning over the user's own history: spans may name only these items (the server
             # restricts its trie to them for this request; an empty list allows no item).
             xargs[CITE_ARG] = sorted(str(i) for i in cite)
+        if reasoning:
+            xargs[SLOTS_ARG] = 1      # names, trends and attributes from the catalog's vocabulary
         return {"model": self.model_name, "prompt": prompt, "skip_special_tokens": False, "vllm_xargs": xargs,
                 **fields}
 
     def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None, cite=None):
-        body = self._request(list(prompt), exclude, cite=cite, max_tokens=max_new_tokens, temperature=temperature,
-                             stream=True, return_token_ids=True,
+        body = self._request(list(prompt), exclude, cite=cite, reasoning=True, max_tokens=max_new_tokens,
+                             temperature=temperature, stream=True, return_token_ids=True,
                              stop_token_ids=list(stop_ids) if stop_ids else self.stop_ids)
         with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
             if response.status_code != 200:
@@ -156,7 +161,7 @@ class VLLMBackend:
 
         # One request per user: exclusions and cited items are per request. Sampling is seeded by the server.
         def one(prompt, exclude, cite):
-            body = self._request(list(prompt), exclude, cite=cite, max_tokens=max_new_tokens,
+            body = self._request(list(prompt), exclude, cite=cite, reasoning=True, max_tokens=max_new_tokens,
                                  temperature=temperature if sample else 0.0, return_token_ids=True,
                                  stop_token_ids=stops)
             return self._post(body)["choices"][0]["token_ids"]

@@ -22,6 +22,7 @@ import torch
 from transformers import LogitsProcessor
 
 from engine.sid import ItemGate, SIDTrie, TrieCursor, TrieFilter
+from engine.slots import SlotGrammar
 
 
 def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
@@ -33,13 +34,16 @@ class GatedTrieProcessor(LogitsProcessor):
     """Masks logits so every ``<|item_begin|>…<|item_end|>`` span spells a real, allowed item."""
 
     def __init__(self, tokenizer, trie: SIDTrie, prompt_length: int, excludes: Sequence[set[Hashable]],
-                 restricts: Sequence[TrieFilter | None] | None = None):
+                 restricts: Sequence[TrieFilter | None] | None = None, slots: SlotGrammar | None = None,
+                 cites: Sequence[set[Hashable] | None] | None = None):
         self.prompt_length = prompt_length
         self.end_id = tokenizer.item_end_id
         self.sid_token_ids = torch.tensor(sorted(tokenizer.sid_code_of), dtype=torch.long)
         restricts = list(restricts) if restricts is not None else [None] * len(excludes)
-        self.gates = [ItemGate(trie, tokenizer.item_begin_id, tokenizer.item_end_id, e, r)
-                      for e, r in zip(excludes, restricts)]
+        # A reasoning row's slot walk knows the history it may cite (its restriction's items).
+        self.gates = [ItemGate(trie, tokenizer.item_begin_id, tokenizer.item_end_id, e, r,
+                               slots.state(c) if slots is not None else None)
+                      for e, r, c in zip(excludes, restricts, cites or [None] * len(excludes))]
         self.processed = [0] * len(excludes)
         self.resumed = False
 
@@ -65,6 +69,8 @@ class GatedTrieProcessor(LogitsProcessor):
                 # Outside an item: free text, but no stray SID tokens and no unopened item end.
                 scores[row, self.sid_token_ids] = float("-inf")
                 scores[row, self.end_id] = float("-inf")
+                for token in gate.banned():
+                    scores[row, token] = float("-inf")
                 continue
             # Done or dead: only <|item_end|>; the gate counts a dead one as an error.
             mask = torch.full_like(scores[row], float("-inf"))
@@ -185,10 +191,12 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
                        excludes: Sequence[set[Hashable]], max_new_tokens: int = 160,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
                        batch_size: int = 32, stop_ids: Sequence[int] | None = None,
-                       cites: Sequence[set[Hashable] | None] | None = None) -> list[list[int]]:
+                       cites: Sequence[set[Hashable] | None] | None = None,
+                       slots: SlotGrammar | None = None) -> list[list[int]]:
     """Generate each prompt's reasoning up to and including ``</think>`` (gated constraint on), or
     up to the first of ``stop_ids``. ``cites`` (one per prompt): the items its spans may name (the
-    user's history: reasoning can cite nothing else), each at most once."""
+    user's history: reasoning can cite nothing else), each at most once. ``slots``: the catalog
+    vocabulary the reasoning names interests and attributes with (``engine/slots.py``)."""
     restricts = [trie.restrict_to(c) if c is not None else None for c in cites] if cites is not None else None
     from transformers import GenerationConfig, LogitsProcessorList
 
@@ -210,7 +218,8 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
             chunk = prompts[start:start + batch_size]
             ids, attention = _left_pad(chunk, tokenizer.pad_id, device)
             gate = GatedTrieProcessor(tokenizer, trie, ids.shape[1], excludes[start:start + batch_size],
-                                      restricts[start:start + batch_size] if restricts is not None else None)
+                                      restricts[start:start + batch_size] if restricts is not None else None,
+                                      slots, cites[start:start + batch_size] if cites is not None else None)
             generated = model.generate(input_ids=ids, attention_mask=attention, generation_config=config,
                                        logits_processor=LogitsProcessorList([gate]))
             for row in generated[:, ids.shape[1]:].tolist():
@@ -230,14 +239,14 @@ def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie:
 @torch.no_grad()
 def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exclude: set[Hashable],
                      max_new_tokens: int = 160, temperature: float = 0.0, stop_ids: Sequence[int] | None = None,
-                     cite: set[Hashable] | None = None):
+                     cite: set[Hashable] | None = None, slots: SlotGrammar | None = None):
     """Yield reasoning token ids one at a time (greedy, or sampled with ``temperature`` > 0) under
     the gated constraint, stopping after ``</think>`` or ``<|end|>``; a KV cache keeps each step
     to one token of work, which is what makes the first token arrive fast."""
     device = next(model.parameters()).device
     stops = set(stop_ids) if stop_ids else {tokenizer.think_end_id, tokenizer.end_id}
     gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)],
-                              [trie.restrict_to(cite) if cite is not None else None])
+                              [trie.restrict_to(cite) if cite is not None else None], slots, [cite])
     ids = torch.tensor([list(prompt)], device=device)
     out = model(input_ids=ids, use_cache=True)
     cache, sequence = out.past_key_values, ids

@@ -14,6 +14,7 @@ from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
+from engine.slots import SlotGrammar
 from engine.prompt import (NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
                            fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement,
                            stated_attributes)
@@ -61,8 +62,13 @@ class Recommender:
         self.follow_weight = follow_weight          # soft prior toward level 3's attributes (see follow)
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
+        # Where the reasoning names interests, trends and attributes, only the catalog's words
+        # (the vLLM server builds the same grammar from the same facets).
+        self.slots = (SlotGrammar.build(tokenizer, facets, category_word).attach(self.trie, facets)
+                      if facets is not None else None)
         self.backend: Backend = (VLLMBackend(model_url, tokenizer, self.trie, meta, filter_for=self.filter_for)
-                                 if model_url else TransformersBackend(model, tokenizer, self.trie, self.filter_for))
+                                 if model_url else TransformersBackend(model, tokenizer, self.trie, self.filter_for,
+                                                                       self.slots))
 
     # -- constraints ---------------------------------------------------------------------------
     def available(self, constraints: Constraints | None, exclude: set[str]) -> int | None:

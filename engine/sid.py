@@ -322,12 +322,15 @@ class ItemGate:
     keep one gate per sequence, so the two backends constrain decoding the same way.
     """
 
-    __slots__ = ("trie", "begin", "end", "exclude", "cursor", "items", "errors", "restrict")
+    __slots__ = ("trie", "begin", "end", "exclude", "cursor", "items", "errors", "restrict", "slots")
 
     def __init__(self, trie: SIDTrie, begin: Hashable, end: Hashable, exclude: Iterable[Hashable] = (),
-                 restrict: TrieFilter | None = None):
+                 restrict: TrieFilter | None = None, slots=None):
         self.trie, self.begin, self.end = trie, begin, end
         self.restrict = restrict
+        # Reasoning only: an ``engine.slots.SlotState`` that holds the text between spans to the
+        # catalog's vocabulary where the reasoning names interests, trends and attributes.
+        self.slots = slots
         self.exclude = set(exclude)
         self.cursor: TrieCursor | None = None     # set while inside an item span
         self.items: list = []
@@ -336,7 +339,10 @@ class ItemGate:
     def advance(self, token: Hashable) -> None:
         if self.cursor is None:
             if token == self.begin:
-                self.cursor = self.trie.cursor(exclude=self.exclude, restrict=self.restrict)
+                scope = self.slots.span_filter() if self.slots is not None else None
+                self.cursor = self.trie.cursor(exclude=self.exclude, restrict=scope or self.restrict)
+            elif self.slots is not None:
+                self.slots.advance(token)
             return
         if token == self.end:
             if self.cursor.done():
@@ -351,6 +357,8 @@ class ItemGate:
     def resume(self, prompt: Sequence[Hashable]) -> ItemGate:
         """Start from a prompt that may end inside an item (``…<|item_begin|><a_3>``): replay the
         tokens after its last ``<|item_begin|>`` when no ``<|item_end|>`` follows it."""
+        if self.slots is not None:
+            self.slots.resume(prompt)
         for start in range(len(prompt) - 1, -1, -1):
             if prompt[start] == self.end:
                 break
@@ -360,9 +368,19 @@ class ItemGate:
                 break
         return self
 
+    def banned(self) -> list:
+        """Tokens free text must not take now: ``<|item_begin|>`` when an interest's evidence has
+        no history item left to cite (a span could only end empty)."""
+        if self.cursor is not None or self.slots is None:
+            return []
+        scope = self.slots.span_filter()
+        if scope is not None and self.trie.cursor(exclude=self.exclude, restrict=scope).remaining() == 0:
+            return [self.begin]
+        return []
+
     def allowed(self) -> list | None:
-        """None outside an item (free text; the caller bans SID tokens and ``<|item_end|>``);
-        inside, the trie's tokens — or only ``<|item_end|>`` once the item is complete or dead."""
+        """None outside an item (free text; the caller bans SID tokens and ``<|item_end|>``) unless a
+        vocabulary slot is open (then its tokens); inside, the trie's tokens — or only ``<|item_end|>`` once the item is complete or dead."""
         if self.cursor is None:
-            return None
+            return self.slots.allowed() if self.slots is not None else None
         return self.cursor.allowed() or [self.end]

@@ -132,15 +132,19 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: int) -> float:
 
 
 def write_catalog_spec(path: Path, tokenizer, data: str | Path, fingerprint: str) -> Path:
-    """The server's catalog file: every item's SID tokens and its facets (year, categories), so
-    requests can send their constraints and the server restricts items exactly as the app does."""
+    """The server's catalog file: every item's SID tokens, its facets (year, categories), so
+    requests can send their constraints and the server restricts items exactly as the app does,
+    and the reasoning's vocabulary slots built from those facets."""
     from data.catalog import Catalog
+    from data.manifest import Manifest
     from engine.constraints import Facets
+    from engine.slots import SlotGrammar
     from engine.vllm_trie import write_trie_spec
 
     catalog = Catalog(data)
-    return write_trie_spec(path, tokenizer, catalog.sid_codes(), fingerprint,
-                           facets=Facets(*catalog.attribute_table()))
+    facets = Facets(*catalog.attribute_table())
+    slots = SlotGrammar.build(tokenizer, facets, Manifest.load(data).category_key)
+    return write_trie_spec(path, tokenizer, catalog.sid_codes(), fingerprint, facets=facets, slots=slots)
 
 
 def main(args: ServeArgs) -> None:

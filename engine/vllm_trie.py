@@ -12,7 +12,10 @@ items it allows; the server turns it into the same trie filter the transformers 
 items the same way. A reasoning request that cites history items adds ``"thinkrec_cite": [item
 ids]``: its item spans may then name only those items (``SIDTrie.restrict_to``, built once per
 request; each cited item at most once, as the gate excludes items it has finished). Cite and
-constraint are exclusive. Malformed arguments raise ValueError, which the server answers with a 400.
+constraint are exclusive. A reasoning request adds ``"thinkrec_slots": 1``: where its reasoning names
+an interest, a trend or the next item's attributes, only the catalog's vocabulary is allowed (the
+slot grammar of ``engine/slots.py``, written into the same file). Malformed arguments raise
+ValueError, which the server answers with a 400.
 
 For rows it constrains, the processor writes *log-probabilities* (``log_softmax`` of the raw
 logits) with disallowed tokens at ``-inf``. Sampling and greedy decoding are unchanged by that
@@ -37,10 +40,12 @@ import torch
 
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.sid import ItemGate, SIDTrie
+from engine.slots import SlotGrammar
 
 TRIE_ENV = "THINKREC_TRIE"
 ENABLE_ARG, EXCLUDE_ARG, CONSTRAINT_ARG = "thinkrec", "thinkrec_exclude", "thinkrec_constraint"
 CITE_ARG = "thinkrec_cite"
+SLOTS_ARG = "thinkrec_slots"
 
 
 def served_model_name(fingerprint: str, sid_levels: int, codebook_size: int) -> str:
@@ -49,13 +54,14 @@ def served_model_name(fingerprint: str, sid_levels: int, codebook_size: int) -> 
 
 
 def write_trie_spec(path: Path, tokenizer, sid_codes: dict[str, Sequence[int]], fingerprint: str,
-                    facets: Facets | None = None) -> Path:
-    """The file a server reads: item token paths, and ``facets`` so requests can carry constraints
-    (without facets the server refuses hard constraints)."""
+                    facets: Facets | None = None, slots: SlotGrammar | None = None) -> Path:
+    """The file a server reads: item token paths, ``facets`` so requests can carry constraints
+    (without facets the server refuses hard constraints), and the reasoning's vocabulary ``slots``."""
     spec = {"fingerprint": fingerprint, "begin_id": tokenizer.item_begin_id, "end_id": tokenizer.item_end_id,
             "sid_token_ids": sorted(tokenizer.sid_code_of),
             "items": {str(item): tokenizer.sid_token_ids(codes) for item, codes in sid_codes.items()},
-            "facets": facets.to_json() if facets is not None else None}
+            "facets": facets.to_json() if facets is not None else None,
+            "slots": slots.to_json() if slots is not None else None}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(spec))
@@ -77,6 +83,9 @@ class TrieSpec:
         self.sid_token_ids = [int(t) for t in spec["sid_token_ids"]]
         self.trie = SIDTrie((item, path) for item, path in spec["items"].items())
         self.facets = Facets.from_json(spec["facets"]) if spec.get("facets") is not None else None
+        self.slots = SlotGrammar.from_json(spec["slots"]) if spec.get("slots") is not None else None
+        if self.slots is not None and self.facets is not None:
+            self.slots.attach(self.trie, self.facets)
         self.filter_for = ConstraintFilters(
             self.trie, self.facets, filter_cache_size,
             missing=f"this vLLM server's catalog file has no facets (restart it with thinkrec serve-model), so "
@@ -90,6 +99,7 @@ class GateRequest:
     exclude: set[str]
     constraints: Constraints | None = None
     cite: set[str] | None = None
+    slots: bool = False         # reasoning: hold its names and attributes to the catalog's vocabulary
 
 
 def parse_constraint(value) -> Constraints | None:
@@ -121,7 +131,7 @@ def request_args(extra_args: dict | None) -> GateRequest | None:
         if constraints is not None:
             raise ValueError(f"vllm_xargs.{CITE_ARG} and vllm_xargs.{CONSTRAINT_ARG} are exclusive: cite "
                              "and constraint are exclusive (reasoning cites, the item search constrains)")
-    return GateRequest(exclude, constraints, cite)
+    return GateRequest(exclude, constraints, cite, bool(extra_args.get(SLOTS_ARG)))
 
 
 def _item_ids(value, arg: str) -> set[str]:
@@ -154,7 +164,7 @@ class RequestGates:
         self._sid_ids: torch.Tensor | None = None
 
     def add(self, index: int, exclude: set[Hashable], prompt: Sequence[int] | None, outputs: list[int],
-            constraints: Constraints | None = None, cite: set[Hashable] | None = None) -> None:
+            constraints: Constraints | None = None, cite: set[Hashable] | None = None, slots: bool = False) -> None:
         """``outputs`` is the request's live output list (vLLM appends to it as it decodes);
         ``constraints``' hard parts restrict every item of the request to those they allow;
         ``cite`` (exclusive with ``constraints``) restricts them to exactly those items."""
@@ -164,12 +174,16 @@ class RequestGates:
             restrict = self.spec.trie.restrict_to(cite)     # a few items: sparse, per request, no cache
         else:
             restrict = self.spec.filter_for(constraints)
-        gate = ItemGate(self.spec.trie, self.spec.begin_id, self.spec.end_id, exclude, restrict=restrict)
+        if slots and self.spec.slots is None:
+            raise ValueError(f"{SLOTS_ARG}: this vLLM server's catalog file has no slot grammar (restart it with "
+                             "thinkrec serve-model)")
+        state = self.spec.slots.state(cite) if slots else None
+        gate = ItemGate(self.spec.trie, self.spec.begin_id, self.spec.end_id, exclude, restrict=restrict, slots=state)
         self.rows[index] = _Request(gate.resume(list(prompt or ())), outputs)
 
     def add_request(self, index: int, request: GateRequest, prompt: Sequence[int] | None,
                     outputs: list[int]) -> None:
-        self.add(index, request.exclude, prompt, outputs, request.constraints, request.cite)
+        self.add(index, request.exclude, prompt, outputs, request.constraints, request.cite, request.slots)
 
     def remove(self, index: int) -> None:
         self.rows.pop(index, None)
@@ -211,6 +225,8 @@ class RequestGates:
             if keep is None:
                 rows[n, self._sid_ids] = float("-inf")
                 rows[n, self.spec.end_id] = float("-inf")
+                for token in request.gate.banned():
+                    rows[n, token] = float("-inf")
             else:
                 kept = torch.tensor(keep, dtype=torch.long, device=logits.device)
                 values = rows[n, kept].clone()

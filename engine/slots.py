@@ -1,0 +1,307 @@
+"""Vocabulary slots of the three-level reasoning: the places where the reasoning names something
+(an interest, a trend, the next item's attributes) may only use the catalog's own words.
+
+The reasoning's text stays free, except right after these openers (token sequences, so both
+backends match them the same way, with no decoding of text):
+
+- level 1, after ``(k)``: an interest name: one or two catalog categories that occur together on
+  some item, then an era (``1990s``, ``1970s-1990s``), or ``mixed``; ended by ``:``. A name used by
+  an earlier interest of the same trace is not offered again, so interests are distinct.
+- level 2, after ``(k)``: a trend (long-term, recent burst, fading, periodic), then ``,`` or ``.``.
+- level 3, after ``(k)``: the name level 1 gave interest k, copied (any level-1 name when k names
+  none), so "Serve (2) …" always says what (2) was.
+- level 3, after ``Next item:``: up to three categories, then at most one decade (or "any
+  <category word>"), each ``,``-separated and the list ended by ``.``: the attributes the engine
+  reads back (:func:`engine.prompt.stated_attributes`).
+
+Each slot is a walk through a :class:`~engine.sid.SIDTrie` over the words' token paths (the
+machinery of the catalog trie), so a slot is exactly as strict as an item span. The vocabulary is
+the catalog's (its facets), sized by the data: names come only from category pairs that occur
+together on an item, eras only from decades that hold items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+import re
+from itertools import combinations
+
+from engine.sid import SIDTrie, TrieCursor
+
+TRENDS = ("long-term", "recent burst", "fading", "periodic")
+MAX_OPENER_NUMBER = 9        # "(1)" … "(9)": more interests than this are never written
+MAX_NEXT_CATEGORIES = 3      # the teacher's level 3 names at most three categories
+
+
+def _decade_word(decade: int) -> str:
+    return f"{decade}s"
+
+
+def _prefix_free(paths: Iterable[tuple[Hashable, tuple[int, ...]]]) -> list[tuple[Hashable, tuple[int, ...]]]:
+    """Drop duplicates and paths that extend (or are extended by) another: a trie needs every word
+    to end at a leaf. With a byte-level tokenizer and a terminator on every path none is dropped."""
+    kept: dict[tuple[int, ...], Hashable] = {}
+    for key, path in paths:
+        kept.setdefault(tuple(path), key)
+    ordered = sorted(kept)
+    out = []
+    for i, path in enumerate(ordered):
+        if i + 1 < len(ordered) and ordered[i + 1][:len(path)] == path:
+            continue          # a prefix of the next path
+        if out and path[:len(out[-1][1])] == out[-1][1]:
+            continue          # extends a kept path
+        out.append((kept[path], path))
+    return out
+
+
+class SlotGrammar:
+    """The slots' vocabularies as token paths; :meth:`state` is one trace's walk through them."""
+
+    def __init__(self, sections: dict[int, str], think_end: Sequence[int], openers: dict[tuple[int, ...], int],
+                 next_opener: Sequence[tuple[int, ...]], names: list[tuple[str, Sequence[int]]],
+                 trends: list[tuple[Sequence, Sequence[int]]], pieces: list[tuple[Sequence, Sequence[int]]],
+                 name_paths: dict[str, Sequence[int]], period: Sequence[int] = ()):
+        self.sections = {int(t): s for t, s in sections.items()}      # token id -> level name
+        self.think_end = {int(t) for t in think_end}
+        self.openers = {tuple(p): int(k) for p, k in openers.items()}  # "(k)" token path -> k
+        self.next_opener = {tuple(p) for p in next_opener}
+        self.longest = max([len(p) for p in self.openers] + [len(p) for p in self.next_opener] + [1])
+        self.names = SIDTrie((n, tuple(p)) for n, p in names)
+        self.trends = SIDTrie((tuple(k), tuple(p)) for k, p in trends)
+        self.pieces = SIDTrie((tuple(k), tuple(p)) for k, p in pieces)
+        self.name_paths = {n: tuple(p) for n, p in name_paths.items()}   # name without ":" (level 3 copies)
+        self.piece_kind = {key[0]: key[1] for key in self.pieces.items}     # "Comedy" -> "category"
+        self.period = tuple(period)
+        # Each name's categories and era, so a trace is offered only names its history supports.
+        self.name_parts = {n: _parts(n) for n in self.names.items}
+        self.catalog: SIDTrie | None = None     # the catalog's item trie and facets (attach)
+        self.facets = None
+        self._serialised = (sections, think_end, openers, next_opener, names, trends, pieces, name_paths, period)
+
+    def attach(self, catalog: SIDTrie, facets) -> SlotGrammar:
+        """The catalog's item trie (token paths) and facets: with them, a trace's interest names
+        must fit at least two of the history items it may cite, and each interest's spans cite
+        only history items that fit its name."""
+        self.catalog, self.facets = catalog, facets
+        return self
+
+    # -- building -------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, tokenizer, facets, category_word: str = "category") -> SlotGrammar:
+        """The grammar for a catalog: ``facets`` give the categories and years, ``tokenizer`` the paths."""
+        from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION
+
+        encode = lambda text: tuple(tokenizer.encode(text, trusted=False))   # noqa: E731
+        categories = list(facets.vocabulary)
+        pairs = set()
+        for row in range(len(facets)):
+            cats = list(dict.fromkeys(facets.categories_of(facets.item_ids[row])))
+            pairs.update(combinations(cats, 2))
+        decades = sorted({int(y) // 10 * 10 for y in (facets.year_of(i) for i in facets.item_ids) if y is not None})
+        eras = [_decade_word(d) for d in decades] + [f"{a}s-{b}s" for a, b in combinations(decades, 2)]
+        heads = [[c] for c in categories] + [[a, b] for a, b in pairs] + [[b, a] for a, b in pairs]
+        names = {"mixed"}
+        for head in heads + [[]]:
+            for era in eras + [None]:
+                words = head + ([era] if era else [])
+                if words:
+                    names.add(", ".join(words))
+        name_list = sorted(names)
+        name_paths = dict(zip(name_list, (encode(" " + n) for n in name_list)))
+        terminated = [(n, p + encode(":")) for n, p in name_paths.items()]
+        trends = [((t, end), encode(f" {t}{end}")) for t in TRENDS for end in ",."]
+        anything = f"any {category_word}"
+        pieces = ([((c, "category", end), encode(f" {c}{end}")) for c in categories for end in ",."]
+                  + [((anything, "any", end), encode(f" {anything}{end}")) for end in ",."]
+                  + [((_decade_word(d), "decade", "."), encode(f" {_decade_word(d)}.")) for d in decades])
+        openers = {}
+        for k in range(1, MAX_OPENER_NUMBER + 1):
+            openers[encode(f" ({k})")] = k
+            openers[encode(f"({k})")] = k
+        sections = {tokenizer.ids[DERIVATION]: "derivation", tokenizer.ids[EVOLUTION]: "evolution",
+                    tokenizer.ids[RECOMMENDATION]: "recommendation"}
+        return cls(sections, [tokenizer.think_end_id, tokenizer.end_id], openers,
+                   [encode(" Next item:"), encode("Next item:")], _prefix_free(terminated),
+                   _prefix_free(trends), _prefix_free(pieces), name_paths, encode("."))
+
+    def to_json(self) -> dict:
+        """Plain lists and strings, for the vLLM server's catalog file."""
+        sections, think_end, openers, next_opener, names, trends, pieces, name_paths, period = self._serialised
+        return {"sections": {str(t): s for t, s in sections.items()}, "think_end": sorted(think_end),
+                "openers": [[list(p), k] for p, k in openers.items()], "next_opener": [list(p) for p in next_opener],
+                "names": [[n, list(p)] for n, p in names], "trends": [[list(k), list(p)] for k, p in trends],
+                "pieces": [[list(k), list(p)] for k, p in pieces],
+                "name_paths": {n: list(p) for n, p in name_paths.items()}, "period": list(period)}
+
+    @classmethod
+    def from_json(cls, spec: dict) -> SlotGrammar:
+        return cls({int(t): s for t, s in spec["sections"].items()}, spec["think_end"],
+                   {tuple(p): k for p, k in spec["openers"]}, [tuple(p) for p in spec["next_opener"]],
+                   [(n, tuple(p)) for n, p in spec["names"]], [(tuple(k), tuple(p)) for k, p in spec["trends"]],
+                   [(tuple(k), tuple(p)) for k, p in spec["pieces"]],
+                   {n: tuple(p) for n, p in spec["name_paths"].items()}, spec.get("period", ()))
+
+    def state(self, cite: Iterable[Hashable] | None = None) -> SlotState:
+        """One trace's slot walk; ``cite`` is the history its spans may name (grounds the names)."""
+        return SlotState(self, cite)
+
+    def supported_names(self, cite: Sequence[Hashable]) -> tuple[set[str], dict[str, list]]:
+        """Names that fit at least two of the cited items (one when there is only one), with the
+        items each fits. An item fits a name when it carries one of its categories and its year
+        lies in its era ("mixed" fits everything)."""
+        facets = self.facets
+        items = [i for i in cite if facets is not None and str(i) in facets.row_of]
+        need = min(2, len(items))
+        by_category: dict[str, int] = {}
+        by_decade: dict[int, int] = {}
+        for bit, item in enumerate(items):
+            for category in facets.categories_of(str(item)):
+                by_category[category] = by_category.get(category, 0) | 1 << bit
+            year = facets.year_of(str(item))
+            if year is not None:
+                by_decade[year // 10 * 10] = by_decade.get(year // 10 * 10, 0) | 1 << bit
+        everything = (1 << len(items)) - 1
+        supported, fits = set(), {}
+        for name, (categories, low, high) in self.name_parts.items():
+            mask = everything
+            if categories:
+                mask = 0
+                for category in categories:
+                    mask |= by_category.get(category, 0)
+            if low is not None:
+                era = 0
+                for decade in range(low, high + 10, 10):
+                    era |= by_decade.get(decade, 0)
+                mask &= era
+            if need and mask.bit_count() >= need:
+                supported.add(name)
+                fits[name] = [items[b] for b in range(len(items)) if mask >> b & 1]
+        return supported, fits
+
+
+_ERA = re.compile(r"^(\d{3,4})s(?:-(\d{3,4})s)?$")
+
+
+def _parts(name: str) -> tuple[tuple[str, ...], int | None, int | None]:
+    """("Comedy", "Drama"), 1970, 1990 from "Comedy, Drama, 1970s-1990s"; "mixed" has neither."""
+    if name == "mixed":
+        return (), None, None
+    words = name.split(", ")
+    era = _ERA.match(words[-1])
+    if era:
+        low = int(era.group(1))
+        return tuple(words[:-1]), low, int(era.group(2) or low)
+    return tuple(words), None, None
+
+
+class SlotState:
+    """One trace's walk: which level it is in, the slot open now (a trie cursor), and what the
+    finished slots said (``names``: interest number -> name; ``stated``: level 3's attributes)."""
+
+    __slots__ = ("grammar", "section", "tail", "cursor", "kind", "number", "names", "stated", "errors",
+                 "cite", "_supported", "scope")
+
+    def __init__(self, grammar: SlotGrammar, cite: Iterable[Hashable] | None = None):
+        self.grammar = grammar
+        self.cite = list(cite) if cite is not None else None
+        self._supported: tuple[set[str], dict[str, list]] | None = None
+        self.scope: list | None = None      # the history items the current interest's spans may cite
+        self.section: str | None = None
+        self.tail: list[int] = []
+        self.cursor: TrieCursor | None = None
+        self.kind = ""
+        self.number = 0
+        self.names: dict[int, str] = {}
+        self.stated: list[str] = []
+        self.errors = 0            # slots left on a token outside their vocabulary (text the engine wrote)
+
+    def resume(self, prompt: Sequence[int]) -> SlotState:
+        """Replay the prompt from its last level token (the prompt opens level 1; the engine may
+        have written more), so a slot the prompt opens is open here."""
+        start = max((i for i, t in enumerate(prompt) if t in self.grammar.sections), default=None)
+        if start is not None:
+            for token in prompt[start:]:
+                self.advance(token)
+        return self
+
+    def _open(self, kind: str) -> None:
+        g = self.grammar
+        if kind == "name":
+            restrict = None
+            if self.cite is not None and g.facets is not None:
+                if self._supported is None:
+                    self._supported = g.supported_names(self.cite)
+                restrict = g.names.restrict_to(self._supported[0])
+            self.cursor = g.names.cursor(exclude=set(self.names.values()), restrict=restrict)
+        elif kind == "trend":
+            self.cursor = g.trends.cursor()
+        elif kind == "copy":
+            chosen = [self.names[self.number]] if self.number in self.names else list(dict.fromkeys(self.names.values()))
+            if not chosen:
+                return         # level 1 named nothing (a fresh user): nothing to copy
+            self.cursor = SIDTrie((n, g.name_paths[n]) for n in chosen if n in g.name_paths).cursor()
+        elif kind == "piece":
+            kinds = [g.piece_kind[word] for word in self.stated]
+            blocked = {key for key in g.pieces.items
+                       if key[0] in self.stated
+                       or (key[1] == "category" and ("any" in kinds or kinds.count("category") >= MAX_NEXT_CATEGORIES))
+                       or (key[1] == "any" and kinds)}
+            self.cursor = g.pieces.cursor(exclude=blocked)
+        self.kind = kind
+        if self.cursor is not None and not self.cursor.allowed():
+            self.cursor = None
+
+    def advance(self, token: int) -> None:
+        g = self.grammar
+        if token in g.sections:
+            self.section, self.tail, self.cursor, self.scope = g.sections[token], [], None, None
+            return
+        if token in g.think_end:
+            self.section, self.cursor, self.scope = None, None, None
+            return
+        if self.scope is not None and self.cursor is None and token in g.period:
+            self.scope = None                       # "(1) Comedy: …, …." ends the interest's evidence
+        if self.cursor is not None:
+            if not self.cursor.accept(token):
+                self.errors += 1
+                self.cursor = None
+            elif self.cursor.done():
+                self._finish(self.cursor.item)
+            return
+        if self.section is None:
+            return
+        self.tail = (self.tail + [token])[-g.longest:]
+        for size in range(1, len(self.tail) + 1):
+            path = tuple(self.tail[-size:])
+            if path in g.openers:
+                self.number = g.openers[path]
+                self._open({"derivation": "name", "evolution": "trend", "recommendation": "copy"}[self.section])
+                return
+            if path in g.next_opener and self.section == "recommendation":
+                self._open("piece")
+                return
+
+    def _finish(self, item) -> None:
+        self.cursor, self.tail = None, []
+        if self.kind == "name":
+            self.names[self.number] = item
+            if self._supported is not None:
+                self.scope = self._supported[1].get(item)
+        elif self.kind == "piece":
+            word, _, end = item
+            self.stated.append(word)
+            if end == ",":
+                self._open("piece")
+
+    def span_filter(self):
+        """The items the next span may name while an interest's evidence is being listed (history
+        items that fit its name), else None (the gate's own restriction holds)."""
+        if self.scope is None or self.grammar.catalog is None:
+            return None
+        return self.grammar.catalog.restrict_to(self.scope)
+
+    def allowed(self) -> list | None:
+        """None while the text is free; inside a slot, the tokens that continue its vocabulary."""
+        if self.cursor is None:
+            return None
+        return self.cursor.allowed() or None
