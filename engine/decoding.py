@@ -187,6 +187,56 @@ def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
 
 
 @torch.no_grad()
+def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]], pad_id: int,
+                batch_size: int = 16) -> list[list[float]]:
+    """Summed log-probability of each candidate token path after its prompt (teacher forcing):
+    ``paths[u]`` are user ``u``'s candidates (SIDs, ending where an item ends). The numbers are
+    the ones beam search ranks by, so beams and re-scored candidates compare directly. Each
+    prompt is encoded once; its cache is copied to its candidates for the path tokens."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out_scores: list[list[float]] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk, chunk_paths = prompts[start:start + batch_size], paths[start:start + batch_size]
+            ids, attention = _left_pad(chunk, pad_id, device)
+            positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            owners = [u for u, cands in enumerate(chunk_paths) for _ in cands]
+            flat = [list(p) for cands in chunk_paths for p in cands]
+            scores = [0.0] * len(flat)
+            if flat:
+                depth = max(len(p) for p in flat)
+                for row, (u, path) in enumerate(zip(owners, flat)):
+                    scores[row] = first[u, path[0]].item()
+                if depth > 1:
+                    cache = out.past_key_values
+                    index = torch.tensor(owners, device=device)
+                    cache.batch_select_indices(index)
+                    # Shorter paths are padded with their last token; their extra steps are not summed.
+                    steps = torch.tensor([p[:depth - 1] + [p[-1]] * (depth - 1 - len(p[:depth - 1])) for p in flat],
+                                         device=device)
+                    mask = torch.cat([attention[index], torch.ones(len(flat), depth - 1, dtype=attention.dtype,
+                                                                    device=device)], dim=1)
+                    step_positions = positions[index, -1:] + torch.arange(1, depth, device=device)[None, :]
+                    logits = model(input_ids=steps, attention_mask=mask, position_ids=step_positions,
+                                   past_key_values=cache, use_cache=True).logits.float()
+                    logprobs = torch.log_softmax(logits, dim=-1)
+                    for row, path in enumerate(flat):
+                        for j in range(1, len(path)):
+                            scores[row] += logprobs[row, j - 1, path[j]].item()
+            at = 0
+            for cands in chunk_paths:
+                out_scores.append(scores[at:at + len(cands)])
+                at += len(cands)
+    finally:
+        model.train(was_training)
+    return out_scores
+
+
+@torch.no_grad()
 def generate_reasoning(model, tokenizer, prompts: Sequence[Sequence[int]], trie: SIDTrie,
                        excludes: Sequence[set[Hashable]], max_new_tokens: int = 160,
                        do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,

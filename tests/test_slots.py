@@ -1,0 +1,143 @@
+"""Vocabulary slots: where the reasoning names an interest, a trend or the next item's attributes,
+only the catalog's words fit, names never repeat within a trace, and each interest's evidence
+cites history items that carry its name."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from engine.slots import SlotGrammar
+from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION
+
+
+def _walk(state, tokenizer, text: str) -> None:
+    for token in tokenizer.encode(text, trusted=False):
+        state.advance(token)
+
+
+def _spell(state, path) -> bool:
+    """Whether the open slot accepts ``path`` token by token (a copy of the state is not needed:
+    callers spell one path per fresh state)."""
+    for token in path:
+        allowed = state.allowed()
+        if allowed is None or token not in allowed:
+            return False
+        state.advance(token)
+    return True
+
+
+def _open_level(tokenizer, grammar, cite=None):
+    state = grammar.state(cite)
+    state.advance(tokenizer.ids[DERIVATION])
+    return state
+
+
+def test_interest_names_come_from_the_history_and_never_repeat(engine):
+    tok, grammar = engine.tokenizer, engine.recommender.slots
+    history = engine.recommender.shown_history(engine.dataset_history("u15"))
+    supported, fits = grammar.supported_names(sorted(history))
+    assert supported and "mixed" in supported
+    unsupported = sorted(set(grammar.names.items) - supported)
+    assert unsupported, "the themed catalog has names this history cannot support"
+
+    state = _open_level(tok, grammar, history)
+    _walk(state, tok, "Interests: (1)")
+    first = state.allowed()
+    assert first is not None                         # a name slot is open after "(1)"
+    name = sorted(supported)[0]
+    assert _spell(state, grammar.names.path(name))
+    assert state.names == {1: name} and state.allowed() is None      # ":" closed the slot: free text
+    assert set(state.scope) == set(fits[name])       # its evidence: history items that fit the name
+
+    # The same name is not offered to the next interest; an unsupported one never is.
+    _walk(state, tok, ". (2)")
+    assert state.scope is None
+    again = grammar.state(history)
+    again.advance(tok.ids[DERIVATION])
+    _walk(again, tok, "Interests: (1)")
+    assert not _spell(again, grammar.names.path(unsupported[0]))
+    assert not _spell(state, grammar.names.path(name))
+
+
+def test_level_three_copies_the_served_name_and_states_vocabulary_attributes(engine):
+    tok, grammar = engine.tokenizer, engine.recommender.slots
+    history = engine.recommender.shown_history(engine.dataset_history("u15"))
+    supported, _ = grammar.supported_names(sorted(history))
+    name = sorted(supported)[-1]
+    state = _open_level(tok, grammar, history)
+    _walk(state, tok, "Interests: (1)")
+    assert _spell(state, grammar.names.path(name))
+    state.advance(tok.ids[EVOLUTION])
+    _walk(state, tok, "(1)")
+    trends = state.allowed()
+    assert trends and _spell(state, tok.encode(" long-term,", trusted=False))
+    state.advance(tok.ids[RECOMMENDATION])
+    _walk(state, tok, "Serve (1)")
+    assert state.allowed() == [grammar.name_paths[name][0]]   # only interest (1)'s own name fits
+    assert _spell(state, grammar.name_paths[name])
+    assert state.allowed() is None
+
+    category = engine.facets.vocabulary[0]
+    _walk(state, tok, ", the lasting interest. Next item:")
+    assert state.allowed() is not None
+    assert not _spell(grammar.state(), tok.encode(" Nonsense,", trusted=False))
+    assert _spell(state, tok.encode(f" {category},", trusted=False))
+    # The category just stated is not offered again; the list ends with a decade or a full stop.
+    again_first = tok.encode(f" {category}", trusted=False)[0]
+    assert state.allowed() is not None and again_first not in state.allowed()
+    year = next(y for y in (engine.facets.year_of(i) for i in engine.facets.item_ids) if y is not None)
+    assert _spell(state, tok.encode(f" {year // 10 * 10}s.", trusted=False))
+    assert state.stated == [category, f"{year // 10 * 10}s"] and state.allowed() is None
+
+
+def test_generated_reasoning_names_only_supported_interests(engine):
+    """Sampling hot from the barely trained model: whatever it writes, the names after "(k)" in
+    level 1 are supported by the history, distinct, and each interest cites items that fit it."""
+    rec, tok = engine.recommender, engine.tokenizer
+    history = engine.dataset_history("u15")
+    shown = rec.shown_history(history)
+    supported, fits = rec.slots.supported_names(sorted(shown))
+    prompt = rec.prompt_ids(history, None, (), thinking=True) + tok.encode("Interests: (1)", trusted=False)
+    torch.manual_seed(0)
+    outs = rec.backend.generate_reasoning([prompt] * 6, [set()] * 6, max_new_tokens=60, sample=True,
+                                          temperature=1.5, cites=[shown] * 6)
+    label = {}
+    for item in shown:
+        label[tuple(rec.trie.path(item))] = item
+    for out in outs:
+        text = tok.decode(out)
+        name = re.match(r"\s*(.+?):", text).group(1)         # the prompt opened the first name slot
+        assert name in supported, text
+        names = [name] + re.findall(r"\(\d\) ([^:<>()]+?):", text[len(name) + 1:].split("<|evolution|>")[0])
+        assert len(names) == len(set(names)), text
+        # Citations right after the first name fit that name.
+        first_interest = out[:next((i for i, t in enumerate(out) if tok.decode([t]) == "."), len(out))]
+        cited, current = [], None
+        for token in first_interest:
+            if token == tok.item_begin_id:
+                current = []
+            elif token == tok.item_end_id and current is not None:
+                cited.append(label.get(tuple(current)))
+                current = None
+            elif current is not None:
+                current.append(token)
+        assert all(item in fits[name] for item in cited), (text, cited)
+
+
+def test_the_grammar_travels_to_the_vllm_server_unchanged(engine, tmp_path):
+    """The server rebuilds the grammar from the catalog file and allows exactly the same tokens."""
+    from engine.vllm_trie import TrieSpec, write_trie_spec
+
+    rec, tok = engine.recommender, engine.tokenizer
+    spec = TrieSpec(write_trie_spec(tmp_path / "trie.json", tok, rec.sid_codes, "fp", facets=engine.facets,
+                                    slots=rec.slots))
+    history = sorted(rec.shown_history(engine.dataset_history("u15")))
+    here, there = rec.slots.state(history), spec.slots.state(history)
+    text = "Interests: (1)"
+    for state, grammar in ((here, rec.slots), (there, spec.slots)):
+        state.advance(tok.ids[DERIVATION])
+        _walk(state, tok, text)
+    assert sorted(here.allowed()) == sorted(there.allowed())
+    assert isinstance(spec.slots, SlotGrammar) and spec.slots.catalog is spec.trie
