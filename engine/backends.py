@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Callable, Protocol
 
 from engine.constraints import Constraints
-from engine.decoding import RankedItem, beam_search_items, generate_reasoning, stream_reasoning
+from engine.decoding import RankedItem, beam_search_items, generate_reasoning, score_paths, stream_reasoning
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
@@ -39,6 +39,10 @@ class Backend(Protocol):
                            batch_size: int = 32, stop_ids: Sequence[int] | None = None,
                            cites: Sequence[set[Hashable] | None] | None = None) -> list[list[int]]:
         """Many users' reasoning at once (evaluation, RL rollouts); ``cites`` one per prompt."""
+
+    def score_paths(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]],
+                    batch_size: int = 16) -> list[list[float]]:
+        """Summed log-probability of each prompt's candidate SID paths (the beams' own scale)."""
 
     def beam_search(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
                     k: int, num_beams: int | None = None, batch_size: int = 16,
@@ -74,6 +78,9 @@ class TransformersBackend:
         return generate_reasoning(self.model, self.tokenizer, prompts, self.trie, excludes, max_new_tokens,
                                   do_sample=sample, temperature=temperature, batch_size=batch_size, stop_ids=stop_ids,
                                   cites=cites, slots=self.slots)
+
+    def score_paths(self, prompts, paths, batch_size=16):
+        return score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
@@ -191,6 +198,28 @@ class VLLMBackend:
             tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
         return tops
 
+    def score_paths(self, prompts, paths, batch_size=16):
+        """Teacher-forced scores from the server: each candidate is one request whose prompt is the
+        context plus the path (``prompt_logprobs``), so prefix caching makes it a few tokens of work."""
+        jobs = [(list(prompt) + list(path), len(path)) for prompt, cands in zip(prompts, paths) for path in cands]
+
+        def one(ids_and_length):
+            ids, length = ids_and_length
+            body = {"model": self.model_name, "prompt": ids, "max_tokens": 1, "temperature": 0.0,
+                    "prompt_logprobs": 0, "skip_special_tokens": False}
+            entries = self._post(body)["choices"][0]["prompt_logprobs"]
+            total = 0.0
+            for position in range(len(ids) - length, len(ids)):
+                total += _logprob_of(entries[position], ids[position])
+            return total
+
+        flat = self._map(one, jobs)
+        out, at = [], 0
+        for cands in paths:
+            out.append(flat[at:at + len(cands)])
+            at += len(cands)
+        return out
+
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         width = max(k, num_beams or k)
         constraints = list(constraints) if constraints is not None else [None] * len(prompts)
@@ -230,3 +259,12 @@ class VLLMBackend:
                 return []
         beams.sort(key=lambda b: -b[0])
         return [RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in beams[:k]]
+
+
+def _logprob_of(entry: dict, token: int) -> float:
+    """The log-probability of ``token`` in one position of vLLM's ``prompt_logprobs`` (keyed by
+    token id, or by ``token_id:N`` when the server returns tokens as ids)."""
+    for key, value in entry.items():
+        if str(key).rsplit(":", 1)[-1] == str(token):
+            return float(value["logprob"] if isinstance(value, dict) else value)
+    raise RuntimeError(f"the vLLM server returned no log-probability for prompt token {token}")

@@ -34,6 +34,43 @@ class Recommendation:
     available: int | None = None                 # items the constraints leave (None: no constraint)
 
 
+@dataclass(frozen=True)
+class ThinkRank:
+    """How thinking mode turns beams into a ranking.
+
+    ``reasoned``: the beams that follow the reasoning, as they come. ``race``: the reasoned beams
+    and the direct (non-thinking) beams merged by rank (OneReason's Race). ``fused`` (default): the
+    union of both beam sets, each candidate scored under both contexts,
+    ``log p(item | history) + weight * log p(item | history, reasoning) - contrast * log p(item | reasoning)``;
+    ``contrast`` > 0 is the linguistic-inertia calibration (what the reasoning predicts by itself is
+    taken out). The weights are set by measurement (docs/RESULTS.md, issue 13)."""
+    mode: str = "fused"
+    weight: float = 1.0
+    contrast: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in THINK_RANKS:
+            raise ValueError(f"unknown thinking rank '{self.mode}' (choose from {', '.join(THINK_RANKS)})")
+
+
+THINK_RANKS = ("reasoned", "race", "fused")
+
+
+def race(first: Sequence[RankedItem], second: Sequence[RankedItem], k: int) -> list[RankedItem]:
+    """Two rankings merged by rank: an item takes its better rank of the two (ties: the smaller sum
+    of ranks, then ``first`` before ``second``)."""
+    rank_a = {i.item_id: r for r, i in enumerate(first)}
+    rank_b = {i.item_id: r for r, i in enumerate(second)}
+    missing = len(first) + len(second)
+    by_id = {i.item_id: i for i in list(second) + list(first)}
+
+    def key(item_id):
+        a, b = rank_a.get(item_id, missing), rank_b.get(item_id, missing)
+        return (min(a, b), a + b, a)
+
+    return [by_id[i] for i in sorted(by_id, key=key)[:k]]
+
+
 @dataclass
 class ReasoningPlan:
     """What the engine writes into the reasoning itself, so it is true by construction: a user
@@ -52,7 +89,8 @@ class Recommender:
 
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
-                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0):
+                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
+                 think_rank: ThinkRank | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
@@ -60,6 +98,7 @@ class Recommender:
         self.facets = facets
         self.category_word = category_word          # "genre" for movies: how level 3 names a category
         self.follow_weight = follow_weight          # soft prior toward level 3's attributes (see follow)
+        self.think_rank = think_rank or ThinkRank()  # how thinking mode ranks its candidates (see rank_thinking)
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
         # Where the reasoning names interests, trends and attributes, only the catalog's words
@@ -184,7 +223,7 @@ class Recommender:
                   sample: bool = False, temperature: float = 1.0, batch_size: int = 16,
                   constraints: Sequence[Constraints | None] | None = None,
                   reasoning: Sequence[Sequence[int] | None] | None = None,
-                  follow_weight: float | None = None) -> list[Recommendation]:
+                  follow_weight: float | None = None, think_rank: ThinkRank | None = None) -> list[Recommendation]:
         """Top-``k`` items for each history (history items and ``exclude`` never recommended; every
         item satisfies its ``constraints``). ``reasoning``: already generated reasoning per user
         (the app streams it first), used instead of generating it here."""
@@ -216,14 +255,50 @@ class Recommender:
                 results[i].seconds["reasoning"] = share
                 item_prompts.append(self.item_prompt(prompts[i], tokens))
         started = time.perf_counter()
-        ranked = self.backend.beam_search(item_prompts, excludes, k=k, num_beams=num_beams, batch_size=batch_size,
-                                          constraints=constraints)
+        ranked = self.backend.beam_search(item_prompts, excludes, k=num_beams if thinking else k,
+                                          num_beams=num_beams, batch_size=batch_size, constraints=constraints)
+        if thinking:
+            direct = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], False) for i in range(n)]
+            ranked = self.rank_thinking(think_rank or self.think_rank, ranked, direct, item_prompts,
+                                        [r.reasoning_ids for r in results], excludes, constraints, k, num_beams,
+                                        batch_size)
         share = (time.perf_counter() - started) / max(n, 1)
         weight = self.follow_weight if follow_weight is None else follow_weight
         for result, items in zip(results, ranked):
             result.items = self.follow(items, result.levels.get("recommendation", ""), weight) if thinking else items
             result.seconds["items"] = share
         return results
+
+    def rank_thinking(self, how: ThinkRank, reasoned: list[list[RankedItem]], direct_prompts: list[list[int]],
+                      reasoned_prompts: list[list[int]], reasoning: list[list[int]], excludes, constraints,
+                      k: int, num_beams: int, batch_size: int) -> list[list[RankedItem]]:
+        """Thinking mode's top ``k`` from the beams that follow the reasoning (``how``: ThinkRank).
+        Every candidate is a beam of one of the two searches, so it satisfies the same exclusions
+        and constraints."""
+        if how.mode == "reasoned":
+            return [beams[:k] for beams in reasoned]
+        direct = self.backend.beam_search(direct_prompts, excludes, k=num_beams, num_beams=num_beams,
+                                          batch_size=batch_size, constraints=constraints)
+        if how.mode == "race":
+            return [race(a, b, k) for a, b in zip(reasoned, direct)]
+        pools = []
+        for a, b in zip(reasoned, direct):
+            pool = {i.item_id: i for i in list(a) + list(b)}
+            pools.append(list(pool.values()))
+        paths = [[list(i.token_ids) for i in pool] for pool in pools]
+        under_direct = self.backend.score_paths(direct_prompts, paths, batch_size)
+        under_reasoning = self.backend.score_paths(reasoned_prompts, paths, batch_size)
+        alone = [[0.0] * len(p) for p in paths]
+        if how.contrast:
+            empty = self.prompt_ids([], thinking=True)
+            alone = self.backend.score_paths([self.item_prompt(empty, r) for r in reasoning], paths, batch_size)
+        out = []
+        for pool, d, r, a in zip(pools, under_direct, under_reasoning, alone):
+            scored = [RankedItem(item.item_id, dd + how.weight * rr - how.contrast * aa, item.token_ids)
+                      for item, dd, rr, aa in zip(pool, d, r, a)]
+            scored.sort(key=lambda item: -item.score)
+            out.append(scored[:k])
+        return out
 
     def follow(self, items: list[RankedItem], recommendation: str, weight: float) -> list[RankedItem]:
         """Items follow level 3 as a soft prior: each beam's log-probability gains ``weight`` for

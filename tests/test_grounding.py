@@ -71,3 +71,38 @@ def test_items_follow_level_three_as_a_soft_prior(engine):
     followed = [b.item_id for b in rec.follow(beams, level3, 1.5)]
     assert followed == [carrying[0], other[0], other[1], carrying[1]]
     assert rec.follow(beams, "No clear interest.", 5.0) == beams       # nothing stated: nothing moves
+
+
+def test_race_merges_two_rankings_by_rank():
+    from engine.decoding import RankedItem
+    from engine.recommender import race
+
+    a = [RankedItem(x, -i, ()) for i, x in enumerate("ABCD")]
+    b = [RankedItem(x, -i, ()) for i, x in enumerate("EBFA")]
+    # Best rank first (A and E are both first; A has the smaller rank sum... tie on min rank 0:
+    # A 0+3, E 4+0 -> A first), then B (1 in both), then C/F (2), then D.
+    assert [i.item_id for i in race(a, b, 6)] == ["A", "E", "B", "C", "F", "D"]
+
+
+def test_thinking_mode_ranks_beams_of_both_contexts_within_the_constraints(engine):
+    """Every thinking rank returns k distinct items that satisfy the request and skip the history;
+    ``reasoned`` keeps the reasoned beams' own order; ``fused`` scores add up both contexts."""
+    from engine.constraints import Constraints
+    from engine.recommender import ThinkRank
+
+    rec = engine.recommender
+    history = engine.dataset_history("u15")
+    category = engine.facets.vocabulary[0]
+    wanted = Constraints(want=[[category]])
+    expected = min(5, rec.available(wanted, set(history)))
+    assert expected >= 2
+    out = {}
+    for mode in ("reasoned", "race", "fused"):
+        answer = rec.recommend([history], k=5, num_beams=10, thinking=True, constraints=[wanted],
+                               max_reasoning_tokens=24, think_rank=ThinkRank(mode))[0]
+        ids = [i.item_id for i in answer.items]
+        assert len(ids) == len(set(ids)) == expected and not set(ids) & set(history)
+        assert all(category in engine.facets.categories_of(i) for i in ids)
+        out[mode] = answer
+    # Fused scores are the sum of the two contexts' log-probabilities: below either one alone.
+    assert max(i.score for i in out["fused"].items) < max(i.score for i in out["reasoned"].items)

@@ -21,7 +21,10 @@ from pathlib import Path
 from training.metrics import hit_ndcg
 
 KS = (1, 5, 10, 20)
-METHODS = ("popularity", "sasrec", "thinkrec", "thinkrec-think")
+METHODS = ("popularity", "sasrec", "thinkrec", "thinkrec-think", "thinkrec-reasoned", "thinkrec-race")
+# Thinking rows: the app's thinking mode (--think-rank, default fused), and two fixed ablations of
+# how its beams become a ranking: the reasoned beams alone, and OneReason's Race.
+THINKING_ROWS = {"thinkrec-think": None, "thinkrec-reasoned": "reasoned", "thinkrec-race": "race"}
 
 
 @dataclass
@@ -30,7 +33,7 @@ class EvalArgs:
     checkpoint: str = "checkpoints/ml-100k-tiny/sft"  # checkpoint folder, or several side by side: sft=DIR,rl=DIR
     split: str = "test"                 # valid or test
     json: str | None = None             # write the report here (plus .md table and .png chart beside it)
-    methods: str = ",".join(METHODS)    # comma-separated: popularity, sasrec, thinkrec, thinkrec-think
+    methods: str = "popularity,sasrec,thinkrec,thinkrec-think,thinkrec-race"  # any of METHODS, comma-separated
     num_beams: int = 20                 # beam width over the SID steps (>= 20, the largest K)
     max_users: int = 0                  # 0: every user of the split
     batch_size: int = 16                # users decoded together
@@ -41,6 +44,9 @@ class EvalArgs:
     backend: str = "transformers"       # transformers (in process) or vllm (a thinkrec serve-model server)
     model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
     follow_weight: float | None = None  # thinking rows: soft prior toward level 3's attributes (None: the recommender's default)
+    think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
+    think_weight: float = 1.0           # fused: weight of log p(item | history, reasoning)
+    contrast: float = 0.0               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
     steering_fresh: int = 10            # --steering: fresh users (no history)
@@ -126,7 +132,7 @@ def run(args: EvalArgs) -> dict:
         started = time.perf_counter()
         ranked = model.recommend_batch(histories, k)
         results["sasrec"] = _score(ranked, rows, time.perf_counter() - started, catalog)
-    thinking_modes = [(m, m == "thinkrec-think") for m in ("thinkrec", "thinkrec-think") if m in methods]
+    thinking_modes = [(m, m in THINKING_ROWS) for m in ("thinkrec",) + tuple(THINKING_ROWS) if m in methods]
     checkpoints = parse_checkpoints(args.checkpoint) if thinking_modes else {}
     if args.backend == "vllm" and checkpoints and (not args.model_url or len(checkpoints) > 1):
         raise ValueError("--backend vllm needs --model-url and one checkpoint (the one the server serves)")
@@ -134,17 +140,24 @@ def run(args: EvalArgs) -> dict:
         from training.reasoning_metrics import scorer_for
 
         scorer = scorer_for(view)
+    from engine.recommender import ThinkRank
+
+    default_rank = ThinkRank(args.think_rank, args.think_weight, args.contrast)
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
         for method, thinking in thinking_modes:
             name = f"{method} [{label}]" if label else method
+            rank = ThinkRank(THINKING_ROWS[method]) if THINKING_ROWS.get(method) else default_rank
             started = time.perf_counter()
             answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
                                             max_reasoning_tokens=args.max_reasoning_tokens,
-                                            batch_size=args.batch_size, follow_weight=args.follow_weight)
+                                            batch_size=args.batch_size, follow_weight=args.follow_weight,
+                                            think_rank=rank)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}
+            if thinking:
+                extra["think_rank"] = {"mode": rank.mode, "weight": rank.weight, "contrast": rank.contrast}
             if thinking:
                 from engine.prompt import well_formed
                 extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)
