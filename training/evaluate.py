@@ -47,6 +47,7 @@ class EvalArgs:
     think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
     think_weight: float = 1.0           # fused: weight of log p(item | history, reasoning)
     contrast: float = 0.0               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
+    reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
     steering_fresh: int = 10            # --steering: fresh users (no history)
@@ -143,14 +144,19 @@ def run(args: EvalArgs) -> dict:
     from engine.recommender import ThinkRank
 
     default_rank = ThinkRank(args.think_rank, args.think_weight, args.contrast)
+    budgets = [int(b) for b in args.reasoning_budgets.split(",") if b.strip()] or [args.max_reasoning_tokens]
+    runs = [(method, thinking, budget) for method, thinking in thinking_modes
+            for budget in (budgets if thinking else [args.max_reasoning_tokens])]
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
-        for method, thinking in thinking_modes:
+        for method, thinking, budget in runs:
             name = f"{method} [{label}]" if label else method
+            if thinking and len(budgets) > 1:
+                name += f" @{budget}"
             rank = ThinkRank(THINKING_ROWS[method]) if THINKING_ROWS.get(method) else default_rank
             started = time.perf_counter()
             answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
-                                            max_reasoning_tokens=args.max_reasoning_tokens,
+                                            max_reasoning_tokens=budget,
                                             batch_size=args.batch_size, follow_weight=args.follow_weight,
                                             think_rank=rank)
             seconds = time.perf_counter() - started
@@ -158,6 +164,7 @@ def run(args: EvalArgs) -> dict:
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}
             if thinking:
                 extra["think_rank"] = {"mode": rank.mode, "weight": rank.weight, "contrast": rank.contrast}
+                extra["max_reasoning_tokens"] = budget
             if thinking:
                 from engine.prompt import well_formed
                 extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)
@@ -220,3 +227,25 @@ def write_report(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png"), dpi=110)
     plt.close(fig)
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, values in report["results"].items():
+        if " @" in name:
+            curves.setdefault(name.split(" @")[0], []).append((values["mean_reasoning_tokens"], values["ndcg@10"]))
+    if curves:
+        # Accuracy against reasoning length: one line per thinking row, the non-thinking rows flat.
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for name, points in curves.items():
+            points.sort()
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+        for name, values in report["results"].items():
+            if "mean_reasoning_tokens" not in values:
+                ax.axhline(values["ndcg@10"], linestyle="--", linewidth=1, color="gray")
+                ax.annotate(name, (0, values["ndcg@10"]), fontsize=7, color="gray")
+        ax.set_xlabel("mean reasoning tokens")
+        ax.set_ylabel("NDCG@10")
+        ax.set_title(f"Accuracy vs reasoning length ({report['split']}, {report['num_users']} users)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path.with_name(path.stem + "_length.png"), dpi=110)
+        plt.close(fig)
