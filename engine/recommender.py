@@ -45,8 +45,8 @@ class ThinkRank:
     ``contrast`` > 0 is the linguistic-inertia calibration (what the reasoning predicts by itself is
     taken out). The weights are set by measurement (docs/RESULTS.md, issue 13)."""
     mode: str = "fused"
-    weight: float = 1.0
-    contrast: float = 0.0
+    weight: float = 0.5
+    contrast: float = 0.5
 
     def __post_init__(self):
         if self.mode not in THINK_RANKS:

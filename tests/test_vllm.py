@@ -313,3 +313,25 @@ def test_eval_gives_the_same_metrics_on_both_backends(built_dataset, tiny_checkp
     assert served["thinkrec-think"]["mean_reasoning_tokens"] == local["thinkrec-think"]["mean_reasoning_tokens"]
     with pytest.raises(ValueError, match="needs --model-url"):
         run(EvalArgs(**common, backend="vllm"))
+
+
+def test_candidate_scores_and_reasoning_slots_match_the_transformers_backend(both):
+    """Thinking mode's fused ranking re-scores candidates: the server's teacher-forced scores equal
+    the in-process ones, and a reasoning request is held to the same vocabulary slots."""
+    hf, vllm = both["transformers"], both["vllm"]
+    history = hf.dataset_history("u4")
+    prompt = hf.recommender.prompt_ids(history)
+    beams = hf.recommender.backend.beam_search([prompt], [set(history)], k=6, num_beams=6)[0]
+    paths = [[list(b.token_ids) for b in beams]]
+    local = hf.recommender.backend.score_paths([prompt], paths)[0]
+    served = vllm.recommender.backend.score_paths([prompt], paths)[0]
+    assert all(abs(a - b) < 1e-3 for a, b in zip(local, served)), (local, served)
+    assert all(abs(a - b.score) < 1e-3 for a, b in zip(local, beams))
+    # A prompt that opens an interest name: both backends write the same vocabulary name.
+    thinking = hf.recommender.prompt_ids(history, thinking=True) + hf.tokenizer.encode("Interests: (1)", trusted=False)
+    cite = hf.recommender.shown_history(history)
+    out_hf = hf.recommender.backend.generate_reasoning([thinking], [set()], max_new_tokens=16, cites=[cite])[0]
+    out_vllm = vllm.recommender.backend.generate_reasoning([thinking], [set()], max_new_tokens=16, cites=[cite])[0]
+    assert out_vllm == out_hf
+    name = hf.tokenizer.decode(out_hf).split(":")[0].strip()
+    assert name in hf.recommender.slots.supported_names(sorted(cite))[0]

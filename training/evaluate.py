@@ -45,8 +45,8 @@ class EvalArgs:
     model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
     follow_weight: float | None = None  # thinking rows: soft prior toward level 3's attributes (None: the recommender's default)
     think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
-    think_weight: float = 1.0           # fused: weight of log p(item | history, reasoning)
-    contrast: float = 0.0               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
+    think_weight: float = 0.5           # fused: weight of log p(item | history, reasoning)
+    contrast: float = 0.5               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
