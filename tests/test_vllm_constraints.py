@@ -50,8 +50,24 @@ def synthetic_catalog(n: int = 48, seed: int = 0):
 
 @pytest.fixture()
 def spec(tmp_path) -> TrieSpec:
+    from engine.slots import SlotGrammar
+
     codes, facets = synthetic_catalog()
-    return TrieSpec(write_trie_spec(tmp_path / "trie.json", FakeTokenizer(), codes, "fp", facets=facets))
+    # The fake tokenizer spells no words: a grammar with no slots (its own tests use a real tokenizer).
+    no_slots = SlotGrammar({}, [], {}, [], [], [], [], {})
+    return TrieSpec(write_trie_spec(tmp_path / "trie.json", FakeTokenizer(), codes, "fp", facets=facets,
+                                    slots=no_slots))
+
+
+def test_a_reasoning_request_needs_the_slot_grammar(tmp_path):
+    """A catalog file without the reasoning's vocabulary refuses reasoning requests, never decodes
+    them unconstrained."""
+    codes, facets = synthetic_catalog()
+    bare = TrieSpec(write_trie_spec(tmp_path / "bare.json", FakeTokenizer(), codes, "fp", facets=facets))
+    gates = RequestGates(bare)
+    with pytest.raises(ValueError, match="no slot grammar"):
+        gates.add_request(0, request_args({"thinkrec": 1, "thinkrec_slots": 1}), [1], [])
+    gates.add_request(0, request_args({"thinkrec": 1}), [1], [])       # items alone need no grammar
 
 
 def allowed_ids(spec: TrieSpec, constraints: Constraints | None) -> set[str]:
@@ -348,27 +364,20 @@ def test_server_runs_without_async_scheduling():
         assert "--no-async-scheduling" in command and "--async-scheduling" not in command
 
 
-def test_serve_model_writes_the_catalogs_facets(built_dataset, tmp_path):
+def test_serve_model_writes_the_catalogs_facets(built_dataset, tiny_checkpoint, tmp_path):
     from data.catalog import Catalog
+    from engine.checkpoint import load_checked
     from engine.vllm_server import write_catalog_spec
 
     catalog = Catalog(built_dataset)
-    spec = TrieSpec(write_catalog_spec(tmp_path / "trie.json", fake_tokenizer_for(catalog), built_dataset, "fp"))
+    tokenizer, _ = load_checked(tiny_checkpoint, built_dataset)
+    spec = TrieSpec(write_catalog_spec(tmp_path / "trie.json", tokenizer, built_dataset, "fp"))
     facets = Facets(*catalog.attribute_table())
+    # The reasoning's vocabulary travels too, attached to the server's own trie and facets.
+    assert spec.slots is not None and spec.slots.catalog is spec.trie and "mixed" in spec.slots.names
     assert spec.facets.item_ids == facets.item_ids and len(spec.trie) == len(catalog)
     comedy = Constraints(want=[["Comedy"]])
     restrict = spec.filter_for(comedy)
     assert {i for i in facets.item_ids if restrict.allows(i)} == set(facets.allowed_items(comedy))
     assert all("Comedy" in facets.categories_of(i) for i in facets.allowed_items(comedy))
 
-
-def fake_tokenizer_for(catalog):
-    """A FakeTokenizer wide enough for the catalog's SID layout."""
-    codes = catalog.sid_codes()
-    levels = len(next(iter(codes.values())))
-    size = 1 + max(c for path in codes.values() for c in path)
-    tok = FakeTokenizer()
-    tok.sid_code_of = {tok.first_sid + level * size + code: (level, code) for level in range(levels)
-                       for code in range(size)}
-    tok.sid_token_ids = lambda path: [tok.first_sid + level * size + int(c) for level, c in enumerate(path)]
-    return tok
