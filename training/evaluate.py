@@ -149,6 +149,9 @@ def run(args: EvalArgs) -> dict:
             for budget in (budgets if thinking else [args.max_reasoning_tokens])]
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
+        # Thinking rows differ only in how beams become a ranking: the first row at a budget
+        # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
+        reasoned: dict[int, list[list[int]]] = {}
         for method, thinking, budget in runs:
             name = f"{method} [{label}]" if label else method
             if thinking and len(budgets) > 1:
@@ -158,13 +161,15 @@ def run(args: EvalArgs) -> dict:
             answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
                                             max_reasoning_tokens=budget,
                                             batch_size=args.batch_size, follow_weight=args.follow_weight,
-                                            think_rank=rank)
+                                            think_rank=rank, reasoning=reasoned.get(budget) if thinking else None)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}
             if thinking:
                 extra["think_rank"] = {"mode": rank.mode, "weight": rank.weight, "contrast": rank.contrast}
                 extra["max_reasoning_tokens"] = budget
+                extra["reasoning_reused"] = budget in reasoned
+                reasoned.setdefault(budget, [a.reasoning_ids for a in answers])
             if thinking:
                 from engine.prompt import well_formed
                 extra["well_formed_rate"] = sum(well_formed(a.reasoning + "</think>") for a in answers) / max(len(answers), 1)
