@@ -99,10 +99,16 @@ def test_thinking_mode_ranks_beams_of_both_contexts_within_the_constraints(engin
     out = {}
     for mode in ("reasoned", "race", "fused"):
         answer = rec.recommend([history], k=5, num_beams=10, thinking=True, constraints=[wanted],
-                               max_reasoning_tokens=24, think_rank=ThinkRank(mode))[0]
+                               max_reasoning_tokens=24, think_rank=ThinkRank(mode, 1.0, 0.0))[0]
         ids = [i.item_id for i in answer.items]
         assert len(ids) == len(set(ids)) == expected and not set(ids) & set(history)
         assert all(category in engine.facets.categories_of(i) for i in ids)
         out[mode] = answer
-    # Fused scores are the sum of the two contexts' log-probabilities: below either one alone.
-    assert max(i.score for i in out["fused"].items) < max(i.score for i in out["reasoned"].items)
+    # Fused (weight 1, no contrast): each item's score is its direct score plus its reasoned score.
+    direct = rec.recommend([history], k=5, num_beams=10, thinking=False, constraints=[wanted])[0]
+    reasoned = {i.item_id: i.score for i in out["reasoned"].items}
+    plain = {i.item_id: i.score for i in direct.items}
+    both = [i for i in out["fused"].items if i.item_id in reasoned and i.item_id in plain]
+    assert both
+    for item in both:
+        assert abs(item.score - (reasoned[item.item_id] + plain[item.item_id])) < 1e-3
