@@ -75,7 +75,9 @@ def main() -> None:
         answer = client.predict(args.message, user, True, "", api_name="/recommend")
         levels = answer["trace"]["levels"]
         citations = cited(levels.get("derivation", "") + " " + levels.get("evolution", ""), labels)
-        ungrounded = [labels[i] for i in citations if i not in rated[user]]
+        # A label, not an id: the catalog may list one film twice (ML-100K does), and either id counts.
+        seen_labels = {labels[i] for i in rated[user] if i in labels}
+        ungrounded = [labels[i] for i in citations if labels[i] not in seen_labels]
         wanted, decade = stated(levels.get("recommendation", ""), categories)
         top = answer["items"][:10]
         fits = sum(bool(set(i["categories"]) & wanted) or (decade is not None and i["year"] and i["year"] // 10 * 10 == decade)

@@ -146,64 +146,111 @@ class Recommender:
                   + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
         return ReasoningPlan(prefix=prefix, complete=True)
 
+    # Every level gets written: levels 1-2 may use the budget less what level 3 needs; if level 1
+    # runs out, level 2 gets its own few tokens; then the engine opens level 3 (stating the active
+    # request first, when there is one) and the model writes it. A span cut off by a budget is
+    # dropped, never shown half-written.
+    LEVEL2_TOKENS = 40
+    LEVEL3_TOKENS = 40
+
+    def _stages(self, max_new_tokens: int):
+        opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
+        levels_1_2 = max(max_new_tokens - self.LEVEL3_TOKENS, 16)
+        return opened, close, end, levels_1_2
+
+    def _tidy(self, tokens: list[int]) -> None:
+        """Before the engine writes the next level: drop a trailing level-3 opener, ``</think>`` or
+        ``<|end|>`` (closing before level 3 is premature: the engine writes its own) and a span the
+        budget cut off."""
+        opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
+        while tokens and tokens[-1] in (opened, close, end):
+            tokens.pop()
+        begin, finish = self.tokenizer.item_begin_id, self.tokenizer.item_end_id
+        last_begin = max((n for n, t in enumerate(tokens) if t == begin), default=-1)
+        if last_begin > max((n for n, t in enumerate(tokens) if t == finish), default=-1):
+            del tokens[last_begin:]
+
     def stream_reasoning(self, prompt: Sequence[int], plan: ReasoningPlan,
-                         max_new_tokens: int = 160, temperature: float = 0.0) -> Iterator[int]:
+                         max_new_tokens: int = 192, temperature: float = 0.0) -> Iterator[int]:
         """One user's reasoning tokens as they come, the plan's written tokens included in place
         (the prompt opened the first level). Ends with ``</think>`` (or ``<|end|>``) when closed."""
         yield from plan.prefix
         if plan.complete:
             return
+        opened, close, end, levels_1_2 = self._stages(max_new_tokens)
+        evolution = self.tokenizer.ids[EVOLUTION]
         context = list(prompt) + plan.prefix
-        if plan.statement:
-            opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
-            generated = []
-            for token in self.backend.stream_reasoning(context, set(), max_new_tokens, temperature,
-                                                       stop_ids=[close, end, opened], cite=plan.cite):
-                generated.append(token)
-                if token in (opened, close, end):
-                    break
+        generated = yield from self._stream_stage(context, levels_1_2, [opened, close, end], plan.cite, temperature)
+        self._tidy(generated)
+        context += generated
+        if evolution not in generated:
+            yield evolution
+            context.append(evolution)
+            more = yield from self._stream_stage(context, self.LEVEL2_TOKENS, [opened, close, end], plan.cite,
+                                                 temperature)
+            self._tidy(more)
+            context += more
+        written = [opened] + plan.statement
+        yield from written
+        context += written
+        # Level 3 cites nothing in the teacher's format; the gate still limits spans to the history.
+        yield from self._stream_stage(context, self.LEVEL3_TOKENS, None, plan.cite, temperature, final=True)
+
+    def _stream_stage(self, context: list[int], budget: int, stops, cite, temperature: float, final: bool = False):
+        """Stream one stage, holding a span back until it closes; returns the stage's tokens (a
+        span left open at the end is neither shown nor returned). The stop token is shown only
+        when it ends the reasoning (``<|end|>``, or anything in the final stage)."""
+        opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
+        begin, finish = self.tokenizer.item_begin_id, self.tokenizer.item_end_id
+        generated, held = [], []
+        for token in self.backend.stream_reasoning(context, set(), budget, temperature, stop_ids=stops, cite=cite):
+            if held or token == begin:
+                held.append(token)
+                if token == finish:
+                    generated += held
+                    yield from held
+                    held = []
+                continue
+            generated.append(token)
+            if final or token not in (opened, close, end):
                 yield token
-            if generated and generated[-1] == end:
-                yield end
-                return
-            # The model opened level 3 (or closed without it): the request is stated, then it goes on.
-            written = [opened] + plan.statement
-            yield from written
-            context += [t for t in generated if t not in (opened, close)] + written
-        # Spans in the reasoning name only the shown history, each once per call (level 3, after the
-        # statement, cites nothing in the teacher's format).
-        yield from self.backend.stream_reasoning(context, set(), max_new_tokens, temperature, cite=plan.cite)
+        if held and not final:
+            pass            # cut off by the budget: dropped
+        elif held:
+            generated += held
+            yield from held
+        return generated
 
     def _reason_batch(self, prompts: list[list[int]], plans: list[ReasoningPlan],
                       max_new_tokens: int, sample: bool, temperature: float, batch_size: int) -> list[list[int]]:
         """Batched reasoning with the plans applied: what ``stream_reasoning`` yields, for many users."""
-        opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
+        opened, close, end, levels_1_2 = self._stages(max_new_tokens)
+        evolution = self.tokenizer.ids[EVOLUTION]
         reasoning = [list(plan.prefix) for plan in plans]
-        free = [i for i, plan in enumerate(plans) if not plan.statement and not plan.complete]
-        stated = [i for i, plan in enumerate(plans) if plan.statement]
-        for group, stops in ((free, None), (stated, [close, end, opened])):
+
+        def run(group: list[int], budget: int, stops) -> None:
             if not group:
-                continue
+                return
             out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in group], [set() for _ in group],
-                                                  max_new_tokens, sample=sample, temperature=temperature,
+                                                  budget, sample=sample, temperature=temperature,
                                                   batch_size=batch_size, stop_ids=stops,
                                                   cites=[plans[i].cite for i in group])
             for i, tokens in zip(group, out):
                 reasoning[i] += tokens
-        cont = []
-        for i in stated:
-            if reasoning[i] and reasoning[i][-1] == end:
-                continue
-            if reasoning[i] and reasoning[i][-1] in (opened, close):
-                reasoning[i].pop()
+
+        todo = [i for i, plan in enumerate(plans) if not plan.complete]
+        run(todo, levels_1_2, [opened, close, end])
+        level_2 = []
+        for i in todo:
+            self._tidy(reasoning[i])
+            if evolution not in reasoning[i]:
+                reasoning[i].append(evolution)
+                level_2.append(i)
+        run(level_2, self.LEVEL2_TOKENS, [opened, close, end])
+        for i in todo:
+            self._tidy(reasoning[i])
             reasoning[i] += [opened] + plans[i].statement
-            cont.append(i)
-        if cont:
-            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in cont], [set() for _ in cont],
-                                                  max_new_tokens, sample=sample, temperature=temperature,
-                                                  batch_size=batch_size, cites=[plans[i].cite for i in cont])
-            for i, tokens in zip(cont, out):
-                reasoning[i] += tokens
+        run(todo, self.LEVEL3_TOKENS, None)
         return reasoning
 
     def item_prompt(self, prompt: Sequence[int], reasoning: Sequence[int]) -> list[int]:
@@ -219,7 +266,7 @@ class Recommender:
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, num_beams: int | None = None,
                   thinking: bool = False, user_texts: Sequence[str | None] | None = None,
                   earlier_turns: Sequence[Sequence[Message]] | None = None,
-                  exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = 160,
+                  exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = 192,
                   sample: bool = False, temperature: float = 1.0, batch_size: int = 16,
                   constraints: Sequence[Constraints | None] | None = None,
                   reasoning: Sequence[Sequence[int] | None] | None = None,

@@ -348,6 +348,8 @@ class ItemGate:
             if self.cursor.done():
                 self.items.append(self.cursor.item)
                 self.exclude.add(self.cursor.item)
+                if self.slots is not None:
+                    self.slots.cited.add(self.cursor.item)
             else:
                 self.errors += 1
             self.cursor = None

@@ -199,13 +199,14 @@ class SlotState:
     finished slots said (``names``: interest number -> name; ``stated``: level 3's attributes)."""
 
     __slots__ = ("grammar", "section", "tail", "cursor", "kind", "number", "names", "stated", "errors",
-                 "cite", "_supported", "scope")
+                 "cite", "_supported", "scope", "cited")
 
     def __init__(self, grammar: SlotGrammar, cite: Iterable[Hashable] | None = None):
         self.grammar = grammar
         self.cite = list(cite) if cite is not None else None
         self._supported: tuple[set[str], dict[str, list]] | None = None
         self.scope: list | None = None      # the history items the current interest's spans may cite
+        self.cited: set = set()             # items this trace's spans have named (the gate reports them)
         self.section: str | None = None
         self.tail: list[int] = []
         self.cursor: TrieCursor | None = None
@@ -216,9 +217,13 @@ class SlotState:
         self.errors = 0            # slots left on a token outside their vocabulary (text the engine wrote)
 
     def resume(self, prompt: Sequence[int]) -> SlotState:
-        """Replay the prompt from its last level token (the prompt opens level 1; the engine may
-        have written more), so a slot the prompt opens is open here."""
-        start = max((i for i, t in enumerate(prompt) if t in self.grammar.sections), default=None)
+        """Replay the prompt from its last level-1 opening (the prompt opens level 1; the engine may
+        have written more levels), so a slot the prompt opens is open here and level 3 knows the
+        names level 1 gave."""
+        # From level 1's opening, so names given there are known when level 3 copies them.
+        opening = [i for i, t in enumerate(prompt) if self.grammar.sections.get(t) == "derivation"]
+        start = opening[-1] if opening else max((i for i, t in enumerate(prompt) if t in self.grammar.sections),
+                                                default=None)
         if start is not None:
             for token in prompt[start:]:
                 self.advance(token)
@@ -229,8 +234,8 @@ class SlotState:
         if kind == "name":
             restrict = None
             if self.cite is not None and g.facets is not None:
-                if self._supported is None:
-                    self._supported = g.supported_names(self.cite)
+                # Support counts the history items not cited yet: a name's evidence is still citable.
+                self._supported = g.supported_names([c for c in self.cite if c not in self.cited])
                 restrict = g.names.restrict_to(self._supported[0])
             self.cursor = g.names.cursor(exclude=set(self.names.values()), restrict=restrict)
         elif kind == "trend":
