@@ -1,7 +1,5 @@
 """Experiment (issue 13): one pass over a split storing, per user, reasoned and direct beams and
 every candidate's score under history / history+reasoning / reasoning alone. Run from the repo root."""
-"""Experiment: one pass over a split that stores, per user, the think/non-think beams and the
-candidates' scores under three contexts (history, history+reasoning, reasoning alone)."""
 import pickle, sys, time
 from engine.recommender import open_recommender
 from training.dataset_view import DatasetView
