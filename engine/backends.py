@@ -199,26 +199,35 @@ class VLLMBackend:
         return tops
 
     def score_paths(self, prompts, paths, batch_size=16):
-        """Teacher-forced scores from the server: each candidate is one request whose prompt is the
-        context plus the path (``prompt_logprobs``), so prefix caching makes it a few tokens of work."""
-        jobs = [(list(prompt) + list(path), len(path)) for prompt, cands in zip(prompts, paths) for path in cands]
+        """Teacher-forced scores from the server, on the beams' own scale: each step is one request
+        per distinct prefix of the candidates, restricted (``thinkrec_cite``) to the candidates, so
+        the server's processor returns log-probabilities of exactly the tokens needed."""
+        return self._map(self._score_one, prompts, paths)
 
-        def one(ids_and_length):
-            ids, length = ids_and_length
-            body = {"model": self.model_name, "prompt": ids, "max_tokens": 1, "temperature": 0.0,
-                    "prompt_logprobs": 0, "skip_special_tokens": False}
-            entries = self._post(body)["choices"][0]["prompt_logprobs"]
-            total = 0.0
-            for position in range(len(ids) - length, len(ids)):
-                total += _logprob_of(entries[position], ids[position])
-            return total
-
-        flat = self._map(one, jobs)
-        out, at = [], 0
-        for cands in paths:
-            out.append(flat[at:at + len(cands)])
-            at += len(cands)
-        return out
+    def _score_one(self, prompt, candidates) -> list[float]:
+        paths = [tuple(p) for p in candidates]
+        items = [self.trie.lookup(p) for p in paths]
+        if any(i is None for i in items):
+            raise ValueError("score_paths: a candidate path is not a catalog item")
+        scores = [0.0] * len(paths)
+        for depth in range(max((len(p) for p in paths), default=0)):
+            prefixes = sorted({p[:depth] for p in paths if len(p) > depth})
+            width = max(len({p[depth] for p in paths if p[:depth] == prefix}) for prefix in prefixes)
+            body = self._request([list(prompt) + list(prefix) for prefix in prefixes], set(),
+                                 cite={str(i) for i in items}, max_tokens=1, temperature=0.0, logprobs=width,
+                                 return_tokens_as_token_ids=True)
+            tops = [{} for _ in prefixes]
+            for choice in self._post(body)["choices"]:
+                top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+                tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
+            at = {prefix: n for n, prefix in enumerate(prefixes)}
+            for n, path in enumerate(paths):
+                if len(path) > depth:
+                    top = tops[at[path[:depth]]]
+                    if path[depth] not in top:
+                        raise RuntimeError(f"the vLLM server returned no log-probability for token {path[depth]}")
+                    scores[n] += top[path[depth]]
+        return scores
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         width = max(k, num_beams or k)
@@ -260,11 +269,3 @@ class VLLMBackend:
         beams.sort(key=lambda b: -b[0])
         return [RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in beams[:k]]
 
-
-def _logprob_of(entry: dict, token: int) -> float:
-    """The log-probability of ``token`` in one position of vLLM's ``prompt_logprobs`` (keyed by
-    token id, or by ``token_id:N`` when the server returns tokens as ids)."""
-    for key, value in entry.items():
-        if str(key).rsplit(":", 1)[-1] == str(token):
-            return float(value["logprob"] if isinstance(value, dict) else value)
-    raise RuntimeError(f"the vLLM server returned no log-probability for prompt token {token}")
