@@ -214,9 +214,7 @@ class Recommender:
             generated.append(token)
             if final or token not in (opened, close, end):
                 yield token
-        if held and not final:
-            pass            # cut off by the budget: dropped
-        elif held:
+        if held and final:          # before level 3 a span cut off by the budget is dropped
             generated += held
             yield from held
         return generated
