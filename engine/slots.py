@@ -199,13 +199,14 @@ class SlotState:
     finished slots said (``names``: interest number -> name; ``stated``: level 3's attributes)."""
 
     __slots__ = ("grammar", "section", "tail", "cursor", "kind", "number", "names", "stated", "errors",
-                 "cite", "_supported", "scope", "cited")
+                 "cite", "_supported", "scope", "cited", "_scope_filter")
 
     def __init__(self, grammar: SlotGrammar, cite: Iterable[Hashable] | None = None):
         self.grammar = grammar
         self.cite = list(cite) if cite is not None else None
         self._supported: tuple[set[str], dict[str, list]] | None = None
         self.scope: list | None = None      # the history items the current interest's spans may cite
+        self._scope_filter = None           # its trie filter, built once per interest (spans and bans read it)
         self.cited: set = set()             # items this trace's spans have named (the gate reports them)
         self.section: str | None = None
         self.tail: list[int] = []
@@ -292,6 +293,7 @@ class SlotState:
             self.names[self.number] = item
             if self._supported is not None:
                 self.scope = self._supported[1].get(item)
+                self._scope_filter = None
         elif self.kind == "piece":
             word, _, end = item
             self.stated.append(word)
@@ -303,7 +305,9 @@ class SlotState:
         items that fit its name), else None (the gate's own restriction holds)."""
         if self.scope is None or self.grammar.catalog is None:
             return None
-        return self.grammar.catalog.restrict_to(self.scope)
+        if self._scope_filter is None:
+            self._scope_filter = self.grammar.catalog.restrict_to(self.scope)
+        return self._scope_filter
 
     def allowed(self) -> list | None:
         """None while the text is free; inside a slot, the tokens that continue its vocabulary."""
