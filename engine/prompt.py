@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from engine.sid import ITEM_BEGIN, ITEM_END, sid_string
 from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, THINK, THINK_END, Message
 
+NEXT_ITEM = "Next item:"     # level 3's statement of the next item's attributes (the engine reads it back)
+
 SYSTEM_TEXT = "You are thinkrec, a recommender. The user's history, oldest first:"
 DEFAULT_ASK = "What should I watch next?"
 LEVELS = ("derivation", "evolution", "recommendation")
@@ -59,7 +61,7 @@ def fresh_user_recommendation(constraints, user_text: str | None, category_word:
         decade = decade_label(constraints.year_min, constraints.year_max)
         years = decade.removeprefix("the ") if decade else year_phrase(constraints.year_min, constraints.year_max)
     shown = ", ".join(wanted or [f"any {category_word}"]) + (f", {years}" if years else "")
-    return f"{lead} Next item: {shown}."
+    return f"{lead} {NEXT_ITEM} {shown}."
 
 
 def item_span(codes: Sequence[int]) -> str:
@@ -108,7 +110,7 @@ def render_spans(text: str, label_of) -> str:
     return _SPAN.sub(lambda m: label_of(m.group(1)), text)
 
 
-_NEXT_ITEM = re.compile(r"Next item:\s*(.+?)\.?\s*$")
+_NEXT_ITEM = re.compile(re.escape(NEXT_ITEM) + r"\s*(.+?)\.?\s*$")
 _DECADE = re.compile(r"^(\d{4})s$")
 
 

@@ -15,7 +15,7 @@ from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
 from engine.slots import SlotGrammar
-from engine.prompt import (NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
+from engine.prompt import (NEXT_ITEM, NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
                            fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement,
                            stated_attributes)
 from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, Message, ThinkrecTokenizer
@@ -32,6 +32,9 @@ class Recommendation:
     reasoning_ids: list[int] = field(default_factory=list)   # as generated, </think> included when closed
     seconds: dict[str, float] = field(default_factory=dict)
     available: int | None = None                 # items the constraints leave (None: no constraint)
+    # Thinking mode: every candidate in the model's order before level 3's prior re-ranks them
+    # (``items`` is the top ``k`` after it); evaluation re-ranks these for other prior weights.
+    candidates: list[RankedItem] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -152,6 +155,10 @@ class Recommender:
     # dropped, never shown half-written.
     LEVEL2_TOKENS = 40
     LEVEL3_TOKENS = 40
+    # Level 3 always ends with a "Next item:" statement the items can follow: when the model's level 3
+    # has none (it stopped early, or ran out mid-list), the engine writes the opener (or keeps the open
+    # list going) and the model fills in the catalog words within these few tokens.
+    STATEMENT_TOKENS = 24
 
     def _stages(self, max_new_tokens: int):
         opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
@@ -169,6 +176,21 @@ class Recommender:
         last_begin = max((n for n, t in enumerate(tokens) if t == begin), default=-1)
         if last_begin > max((n for n, t in enumerate(tokens) if t == finish), default=-1):
             del tokens[last_begin:]
+
+    def _statement_needed(self, context: Sequence[int], level3: list[int], cite) -> list[int] | None:
+        """None when level 3 (the last tokens of ``context``) states a category or decade. Otherwise
+        ``level3`` loses its closing token, and the tokens the engine writes before the model
+        continues come back: the "Next item:" opener, or nothing when a list is open."""
+        if self.slots is None:
+            return None
+        state = self.slots.state(cite).resume(context)
+        if state.states_attributes():
+            return None
+        while level3 and level3[-1] in (self.tokenizer.think_end_id, self.tokenizer.end_id):
+            level3.pop()
+        if state.in_statement():
+            return []
+        return self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
 
     def stream_reasoning(self, prompt: Sequence[int], plan: ReasoningPlan,
                          max_new_tokens: int = 192, temperature: float = 0.0) -> Iterator[int]:
@@ -194,15 +216,24 @@ class Recommender:
         yield from written
         context += written
         # Level 3 cites nothing in the teacher's format; the gate still limits spans to the history.
-        yield from self._stream_stage(context, self.LEVEL3_TOKENS, None, plan.cite, temperature, final=True)
+        level3 = yield from self._stream_stage(context, self.LEVEL3_TOKENS, None, plan.cite, temperature, final=True)
+        closing = [t for t in level3[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+        written = self._statement_needed(context + level3, level3, plan.cite)
+        if written is not None:
+            yield from written
+            more = yield from self._stream_stage(context + level3 + written, self.STATEMENT_TOKENS, None, plan.cite,
+                                                 temperature, final=True)
+            closing = [t for t in more[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+        yield from closing
 
     def _stream_stage(self, context: list[int], budget: int, stops, cite, temperature: float, final: bool = False):
         """Stream one stage, holding a span back until it closes; returns the stage's tokens (a
-        span left open at the end is neither shown nor returned). The stop token is shown only
-        when it ends the reasoning (``<|end|>``, or anything in the final stage)."""
+        span left open at the end is neither shown nor returned before level 3). ``</think>`` and
+        ``<|end|>`` are returned, never shown: the caller closes the reasoning."""
         opened, close, end = self.tokenizer.ids[RECOMMENDATION], self.tokenizer.think_end_id, self.tokenizer.end_id
         begin, finish = self.tokenizer.item_begin_id, self.tokenizer.item_end_id
         generated, held = [], []
+        closing = (close, end)
         for token in self.backend.stream_reasoning(context, set(), budget, temperature, stop_ids=stops, cite=cite):
             if held or token == begin:
                 held.append(token)
@@ -212,7 +243,8 @@ class Recommender:
                     held = []
                 continue
             generated.append(token)
-            if final or token not in (opened, close, end):
+            # The final stage's closing token is the caller's to show (after level 3 is complete).
+            if token not in closing and (final or token != opened):
                 yield token
         if held and final:          # before level 3 a span cut off by the budget is dropped
             generated += held
@@ -245,10 +277,20 @@ class Recommender:
                 reasoning[i].append(evolution)
                 level_2.append(i)
         run(level_2, self.LEVEL2_TOKENS, [opened, close, end])
+        starts = {}
         for i in todo:
             self._tidy(reasoning[i])
             reasoning[i] += [opened] + plans[i].statement
+            starts[i] = len(reasoning[i])
         run(todo, self.LEVEL3_TOKENS, None)
+        unstated = []
+        for i in todo:
+            level3 = reasoning[i][starts[i]:]
+            written = self._statement_needed(prompts[i] + reasoning[i], level3, plans[i].cite)
+            if written is not None:
+                reasoning[i][starts[i]:] = level3 + written
+                unstated.append(i)
+        run(unstated, self.STATEMENT_TOKENS, None)
         return reasoning
 
     def item_prompt(self, prompt: Sequence[int], reasoning: Sequence[int]) -> list[int]:
@@ -305,27 +347,31 @@ class Recommender:
         if thinking:
             direct = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], False) for i in range(n)]
             ranked = self.rank_thinking(think_rank or self.think_rank, ranked, direct, item_prompts,
-                                        [r.reasoning_ids for r in results], excludes, constraints, k, num_beams,
+                                        [r.reasoning_ids for r in results], excludes, constraints, num_beams,
                                         batch_size)
         share = (time.perf_counter() - started) / max(n, 1)
         weight = self.follow_weight if follow_weight is None else follow_weight
         for result, items in zip(results, ranked):
-            result.items = self.follow(items, result.levels.get("recommendation", ""), weight) if thinking else items
+            if thinking:
+                # The prior re-ranks the whole candidate pool, so it can bring a following item into the top k.
+                result.candidates = items
+                items = self.follow(items, result.levels.get("recommendation", ""), weight)[:k]
+            result.items = items
             result.seconds["items"] = share
         return results
 
     def rank_thinking(self, how: ThinkRank, reasoned: list[list[RankedItem]], direct_prompts: list[list[int]],
                       reasoned_prompts: list[list[int]], reasoning: list[list[int]], excludes, constraints,
-                      k: int, num_beams: int, batch_size: int) -> list[list[RankedItem]]:
-        """Thinking mode's top ``k`` from the beams that follow the reasoning (``how``: ThinkRank).
+                      num_beams: int, batch_size: int) -> list[list[RankedItem]]:
+        """Thinking mode's candidates, best first (``how``: ThinkRank); the caller keeps the top ``k``.
         Every candidate is a beam of one of the two searches, so it satisfies the same exclusions
         and constraints."""
         if how.mode == "reasoned":
-            return [beams[:k] for beams in reasoned]
+            return [list(beams) for beams in reasoned]
         direct = self.backend.beam_search(direct_prompts, excludes, k=num_beams, num_beams=num_beams,
                                           batch_size=batch_size, constraints=constraints)
         if how.mode == "race":
-            return [race(a, b, k) for a, b in zip(reasoned, direct)]
+            return [race(a, b, len(a) + len(b)) for a, b in zip(reasoned, direct)]
         pools = []
         for a, b in zip(reasoned, direct):
             pool = {i.item_id: i for i in list(a) + list(b)}
@@ -342,7 +388,7 @@ class Recommender:
             scored = [RankedItem(item.item_id, dd + how.weight * rr - how.contrast * aa, item.token_ids)
                       for item, dd, rr, aa in zip(pool, d, r, a)]
             scored.sort(key=lambda item: -item.score)
-            out.append(scored[:k])
+            out.append(scored)
         return out
 
     def follow(self, items: list[RankedItem], recommendation: str, weight: float) -> list[RankedItem]:

@@ -11,8 +11,9 @@ backends match them the same way, with no decoding of text):
 - level 3, after ``(k)``: the name level 1 gave interest k, copied (any level-1 name when k names
   none), so "Serve (2) …" always says what (2) was.
 - level 3, after ``Next item:``: up to three categories, then at most one decade (or "any
-  <category word>"), each ``,``-separated and the list ended by ``.``: the attributes the engine
-  reads back (:func:`engine.prompt.stated_attributes`).
+  <category word>" and a decade), each ``,``-separated and the list ended by ``.``: the attributes
+  the engine reads back (:func:`engine.prompt.stated_attributes`). The engine makes sure level 3
+  has this statement (:meth:`engine.recommender.Recommender.stream_reasoning`).
 
 Each slot is a walk through a :class:`~engine.sid.SIDTrie` over the words' token paths (the
 machinery of the catalog trie), so a slot is exactly as strict as an item span. The vocabulary is
@@ -26,6 +27,7 @@ from collections.abc import Hashable, Iterable, Sequence
 import re
 from itertools import combinations
 
+from engine.prompt import NEXT_ITEM
 from engine.sid import SIDTrie, TrieCursor
 
 TRENDS = ("long-term", "recent burst", "fading", "periodic")
@@ -111,8 +113,10 @@ class SlotGrammar:
         terminated = [(n, p + encode(":")) for n, p in name_paths.items()]
         trends = [((t, end), encode(f" {t}{end}")) for t in TRENDS for end in ",."]
         anything = f"any {category_word}"
+        # "any genre" says nothing the items could follow, so where the catalog has decades it must
+        # be followed by one ("any genre, 1990s."); it may end the list only in a catalog without years.
         pieces = ([((c, "category", end), encode(f" {c}{end}")) for c in categories for end in ",."]
-                  + [((anything, "any", end), encode(f" {anything}{end}")) for end in ",."]
+                  + [((anything, "any", end), encode(f" {anything}{end}")) for end in ("," if decades else ",.")]
                   + [((_decade_word(d), "decade", "."), encode(f" {_decade_word(d)}.")) for d in decades])
         openers = {}
         for k in range(1, MAX_OPENER_NUMBER + 1):
@@ -121,7 +125,7 @@ class SlotGrammar:
         sections = {tokenizer.ids[DERIVATION]: "derivation", tokenizer.ids[EVOLUTION]: "evolution",
                     tokenizer.ids[RECOMMENDATION]: "recommendation"}
         return cls(sections, [tokenizer.think_end_id, tokenizer.end_id], openers,
-                   [encode(" Next item:"), encode("Next item:")], _prefix_free(terminated),
+                   [encode(" " + NEXT_ITEM), encode(NEXT_ITEM)], _prefix_free(terminated),
                    _prefix_free(trends), _prefix_free(pieces), name_paths, encode("."))
 
     def to_json(self) -> dict:
@@ -299,6 +303,14 @@ class SlotState:
             self.stated.append(word)
             if end == ",":
                 self._open("piece")
+
+    def states_attributes(self) -> bool:
+        """Level 3 has stated at least one category or decade (not only "any <word>")."""
+        return any(self.grammar.piece_kind.get(word) in ("category", "decade") for word in self.stated)
+
+    def in_statement(self) -> bool:
+        """A "Next item:" list is being written (its slot is open)."""
+        return self.cursor is not None and self.kind == "piece"
 
     def span_filter(self):
         """The items the next span may name while an interest's evidence is being listed (history

@@ -44,6 +44,7 @@ class EvalArgs:
     backend: str = "transformers"       # transformers (in process) or vllm (a thinkrec serve-model server)
     model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
     follow_weight: float | None = None  # thinking rows: soft prior toward level 3's attributes (None: the recommender's default)
+    follow_weights: str = ""            # e.g. 0,0.5,1,2: each thinking row again at these prior weights (same reasoning and beams)
     think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
     think_weight: float = 0.5           # fused: weight of log p(item | history, reasoning)
     contrast: float = 0.5               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
@@ -179,6 +180,13 @@ def run(args: EvalArgs) -> dict:
                 extra["reasoning"] = scorer.score([a.levels for a in answers], histories, ranked,
                                                   [r["target"] for r in rows])
             results[name] = _score(ranked, rows, seconds, catalog, extra)
+            for weight in ([float(w) for w in args.follow_weights.split(",") if w.strip()] if thinking else []):
+                # The prior only re-ranks the candidates this row already has: no decoding again.
+                followed = [[str(i.item_id) for i in recommender.follow(a.candidates, a.levels.get("recommendation", ""),
+                                                                        weight)[:k]] for a in answers]
+                reasoning = scorer.score([a.levels for a in answers], histories, followed, [r["target"] for r in rows])
+                results[f"{name} follow={weight:g}"] = _score(followed, rows, seconds, catalog,
+                                                              {**extra, "follow_weight": weight, "reasoning": reasoning})
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
     if args.json:
