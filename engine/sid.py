@@ -371,14 +371,17 @@ class ItemGate:
         return self
 
     def banned(self) -> list:
-        """Tokens free text must not take now: ``<|item_begin|>`` when an interest's evidence has
-        no history item left to cite (a span could only end empty)."""
+        """Tokens free text must not take now: a level opener that goes back or repeats a level;
+        ``<|item_begin|>`` in level 3 (it states, it does not cite) and when an interest's evidence
+        has no history item left to cite (a span could only end empty)."""
         if self.cursor is not None or self.slots is None:
             return []
+        out = self.slots.banned_sections()
         scope = self.slots.span_filter()
-        if scope is not None and self.trie.cursor(exclude=self.exclude, restrict=scope).remaining() == 0:
-            return [self.begin]
-        return []
+        if self.slots.section == "recommendation" or (
+                scope is not None and self.trie.cursor(exclude=self.exclude, restrict=scope).remaining() == 0):
+            out.append(self.begin)
+        return out
 
     def allowed(self) -> list | None:
         """None outside an item (free text; the caller bans SID tokens and ``<|item_end|>``) unless a

@@ -33,6 +33,7 @@ from engine.sid import SIDTrie, TrieCursor
 TRENDS = ("long-term", "recent burst", "fading", "periodic")
 MAX_OPENER_NUMBER = 9        # "(1)" … "(9)": more interests than this are never written
 MAX_NEXT_CATEGORIES = 3      # the teacher's level 3 names at most three categories
+LEVEL_ORDER = ("derivation", "evolution", "recommendation")
 
 
 def _decade_word(decade: int) -> str:
@@ -303,6 +304,13 @@ class SlotState:
             self.stated.append(word)
             if end == ",":
                 self._open("piece")
+
+    def banned_sections(self) -> list[int]:
+        """Level openers that would go back or repeat: the levels are written once, in order."""
+        if self.section is None:
+            return []
+        here = LEVEL_ORDER.index(self.section)
+        return [token for token, name in self.grammar.sections.items() if LEVEL_ORDER.index(name) <= here]
 
     def states_attributes(self) -> bool:
         """Level 3 has stated at least one category or decade (not only "any <word>")."""
