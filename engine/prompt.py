@@ -110,22 +110,38 @@ def render_spans(text: str, label_of) -> str:
     return _SPAN.sub(lambda m: label_of(m.group(1)), text)
 
 
-_NEXT_ITEM = re.compile(re.escape(NEXT_ITEM) + r"\s*(.+?)\.?\s*$")
-_DECADE = re.compile(r"^(\d{4})s$")
+_DECADE = re.compile(r"(\d{4})s(?=[,.]|$)")
+_ANY = re.compile(r"any [^,.<]+(?=[,.]|$)")
 
 
 def stated_attributes(recommendation: str, vocabulary) -> tuple[list[str], int | None]:
     """What level 3 says the next item should be ("Next item: Comedy, Drama, 1990s."), read back:
-    the categories in ``vocabulary`` and the decade (None when not stated)."""
-    match = _NEXT_ITEM.search(recommendation.strip())
-    if not match:
+    the categories in ``vocabulary`` and the decade (None when not stated). The list is read the
+    way the slot grammar writes it (words separated by ", ", ended by "."), so whatever follows
+    the list is not part of it."""
+    at = recommendation.rfind(NEXT_ITEM)
+    if at < 0:
         return [], None
+    text, pos = recommendation[at + len(NEXT_ITEM):], 0
+    words = sorted(vocabulary, key=len, reverse=True)      # the longest word that fits, as the trie does
     categories, decade = [], None
-    for part in (p.strip() for p in match.group(1).split(",")):
-        if part in vocabulary:
-            categories.append(part)
-        elif _DECADE.match(part):
-            decade = int(_DECADE.match(part).group(1))
+    while True:
+        while pos < len(text) and text[pos] == " ":
+            pos += 1
+        word = next((w for w in words if text.startswith(w, pos) and text[pos + len(w):pos + len(w) + 1] in ("", ",", ".")),
+                    None)
+        if word is not None:
+            categories.append(word)
+        elif (found := _DECADE.match(text, pos)) is not None:
+            decade, word = int(found.group(1)), found.group(0)
+        elif (found := _ANY.match(text, pos)) is not None:
+            word = found.group(0)
+        else:
+            break
+        pos += len(word)
+        if text[pos:pos + 1] != ",":
+            break
+        pos += 1
     return categories, decade
 
 

@@ -141,3 +141,49 @@ def test_the_grammar_travels_to_the_vllm_server_unchanged(engine, tmp_path):
         _walk(state, tok, text)
     assert sorted(here.allowed()) == sorted(there.allowed())
     assert isinstance(spec.slots, SlotGrammar) and spec.slots.catalog is spec.trie
+
+
+def test_every_trace_ends_with_a_statement_the_items_can_follow(engine):
+    """The whole staged reasoning, sampled hot from the barely trained model: each level opens once
+    and in order, level 3 cites nothing, and it always states a catalog category or decade that
+    the engine reads back (the engine writes "Next item:" when the model leaves it out)."""
+    from engine.prompt import stated_attributes
+
+    rec, tok = engine.recommender, engine.tokenizer
+    histories = [engine.dataset_history(u) for u in ("u15", "u3", "u7", "u21")]
+    torch.manual_seed(1)
+    answers = rec.recommend(histories, k=5, num_beams=8, thinking=True, sample=True, temperature=1.6,
+                            max_reasoning_tokens=96)
+    openers = [tok.ids[DERIVATION], tok.ids[EVOLUTION], tok.ids[RECOMMENDATION]]
+    for answer in answers:
+        ids = answer.prompt_ids[-1:] + answer.reasoning_ids        # the prompt opened level 1
+        seen = [t for t in ids if t in openers]
+        assert seen == openers, tok.decode(ids)
+        level3 = ids[ids.index(openers[2]):]
+        assert tok.item_begin_id not in level3, tok.decode(level3)
+        categories, decade = stated_attributes(answer.levels["recommendation"], rec.vocabulary)
+        assert categories or decade is not None, answer.levels["recommendation"]
+
+
+def test_level_three_prior_reaches_past_the_top_k(engine):
+    """The prior re-ranks every candidate, so a strong one fills the top k with items that carry
+    what level 3 states whenever the candidates hold that many (0 keeps the model's order)."""
+    from engine.prompt import stated_attributes
+
+    rec = engine.recommender
+    history = engine.dataset_history("u15")
+    (plain,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=0.0)
+    (strong,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=100.0,
+                              reasoning=[plain.reasoning_ids])
+    assert [i.item_id for i in plain.items] == [i.item_id for i in plain.candidates[:5]]
+    categories, decade = stated_attributes(plain.levels["recommendation"], rec.vocabulary)
+
+    def carries(item) -> bool:
+        year = engine.facets.year_of(str(item.item_id))
+        return bool(set(engine.facets.categories_of(str(item.item_id))) & set(categories)) or (
+            decade is not None and year is not None and year // 10 * 10 == decade)
+
+    following = [i for i in plain.candidates if carries(i)]
+    assert len(plain.candidates) > 5
+    assert sum(map(carries, strong.items)) == min(5, len(following))
+    assert {i.item_id for i in strong.items} <= {i.item_id for i in plain.candidates}
