@@ -77,6 +77,27 @@ def test_popularity_extra_items_change_the_order():
     assert metrics["hr@2"] == pytest.approx(1.0)
 
 
+# --------------------------------------------------------------------------- transitions (markov)
+
+
+def test_transition_counts_follow_the_latest_items_then_popularity():
+    from types import SimpleNamespace
+
+    from training.transitions import TransitionRecommender, known_sequences
+
+    model = TransitionRecommender(order=2).fit([["a", "b", "c"], ["a", "b", "d"], ["x", "c"], ["b", "d"]])
+    # After "b": d twice, c once; after "a": b twice (lag 2 counts half).
+    assert model.scores(["a", "b"]) == {"d": 2.0, "c": 1.0, "b": 1.0}
+    assert model.recommend(["a", "b"], 3) == ["d", "c", "x"]      # b is history; popularity fills the rest
+    assert model.recommend(["q"], 2) == ["b", "a"]       # nothing follows "q": by popularity (ties: first seen)
+    assert "a" not in model.recommend(["a"], 5)
+    # The test split may count the valid target as the end of each user's sequence; valid may not.
+    view = SimpleNamespace(train=[{"user_id": "u1", "item_ids": ["a", "b"]}],
+                           valid=[{"user_id": "u1", "history": ["a", "b"], "target": "c"}])
+    assert known_sequences(view, "valid") == [["a", "b"]]
+    assert known_sequences(view, "test") == [["a", "b", "c"]]
+
+
 # --------------------------------------------------------------------------- SASRec
 
 NUM_ITEMS = 20

@@ -1,5 +1,5 @@
 """Full-catalog leave-one-out evaluation, every method side by side on the same split:
-``popularity``, ``sasrec``, ``thinkrec`` (no reasoning, beam search over SID steps) and
+``popularity``, ``markov`` (transition counts), ``sasrec``, ``thinkrec`` (no reasoning, beam search over SID steps) and
 ``thinkrec-think`` (three-level reasoning first, then the same beam search).
 
     thinkrec eval --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --split test \
@@ -21,7 +21,7 @@ from pathlib import Path
 from training.metrics import hit_ndcg
 
 KS = (1, 5, 10, 20)
-METHODS = ("popularity", "sasrec", "thinkrec", "thinkrec-think", "thinkrec-reasoned", "thinkrec-race")
+METHODS = ("popularity", "markov", "sasrec", "thinkrec", "thinkrec-think", "thinkrec-reasoned", "thinkrec-race")
 # Thinking rows: the app's thinking mode (--think-rank, default fused), and two fixed ablations of
 # how its beams become a ranking: the reasoned beams alone, and OneReason's Race.
 THINKING_ROWS = {"thinkrec-think": None, "thinkrec-reasoned": "reasoned", "thinkrec-race": "race"}
@@ -33,7 +33,7 @@ class EvalArgs:
     checkpoint: str = "checkpoints/ml-100k-tiny/sft"  # checkpoint folder, or several side by side: sft=DIR,rl=DIR
     split: str = "test"                 # valid or test
     json: str | None = None             # write the report here (plus .md table and .png chart beside it)
-    methods: str = "popularity,sasrec,thinkrec,thinkrec-think,thinkrec-race"  # any of METHODS, comma-separated
+    methods: str = "popularity,markov,sasrec,thinkrec,thinkrec-think,thinkrec-race"  # any of METHODS, comma-separated
     num_beams: int = 20                 # beam width over the SID steps (>= 20, the largest K)
     max_users: int = 0                  # 0: every user of the split
     batch_size: int = 16                # users decoded together
@@ -129,6 +129,12 @@ def run(args: EvalArgs) -> dict:
         extra = [r["target"] for r in view.valid] if args.split == "test" else []
         ranked = PopularityRecommender().fit(view.train, extra).recommend_batch(histories, k)
         results["popularity"] = _score(ranked, rows, time.perf_counter() - started, catalog)
+    if "markov" in methods:
+        from training.transitions import TransitionRecommender, known_sequences
+
+        started = time.perf_counter()
+        ranked = TransitionRecommender().fit(known_sequences(view, args.split)).recommend_batch(histories, k)
+        results["markov"] = _score(ranked, rows, time.perf_counter() - started, catalog)
     if "sasrec" in methods:
         model = _sasrec(view, args)
         started = time.perf_counter()

@@ -1,0 +1,64 @@
+"""Transition-count baseline (``markov`` in ``thinkrec eval``): no learning, only counting.
+
+A candidate's score is how often it came right after each of the user's last ``order`` items in the
+known sequences, summed over those items (the latest counts most: weight 1/lag). Items no recent
+item ever led to come after, by popularity. It is the floor a sequential recommender must clear:
+it knows what usually comes next and nothing else.
+
+What it may count mirrors popularity's rule: on the valid split every training sequence; on the
+test split each user's sequence also ends with that user's valid target (the test history holds it).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TransitionRecommender:
+    order: int = 3                                   # how many of the latest history items vote
+    following: dict[str, Counter] = field(default_factory=dict)   # item -> Counter of the items right after it
+    popularity: Counter = field(default_factory=Counter)
+
+    def fit(self, sequences: Iterable[Sequence[str]]) -> TransitionRecommender:
+        following: dict[str, Counter] = defaultdict(Counter)
+        popularity: Counter = Counter()
+        for sequence in sequences:
+            popularity.update(sequence)
+            for before, after in zip(sequence, sequence[1:]):
+                following[before][after] += 1
+        self.following, self.popularity = dict(following), popularity
+        self._by_popularity = [item for item, _ in popularity.most_common()]
+        return self
+
+    def scores(self, history: Sequence[str]) -> Counter:
+        votes: Counter = Counter()
+        for lag, item in enumerate(reversed(history[-self.order:]), start=1):
+            for after, count in self.following.get(item, {}).items():
+                votes[after] += count / lag
+        return votes
+
+    def recommend(self, history: Sequence[str], k: int) -> list[str]:
+        seen = set(history)
+        votes = self.scores(history)
+        # Ties (and items no recent item led to) go to the more popular item.
+        ranked = sorted((i for i in votes if i not in seen), key=lambda i: (-votes[i], -self.popularity[i]))[:k]
+        if len(ranked) < k:
+            chosen = set(ranked)
+            ranked += [i for i in self._by_popularity if i not in seen and i not in chosen][:k - len(ranked)]
+        return ranked
+
+    def recommend_batch(self, histories: Sequence[Sequence[str]], k: int) -> list[list[str]]:
+        return [self.recommend(history, k) for history in histories]
+
+
+def known_sequences(view, split: str) -> list[list[str]]:
+    """Every user's sequence as far as the ``split``'s targets allow: the training items, plus the
+    valid target when evaluating on test."""
+    sequences = {row["user_id"]: list(row["item_ids"]) for row in view.train}
+    if split == "test":
+        for row in view.valid:
+            sequences.setdefault(row["user_id"], list(row["history"])).append(row["target"])
+    return list(sequences.values())
