@@ -93,7 +93,7 @@ class Recommender:
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
                  filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
-                 think_rank: ThinkRank | None = None):
+                 follow_share: float = 0.0, think_rank: ThinkRank | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
@@ -101,6 +101,7 @@ class Recommender:
         self.facets = facets
         self.category_word = category_word          # "genre" for movies: how level 3 names a category
         self.follow_weight = follow_weight          # soft prior toward level 3's attributes (see follow)
+        self.follow_share = follow_share            # floor on the shown items that carry them (see follow)
         self.think_rank = think_rank or ThinkRank()  # how thinking mode ranks its candidates (see rank_thinking)
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
@@ -310,10 +311,13 @@ class Recommender:
                   sample: bool = False, temperature: float = 1.0, batch_size: int = 16,
                   constraints: Sequence[Constraints | None] | None = None,
                   reasoning: Sequence[Sequence[int] | None] | None = None,
-                  follow_weight: float | None = None, think_rank: ThinkRank | None = None) -> list[Recommendation]:
+                  follow_weight: float | None = None, think_rank: ThinkRank | None = None,
+                  follow_share: float | None = None, shown: int | None = None) -> list[Recommendation]:
         """Top-``k`` items for each history (history items and ``exclude`` never recommended; every
         item satisfies its ``constraints``). ``reasoning``: already generated reasoning per user
-        (the app streams it first), used instead of generating it here."""
+        (the app streams it first), used instead of generating it here. Thinking mode: level 3's
+        statement re-ranks the candidates (``follow``) for the first ``shown`` (default ``k``) items
+        people see."""
         n = len(histories)
         num_beams = max(k, num_beams or k)
         user_texts = user_texts or [None] * n
@@ -351,11 +355,12 @@ class Recommender:
                                         batch_size)
         share = (time.perf_counter() - started) / max(n, 1)
         weight = self.follow_weight if follow_weight is None else follow_weight
+        share = self.follow_share if follow_share is None else follow_share
         for result, items in zip(results, ranked):
             if thinking:
-                # The prior re-ranks the whole candidate pool, so it can bring a following item into the top k.
+                # The whole candidate pool is re-ranked, so a following item can move into the top k.
                 result.candidates = items
-                items = self.follow(items, result.levels.get("recommendation", ""), weight)[:k]
+                items = self.follow(items, result.levels.get("recommendation", ""), weight, share, shown or k)[:k]
             result.items = items
             result.seconds["items"] = share
         return results
@@ -391,23 +396,44 @@ class Recommender:
             out.append(scored)
         return out
 
-    def follow(self, items: list[RankedItem], recommendation: str, weight: float) -> list[RankedItem]:
-        """Items follow level 3 as a soft prior: each beam's log-probability gains ``weight`` for
-        every attribute level 3 states that the item carries (a stated category, the stated
-        decade), and the beams are re-ranked. 0 leaves the model's order."""
-        if not weight or self.facets is None or not items:
+    def follow(self, items: list[RankedItem], recommendation: str, weight: float = 0.0, share: float = 0.0,
+               shown: int = 10) -> list[RankedItem]:
+        """Items follow what level 3 states (its categories and decade), two ways, both measured
+        (docs/RESULTS.md, issue 13):
+
+        - ``weight``, a soft prior: each candidate's log-probability gains ``weight`` per stated
+          attribute it carries, and all are re-ranked;
+        - ``share``, a floor: at least that share of the first ``shown`` items carry a stated
+          attribute. Walking the model's order, the first candidates that carry none keep their
+          places while the allowance lasts (the model's strongest beliefs outside the statement);
+          the others move below the first ``shown``.
+
+        0 and 0 leave the model's order."""
+        if not (weight or share) or self.facets is None or not items:
             return items
         categories, decade = stated_attributes(recommendation, self.vocabulary)
         if not categories and decade is None:
             return items
 
-        def bonus(item: RankedItem) -> float:
+        def hits(item: RankedItem) -> int:
             have = set(self.facets.categories_of(str(item.item_id)))
             year = self.facets.year_of(str(item.item_id))
-            hits = len(have & set(categories)) + int(decade is not None and year is not None and year // 10 * 10 == decade)
-            return weight * hits
+            return len(have & set(categories)) + int(decade is not None and year is not None and year // 10 * 10 == decade)
 
-        return sorted(items, key=lambda item: -(item.score + bonus(item)))
+        if weight:
+            items = sorted(items, key=lambda item: -(item.score + weight * hits(item)))
+        if not share:
+            return items
+        allowance = int(shown * (1 - share) + 1e-9)
+        front = []
+        for item in items:
+            if len(front) == shown:
+                break
+            if hits(item) or allowance > 0:
+                allowance -= 0 if hits(item) else 1
+                front.append(item)
+        placed = {id(i) for i in front}
+        return front + [i for i in items if id(i) not in placed]
 
 
 BACKENDS = ("transformers", "vllm")

@@ -187,3 +187,22 @@ def test_level_three_prior_reaches_past_the_top_k(engine):
     assert len(plain.candidates) > 5
     assert sum(map(carries, strong.items)) == min(5, len(following))
     assert {i.item_id for i in strong.items} <= {i.item_id for i in plain.candidates}
+
+
+def test_the_share_floor_keeps_the_models_order_within_its_allowance(engine):
+    """share 0.8 of 5 shown: one item that carries nothing stated may stay in the top 5 (the first
+    such, in the model's order); the next ones move below, and carrying items keep their order."""
+    from engine.decoding import RankedItem
+
+    rec, facets = engine.recommender, engine.facets
+    category = facets.vocabulary[0]
+    carrying = [i for i in facets.item_ids if category in facets.categories_of(i)]
+    other = [i for i in facets.item_ids if category not in facets.categories_of(i)]
+    order = [other[0], carrying[0], other[1], carrying[1], other[2], carrying[2], carrying[3], carrying[4]]
+    items = [RankedItem(i, -float(n), ()) for n, i in enumerate(order)]
+    said = f"Serve (1) x. Next item: {category}."
+    followed = [i.item_id for i in rec.follow(items, said, share=0.8, shown=5)]
+    assert followed[:5] == [other[0], carrying[0], carrying[1], carrying[2], carrying[3]]
+    assert sorted(followed) == sorted(order)                      # nothing lost, only moved
+    assert [i.item_id for i in rec.follow(items, said)] == order     # neither way asked: the model's order
+    assert [i.item_id for i in rec.follow(items, "Serve (1) x.", share=1.0, shown=5)] == order   # nothing stated

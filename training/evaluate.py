@@ -44,7 +44,9 @@ class EvalArgs:
     backend: str = "transformers"       # transformers (in process) or vllm (a thinkrec serve-model server)
     model_url: str | None = None        # the server's URL with --backend vllm (it must serve --checkpoint)
     follow_weight: float | None = None  # thinking rows: soft prior toward level 3's attributes (None: the recommender's default)
+    follow_share: float | None = None   # thinking rows: floor on the top-10 share carrying level 3's attributes (None: default)
     follow_weights: str = ""            # e.g. 0,0.5,1,2: each thinking row again at these prior weights (same reasoning and beams)
+    follow_shares: str = ""             # e.g. 0.8,0.9: each thinking row again with these floors (same reasoning and beams)
     think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
     think_weight: float = 0.5           # fused: weight of log p(item | history, reasoning)
     contrast: float = 0.5               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
@@ -168,6 +170,7 @@ def run(args: EvalArgs) -> dict:
             answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
                                             max_reasoning_tokens=budget,
                                             batch_size=args.batch_size, follow_weight=args.follow_weight,
+                                            follow_share=args.follow_share, shown=10,
                                             think_rank=rank, reasoning=reasoned.get(budget) if thinking else None)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
@@ -186,13 +189,16 @@ def run(args: EvalArgs) -> dict:
                 extra["reasoning"] = scorer.score([a.levels for a in answers], histories, ranked,
                                                   [r["target"] for r in rows])
             results[name] = _score(ranked, rows, seconds, catalog, extra)
-            for weight in ([float(w) for w in args.follow_weights.split(",") if w.strip()] if thinking else []):
-                # The prior only re-ranks the candidates this row already has: no decoding again.
+            variants = [("follow", float(w), 0.0) for w in args.follow_weights.split(",") if w.strip()]
+            variants += [("share", 0.0, float(w)) for w in args.follow_shares.split(",") if w.strip()]
+            for kind, weight, share in (variants if thinking else []):
+                # Following level 3 only re-ranks the candidates this row already has: no decoding again.
                 followed = [[str(i.item_id) for i in recommender.follow(a.candidates, a.levels.get("recommendation", ""),
-                                                                        weight)[:k]] for a in answers]
+                                                                        weight, share, 10)[:k]] for a in answers]
                 reasoning = scorer.score([a.levels for a in answers], histories, followed, [r["target"] for r in rows])
-                results[f"{name} follow={weight:g}"] = _score(followed, rows, seconds, catalog,
-                                                              {**extra, "follow_weight": weight, "reasoning": reasoning})
+                results[f"{name} {kind}={weight or share:g}"] = _score(
+                    followed, rows, seconds, catalog,
+                    {**extra, "follow_weight": weight, "follow_share": share, "reasoning": reasoning})
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
     if args.json:
