@@ -253,9 +253,13 @@ class DialogueSteering(NextItemCoT):
         return recent[int(sims.argmax())]
 
     def _decoy(self, position: Position, request: Request, rng: random.Random) -> str | None:
-        """A first suggestion the user turns down: fits the request, is not the target or seen."""
+        """A first suggestion the user turns down: fits the request, is not the target or seen.
+        Drawn from the items of the training sequences, so no held-out item (a valid or test
+        target nobody trained on) is ever shown as one a user rejected."""
         seen = set(position.history) | {position.target}
-        pool = list(self.view.items)
+        if self._decoy_pool is None:
+            self._decoy_pool = sorted({i for row in self.view.train for i in row["item_ids"]})
+        pool = self._decoy_pool
         for _ in range(50):
             item = self.view.items[rng.choice(pool)]
             if item.item_id in seen:
@@ -268,6 +272,7 @@ class DialogueSteering(NextItemCoT):
         return None
 
     cold_share: float = 0.25         # positions cut to a fresh or short history (0-2 items)
+    _decoy_pool: list[str] | None = None
     refine_share: float = 0.2        # two-turn refinements: a request, then "no <category>" on top
 
     def _cold(self, position: Position, rng: random.Random) -> Position:
