@@ -261,7 +261,7 @@ class Engine:
                 yield from self._reason(session, text, prompt, exclude, constraints, timings, state)
             items_started = time.perf_counter()
             (result,) = self.recommender.recommend(
-                [session.history], k=num_beams, num_beams=num_beams, thinking=thinking, user_texts=[text or None],
+                [session.history], k=num_beams, num_beams=num_beams, shown=k, thinking=thinking, user_texts=[text or None],
                 earlier_turns=[earlier], exclude=[exclude], constraints=[constraints],
                 reasoning=[state["reasoning_ids"]] if thinking else None)
             timings["items_ms"] = (time.perf_counter() - items_started) * 1000

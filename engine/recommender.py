@@ -93,7 +93,7 @@ class Recommender:
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
                  filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
-                 follow_share: float = 0.0, think_rank: ThinkRank | None = None):
+                 follow_share: float = 0.8, think_rank: ThinkRank | None = None):
         self.model, self.tokenizer = model, tokenizer
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
@@ -101,7 +101,9 @@ class Recommender:
         self.facets = facets
         self.category_word = category_word          # "genre" for movies: how level 3 names a category
         self.follow_weight = follow_weight          # soft prior toward level 3's attributes (see follow)
-        self.follow_share = follow_share            # floor on the shown items that carry them (see follow)
+        # Floor on the shown items that carry them (see follow). 0.8 by measurement: on all 943 ML-100K
+        # valid users it cost no NDCG@10 (0.0597 vs 0.0596) where the soft prior cost 6-16 %.
+        self.follow_share = follow_share
         self.think_rank = think_rank or ThinkRank()  # how thinking mode ranks its candidates (see rank_thinking)
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")

@@ -28,6 +28,7 @@ class SFTArgs:
     plain_items: int = 5                # items in a non-thinking answer (true next item first)
     cot_items: int = 3                  # items after the reasoning (true next item first)
     replay: float = 0.2                 # share of alignment examples mixed back in
+    history_loss: bool = False          # non-thinking answers also learn every history item of their prompt
     lora: bool = False
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
     epochs: float = 2.0                 # passes over the corpus (fractions allowed)
@@ -67,7 +68,7 @@ def build_examples(view, tokenizer, teacher, args: SFTArgs):
 
     rng = random.Random(args.seed)
     examples = NextItemCoT(tokenizer, view, teacher, args.positions_per_user, args.plain_positions_per_user,
-                           args.plain_items, args.cot_items).build(rng)
+                           args.plain_items, args.cot_items, args.history_loss).build(rng)
     examples += DialogueSteering(tokenizer, view, teacher).build(rng)
     replay = alignment_examples(view, tokenizer, args.seed)
     examples += rng.sample(replay, int(len(replay) * args.replay))

@@ -43,12 +43,33 @@ class Task:
 
     name = "task"
 
-    def chat(self, messages: list[Message]) -> Example:
+    def chat(self, messages: list[Message], history_loss: bool = False) -> Example:
+        """One conversation as a training example. ``history_loss``: the history items the system
+        message lists are targets too, each from the ones before it (next-item prediction at every
+        position of the prompt, like SASRec's training, at no extra compute)."""
         ids, mask = self.tokenizer.render_conversation(messages)
+        if history_loss:
+            learn_history(ids, mask, self.tokenizer)
         return Example(ids, mask, self.name)
 
     def span(self, item_id: str) -> str:
         return item_span(self.view.codes[item_id])
+
+
+def learn_history(ids: list[int], mask: list[int], tokenizer: ThinkrecTokenizer) -> None:
+    """Turn the loss on for the SID tokens of every history item but the first in the system
+    message (the span markers stay off: they carry nothing to learn)."""
+    system_end = ids.index(tokenizer.end_id) if tokenizer.end_id in ids else 0
+    begin, end = tokenizer.item_begin_id, tokenizer.item_end_id
+    spans = 0
+    inside = False
+    for n in range(system_end):
+        if ids[n] == begin:
+            inside, spans = True, spans + 1
+        elif ids[n] == end:
+            inside = False
+        elif inside and spans > 1:
+            mask[n] = 1
 
 
 class ItemToText(Task):
@@ -182,9 +203,10 @@ class NextItemCoT(Task):
     history_items: int = 20
 
     def __init__(self, tokenizer, view, teacher: DeterministicTeacher, per_user: int = 2,
-                 plain_per_user: int = 6, plain_items: int = 5, cot_items: int = 3):
+                 plain_per_user: int = 6, plain_items: int = 5, cot_items: int = 3, history_loss: bool = False):
         super().__init__(tokenizer, view)
         self.teacher, self.per_user = teacher, per_user
+        self.history_loss = history_loss
         self.plain_per_user, self.plain_items, self.cot_items = plain_per_user, plain_items, cot_items
         self._sequences = {row["user_id"]: row["item_ids"] for row in view.train}
 
@@ -208,7 +230,8 @@ class NextItemCoT(Task):
             out.append(example)
         for position in training_positions(self.view, self.plain_per_user, stride=self.plain_items):
             answer = answer_text(None, self.answer_items(position, self.plain_items))
-            example = self.chat(self.messages(position, rng.choice(ASKS)) + [Message("assistant", answer)])
+            example = self.chat(self.messages(position, rng.choice(ASKS)) + [Message("assistant", answer)],
+                                self.history_loss)
             example.task = "no_think"
             out.append(example)
         return out
