@@ -65,6 +65,23 @@ def test_sft_corpus_two_steps(view, tokenizer, tmp_path):
     two_steps_move_everything(model, examples, tokenizer.pad_id, tmp_path)
 
 
+def test_history_loss_learns_every_history_item_after_the_first(view, tokenizer):
+    teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
+    plain = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs()) if e.task == "no_think"]
+    learned = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=True)) if e.task == "no_think"]
+    assert len(plain) == len(learned) > 0
+    for before, after in zip(plain, learned):
+        assert before.ids == after.ids
+        system_end = after.ids.index(tokenizer.end_id)
+        assert not any(before.mask[:system_end])
+        spans = tokenizer.decode(after.ids[:system_end]).count("<|item_begin|>")
+        on = [t for t, m in zip(after.ids[:system_end], after.mask[:system_end]) if m]
+        # Every history item but the first: its SID tokens (no span markers) are targets now.
+        assert len(on) == (spans - 1) * view.manifest.sid.levels
+        assert tokenizer.item_begin_id not in on and tokenizer.item_end_id not in on
+        assert after.mask[system_end:] == before.mask[system_end:]
+
+
 def test_killed_run_resumes_to_the_same_weights(view, tokenizer, tmp_path):
     examples = build_examples(view, tokenizer, seed=0)
     args = TrainArgs(max_steps=4, batch_tokens=1024, log_every=1, save_every=2, warmup_steps=2)
@@ -115,8 +132,8 @@ def test_eval_runs_every_method(trained, built_dataset, tmp_path):
                                  "--max-reasoning-tokens", "16", "--max-users", "8"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
-    assert report["num_users"] == 8 and set(report["results"]) == {"popularity", "sasrec", "thinkrec", "thinkrec-think",
-                                                                   "thinkrec-race"}
+    assert report["num_users"] == 8 and set(report["results"]) == {"popularity", "markov", "sasrec", "thinkrec",
+                                                                   "thinkrec-think", "thinkrec-race"}
     for values in report["results"].values():
         assert values["invalid_rate"] == 0 and values["seen_rate"] == 0 and values["repeat_rate"] == 0
         assert 0 <= values["ndcg@10"] <= values["hr@10"] <= 1
