@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from data.catalog_db import AttributeRow, ItemRow, SIDRow, make_engine, sqlite_url
@@ -101,6 +101,18 @@ class Catalog:
         with Session(self.engine) as session:
             rows = session.execute(select(ItemRow.item_id, ItemRow.year, ItemRow.categories).order_by(ItemRow.row)).all()
         return [r[0] for r in rows], [r[1] for r in rows], [list(r[2] or []) for r in rows]
+
+    def duplicates(self) -> dict[str, str]:
+        """Items the catalog lists more than once under one title and year (ML-100K has a few):
+        each such item id -> the first id of its group. Other items are not in the map."""
+        with Session(self.engine) as session:
+            twice = (select(ItemRow.title, ItemRow.year).group_by(ItemRow.title, ItemRow.year)
+                     .having(func.count() > 1).subquery())
+            rows = session.execute(select(ItemRow.item_id, ItemRow.title, ItemRow.year)
+                                   .join(twice, (ItemRow.title == twice.c.title) & (ItemRow.year.is_(twice.c.year)))
+                                   .order_by(ItemRow.row)).all()
+        first: dict[tuple, str] = {}
+        return {item_id: first.setdefault((title, year), item_id) for item_id, title, year in rows}
 
     def with_attribute(self, key: str, value: str) -> list[str]:
         """Item ids having attribute key=value (e.g. genre=Comedy, decade=1990s)."""

@@ -93,8 +93,11 @@ class Recommender:
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
                  filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
-                 follow_share: float = 0.8, think_rank: ThinkRank | None = None):
+                 follow_share: float = 0.8, think_rank: ThinkRank | None = None,
+                 same_item: dict[str, str] | None = None):
         self.model, self.tokenizer = model, tokenizer
+        # Ids the catalog lists twice for one film (Catalog.duplicates): the reasoning cites only one.
+        self.same_item = same_item or {}
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
         self.trie = build_token_trie(tokenizer, self.sid_codes)
         self.history_items = history_items
@@ -133,9 +136,12 @@ class Recommender:
         return ids
 
     def shown_history(self, history: Sequence[str]) -> set[str]:
-        """The history items the prompt shows (the latest ``history_items``): all reasoning may cite."""
+        """The history items the prompt shows (the latest ``history_items``): all reasoning may cite.
+        A film the catalog lists under two ids counts once (its latest id), so it is never cited twice."""
         known = [i for i in history if i in self.sid_codes]
-        return set(known[-self.history_items:] if self.history_items else known)
+        shown = known[-self.history_items:] if self.history_items else known
+        latest = {self.same_item.get(i, i): i for i in shown}
+        return set(latest.values())
 
     def plan(self, history: Sequence[str], constraints: Constraints | None,
              user_text: str | None = None) -> ReasoningPlan:
@@ -449,11 +455,13 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
     (``vllm``, at ``model_url``). ``facets`` defaults to the catalog's at ``data``."""
     from data.manifest import Manifest
 
-    category_word = Manifest.load(data).category_key
-    if facets is None:
-        from data.catalog import Catalog
+    from data.catalog import Catalog
 
-        facets = Facets(*Catalog(data).attribute_table())
+    category_word = Manifest.load(data).category_key
+    catalog = Catalog(data)
+    if facets is None:
+        facets = Facets(*catalog.attribute_table())
+    same_item = catalog.duplicates()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
     if backend == "vllm":
@@ -461,6 +469,7 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
             raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
         tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
         return Recommender(None, tokenizer, sid_codes, history_items, model_url=model_url, meta=meta,
-                           facets=facets, category_word=category_word), meta
+                           facets=facets, category_word=category_word, same_item=same_item), meta
     model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
-    return Recommender(model, tokenizer, sid_codes, history_items, facets=facets, category_word=category_word), meta
+    return Recommender(model, tokenizer, sid_codes, history_items, facets=facets, category_word=category_word,
+                       same_item=same_item), meta

@@ -164,3 +164,23 @@ def test_cli_build_reports_missing_column(tmp_path):
                                  "--items", str(tmp_path / "items.jsonl")])
     assert result.exit_code != 0
     assert "interactions.csv" in result.output and "timestamp" in result.output
+
+
+def test_catalog_finds_films_listed_twice(tmp_path):
+    """Two ids, one title and year (ML-100K has such pairs): the catalog maps both to the first."""
+    import json as _json
+
+    from data.build import build
+    from data.catalog import Catalog
+    from data.manifest import BuildConfig
+    from tests.conftest import THEMED_ITEMS
+
+    rows = [{"item_id": i, "title": t, "year": y, "categories": c, "description": d} for i, t, y, c, d in THEMED_ITEMS]
+    rows.append({**rows[0], "item_id": "99", "description": "The same film, listed again."})
+    (tmp_path / "items.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    lines = ["user_id,item_id,timestamp,rating"] + [f"u{u},{r['item_id']},{1000 * u + n},4"
+                                                    for u in range(1, 6) for n, r in enumerate(rows[u - 1:u + 5] + rows[-1:])]
+    (tmp_path / "interactions.csv").write_text("\n".join(lines) + "\n")
+    build(BuildConfig(dataset="generic", interactions=str(tmp_path / "interactions.csv"),
+                      items=str(tmp_path / "items.jsonl")), tmp_path / "built")
+    assert Catalog(tmp_path / "built").duplicates() == {"1": "1", "99": "1"}

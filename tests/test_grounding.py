@@ -112,3 +112,17 @@ def test_thinking_mode_ranks_beams_of_both_contexts_within_the_constraints(engin
     assert both
     for item in both:
         assert abs(item.score - (reasoned[item.item_id] + plain[item.item_id])) < 1e-3
+
+
+def test_a_film_listed_twice_is_cited_once(engine, monkeypatch):
+    """ML-100K lists a few films under two ids; the reasoning may cite such a film only once, by
+    its latest id in the history (Catalog.duplicates finds them; here two history items are
+    declared one film)."""
+    rec = engine.recommender
+    history = engine.dataset_history("u15")
+    shown = [i for i in history if i in rec.sid_codes][-rec.history_items:]
+    first, second = shown[0], shown[-1]
+    monkeypatch.setattr(rec, "same_item", {first: first, second: first})
+    cite = rec.shown_history(history)
+    assert second in cite and first not in cite and len(cite) == len(set(shown)) - 1
+    assert rec.plan(history, None).cite == cite
