@@ -83,6 +83,10 @@ class ReasoningPlan:
     statement: list[int] = field(default_factory=list)
     complete: bool = False      # the prefix is the whole reasoning (a fresh user): nothing to generate
     cite: set[str] | None = None  # the only items reasoning may cite: the history the prompt shows
+    # The active request's attributes, as "Next item:" pieces the engine writes first (token paths of
+    # the slot grammar), so level 3 never states a next item the request rules out.
+    required: list[int] = field(default_factory=list)
+    required_ends: bool = False   # the required pieces end the list (a decade, or no room for more)
 
 
 class Recommender:
@@ -151,12 +155,36 @@ class Recommender:
         if any(i in self.sid_codes for i in history):
             described = constraints.describe() if constraints is not None else ""
             statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
-            return ReasoningPlan(statement=statement, cite=self.shown_history(history))
+            required, ends = self.required_pieces(constraints)
+            return ReasoningPlan(statement=statement, cite=self.shown_history(history), required=required,
+                                 required_ends=ends)
         text = fresh_user_recommendation(constraints, user_text, self.category_word)
         prefix = (self.tokenizer.encode(NO_HISTORY_DERIVATION, trusted=False) + [self.tokenizer.ids[EVOLUTION]]
                   + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]]
                   + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
         return ReasoningPlan(prefix=prefix, complete=True)
+
+    def required_pieces(self, constraints: Constraints | None) -> tuple[list[int], bool]:
+        """What "Next item:" must state first under ``constraints``: every wanted category (up to the
+        list's three) and the decade when the request spans one, as the slot grammar's own pieces.
+        Returns their tokens and whether they end the list."""
+        if constraints is None or self.slots is None:
+            return [], False
+        from engine.slots import MAX_NEXT_CATEGORIES
+
+        pieces = self.slots.pieces
+        wanted = [c for group in constraints.want for c in group]
+        categories = [c for c in dict.fromkeys(wanted) if (c, "category", ",") in pieces.items][:MAX_NEXT_CATEGORIES]
+        decade = None
+        if constraints.year_min is not None and constraints.year_max is not None \
+                and constraints.year_min // 10 == constraints.year_max // 10:
+            word = f"{constraints.year_min // 10 * 10}s"
+            decade = word if (word, "decade", ".") in pieces.items else None
+        ends = decade is not None or len(categories) == MAX_NEXT_CATEGORIES
+        keys = [(c, "category", ",") for c in categories] + ([(decade, "decade", ".")] if decade else [])
+        if ends and not decade and keys:
+            keys[-1] = (keys[-1][0], "category", ".")
+        return [t for key in keys for t in pieces.path(key)], ends
 
     # Every level gets written: levels 1-2 may use the budget less what level 3 needs; if level 1
     # runs out, level 2 gets its own few tokens; then the engine opens level 3 (stating the active
@@ -186,20 +214,41 @@ class Recommender:
         if last_begin > max((n for n, t in enumerate(tokens) if t == finish), default=-1):
             del tokens[last_begin:]
 
-    def _statement_needed(self, context: Sequence[int], level3: list[int], cite) -> list[int] | None:
-        """None when level 3 (the last tokens of ``context``) states a category or decade. Otherwise
-        ``level3`` loses its closing token, and the tokens the engine writes before the model
-        continues come back: the "Next item:" opener, or nothing when a list is open."""
+    def _opener_end(self, tokens: Sequence[int]) -> int | None:
+        """Index just past the first "Next item:" opener in ``tokens`` (None: not written)."""
         if self.slots is None:
             return None
-        state = self.slots.state(cite).resume(context)
+        for end in range(1, len(tokens) + 1):
+            if any(tuple(tokens[max(0, end - len(p)):end]) == p for p in self.slots.next_opener):
+                return end
+        return None
+
+    def _statement_needed(self, context: Sequence[int], level3: list[int], plan: ReasoningPlan) -> tuple[list[int], bool] | None:
+        """Level 3 (the end of ``context``, also given as ``level3``, changed in place) must state
+        what the next item should be. None when it does. Otherwise ``level3`` is cut back (its
+        closing token; with a request, its own list after the opener) and this returns the tokens
+        the engine writes next, and whether the model must then go on with the list.
+
+        - an active request: its pieces come first (the opener is written if missing), the model adds to them;
+        - no request: the opener when missing, or nothing when a list is still open."""
+        if self.slots is None:
+            return None
+        closing = (self.tokenizer.think_end_id, self.tokenizer.end_id)
+        opener = self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
+        if plan.required:
+            end = self._opener_end(level3)
+            if end is not None:
+                del level3[end:]
+            else:
+                while level3 and level3[-1] in closing:
+                    level3.pop()
+            return ([] if end is not None else opener) + plan.required, not plan.required_ends
+        state = self.slots.state(plan.cite).resume(context)
         if state.states_attributes():
             return None
-        while level3 and level3[-1] in (self.tokenizer.think_end_id, self.tokenizer.end_id):
+        while level3 and level3[-1] in closing:
             level3.pop()
-        if state.in_statement():
-            return []
-        return self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
+        return ([] if state.in_statement() else opener), True
 
     def stream_reasoning(self, prompt: Sequence[int], plan: ReasoningPlan,
                          max_new_tokens: int = 192, temperature: float = 0.0) -> Iterator[int]:
@@ -225,17 +274,24 @@ class Recommender:
         yield from written
         context += written
         # Level 3 cites nothing in the teacher's format; the gate still limits spans to the history.
-        level3 = yield from self._stream_stage(context, self.LEVEL3_TOKENS, None, plan.cite, temperature, final=True)
+        # With a request, the model's own "Next item:" list is held back: the engine writes the
+        # request's pieces first (see _statement_needed).
+        level3 = yield from self._stream_stage(context, self.LEVEL3_TOKENS, None, plan.cite, temperature, final=True,
+                                               hold_statement=bool(plan.required))
         closing = [t for t in level3[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
-        written = self._statement_needed(context + level3, level3, plan.cite)
-        if written is not None:
+        fix = self._statement_needed(context + level3, level3, plan)
+        if fix is not None:
+            written, more_needed = fix
             yield from written
-            more = yield from self._stream_stage(context + level3 + written, self.STATEMENT_TOKENS, None, plan.cite,
-                                                 temperature, final=True)
-            closing = [t for t in more[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+            closing = [self.tokenizer.think_end_id]
+            if more_needed:
+                more = yield from self._stream_stage(context + level3 + written, self.STATEMENT_TOKENS, None,
+                                                     plan.cite, temperature, final=True)
+                closing = [t for t in more[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
         yield from closing
 
-    def _stream_stage(self, context: list[int], budget: int, stops, cite, temperature: float, final: bool = False):
+    def _stream_stage(self, context: list[int], budget: int, stops, cite, temperature: float, final: bool = False,
+                      hold_statement: bool = False):
         """Stream one stage, holding a span back until it closes; returns the stage's tokens (a
         span left open at the end is neither shown nor returned before level 3). ``</think>`` and
         ``<|end|>`` are returned, never shown: the caller closes the reasoning."""
@@ -243,7 +299,11 @@ class Recommender:
         begin, finish = self.tokenizer.item_begin_id, self.tokenizer.item_end_id
         generated, held = [], []
         closing = (close, end)
+        stated = None          # hold_statement: where the "Next item:" opener ended (nothing after it is shown)
         for token in self.backend.stream_reasoning(context, set(), budget, temperature, stop_ids=stops, cite=cite):
+            if stated is not None:
+                generated.append(token)
+                continue
             if held or token == begin:
                 held.append(token)
                 if token == finish:
@@ -255,6 +315,8 @@ class Recommender:
             # The final stage's closing token is the caller's to show (after level 3 is complete).
             if token not in closing and (final or token != opened):
                 yield token
+            if hold_statement and self._opener_end(generated[-8:]) is not None:
+                stated = len(generated)
         if held and final:          # before level 3 a span cut off by the budget is dropped
             generated += held
             yield from held
@@ -295,10 +357,14 @@ class Recommender:
         unstated = []
         for i in todo:
             level3 = reasoning[i][starts[i]:]
-            written = self._statement_needed(prompts[i] + reasoning[i], level3, plans[i].cite)
-            if written is not None:
+            fix = self._statement_needed(prompts[i] + reasoning[i], level3, plans[i])
+            if fix is not None:
+                written, more_needed = fix
                 reasoning[i][starts[i]:] = level3 + written
-                unstated.append(i)
+                if more_needed:
+                    unstated.append(i)
+                else:
+                    reasoning[i].append(self.tokenizer.think_end_id)
         run(unstated, self.STATEMENT_TOKENS, None)
         return reasoning
 

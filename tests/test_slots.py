@@ -172,8 +172,8 @@ def test_level_three_prior_reaches_past_the_top_k(engine):
 
     rec = engine.recommender
     history = engine.dataset_history("u15")
-    (plain,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=0.0)
-    (strong,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=100.0,
+    (plain,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=0.0, follow_share=0.0)
+    (strong,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=100.0, follow_share=0.0,
                               reasoning=[plain.reasoning_ids])
     assert [i.item_id for i in plain.items] == [i.item_id for i in plain.candidates[:5]]
     categories, decade = stated_attributes(plain.levels["recommendation"], rec.vocabulary)
@@ -206,3 +206,33 @@ def test_the_share_floor_keeps_the_models_order_within_its_allowance(engine):
     assert sorted(followed) == sorted(order)                      # nothing lost, only moved
     assert [i.item_id for i in rec.follow(items, said)] == order     # neither way asked: the model's order
     assert [i.item_id for i in rec.follow(items, "Serve (1) x.", share=1.0, shown=5)] == order   # nothing stated
+
+
+def test_level_three_states_the_request_first(engine):
+    """Under a request, "Next item:" states what was asked (the engine writes those pieces, the
+    model may add to them), in the batched path and in a streamed app turn alike."""
+    from engine.constraints import Constraints
+    from engine.prompt import stated_attributes
+
+    rec = engine.recommender
+    comedy_90s = Constraints(want=[["Comedy"]], year_min=1990, year_max=1999)
+    torch.manual_seed(2)
+    answers = rec.recommend([engine.dataset_history(u) for u in ("u15", "u3", "u7")], k=5, num_beams=8,
+                            thinking=True, sample=True, temperature=1.6, max_reasoning_tokens=96,
+                            constraints=[comedy_90s] * 3)
+    for answer in answers:
+        categories, decade = stated_attributes(answer.levels["recommendation"], rec.vocabulary)
+        assert "Comedy" in categories and decade == 1990, answer.levels["recommendation"]
+        assert answer.levels["recommendation"].count("Next item:") == 1
+
+    # Only a category asked for: it comes first and the model goes on with the list.
+    only = Constraints(want=[["Comedy"]])
+    (answer,) = rec.recommend([engine.dataset_history("u15")], k=5, num_beams=8, thinking=True, constraints=[only])
+    categories, _ = stated_attributes(answer.levels["recommendation"], rec.vocabulary)
+    assert categories[:1] == ["Comedy"], answer.levels["recommendation"]
+
+    session = engine.start_session(user_id="u16")
+    events = list(engine.turn(session.id, "a 90s comedy please", k=3))
+    levels = next(e.trace for e in events if e.type == "trace").levels
+    categories, decade = stated_attributes(levels["recommendation"], rec.vocabulary)
+    assert "Comedy" in categories and decade == 1990, levels["recommendation"]
