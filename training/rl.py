@@ -376,7 +376,10 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
-    recommender = Recommender(policy, tokenizer, view.codes, facets=view.facets, category_word=view.category_word)
+    from data.catalog import Catalog
+
+    recommender = Recommender(policy, tokenizer, view.codes, facets=view.facets, category_word=view.category_word,
+                              same_item=Catalog(view.folder).duplicates())
     eval_rows = view.valid[:args.eval_users]
 
     state_dir, progress_file = out / "trainer_state", out / "trainer_state" / "progress.json"
