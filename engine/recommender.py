@@ -98,7 +98,7 @@ class Recommender:
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
                  filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
                  follow_share: float = 0.8, think_rank: ThinkRank | None = None,
-                 same_item: dict[str, str] | None = None):
+                 same_item: dict[str, str] | None = None, recent_view: int = 0, recent_weight: float = 0.5):
         self.model, self.tokenizer = model, tokenizer
         # Ids the catalog lists twice for one film (Catalog.duplicates): the reasoning cites only one.
         self.same_item = same_item or {}
@@ -111,6 +111,10 @@ class Recommender:
         # Floor on the shown items that carry them (see follow). 0.8 by measurement: on all 943 ML-100K
         # valid users it cost no NDCG@10 (0.0597 vs 0.0596) where the soft prior cost 6-16 %.
         self.follow_share = follow_share
+        # Non-thinking ranking from two views of the history: the whole prompt, and only its latest
+        # ``recent_view`` items (0: one view). Candidates are both views' beams, scored
+        # log p(i | history) + recent_weight * log p(i | latest items). See rank_direct.
+        self.recent_view, self.recent_weight = recent_view, recent_weight
         self.think_rank = think_rank or ThinkRank()  # how thinking mode ranks its candidates (see rank_thinking)
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
@@ -420,8 +424,13 @@ class Recommender:
                 results[i].seconds["reasoning"] = share
                 item_prompts.append(self.item_prompt(prompts[i], tokens))
         started = time.perf_counter()
-        ranked = self.backend.beam_search(item_prompts, excludes, k=num_beams if thinking else k,
-                                          num_beams=num_beams, batch_size=batch_size, constraints=constraints)
+        if not thinking and self.recent_view:
+            recent = [self.prompt_ids(list(histories[i])[-self.recent_view:], user_texts[i], earlier_turns[i], False)
+                      for i in range(n)]
+            ranked = self.rank_direct(prompts, recent, excludes, constraints, k, num_beams, batch_size)
+        else:
+            ranked = self.backend.beam_search(item_prompts, excludes, k=num_beams if thinking else k,
+                                              num_beams=num_beams, batch_size=batch_size, constraints=constraints)
         if thinking:
             direct = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], False) for i in range(n)]
             ranked = self.rank_thinking(think_rank or self.think_rank, ranked, direct, item_prompts,
@@ -438,6 +447,28 @@ class Recommender:
             result.items = items
             result.seconds["items"] = share
         return results
+
+    def rank_direct(self, prompts: list[list[int]], recent: list[list[int]], excludes, constraints, k: int,
+                    num_beams: int, batch_size: int) -> list[list[RankedItem]]:
+        """Non-thinking top ``k`` from two views: the beams of the full prompt and of the latest
+        items alone, each candidate scored ``log p(i | prompt) + recent_weight * log p(i | recent)``
+        (teacher-forced, the beams' own scores). Every candidate is a beam of one of the two
+        searches, so it satisfies the same exclusions and constraints."""
+        full = self.backend.beam_search(prompts, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
+                                        constraints=constraints)
+        short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
+                                         constraints=constraints)
+        pools = [list({i.item_id: i for i in list(a) + list(b)}.values()) for a, b in zip(full, short)]
+        paths = [[list(i.token_ids) for i in pool] for pool in pools]
+        under_full = self.backend.score_paths(prompts, paths, batch_size)
+        under_recent = self.backend.score_paths(recent, paths, batch_size)
+        out = []
+        for pool, f, r in zip(pools, under_full, under_recent):
+            scored = [RankedItem(item.item_id, ff + self.recent_weight * rr, item.token_ids)
+                      for item, ff, rr in zip(pool, f, r)]
+            scored.sort(key=lambda item: -item.score)
+            out.append(scored[:k])
+        return out
 
     def rank_thinking(self, how: ThinkRank, reasoned: list[list[RankedItem]], direct_prompts: list[list[int]],
                       reasoned_prompts: list[list[int]], reasoning: list[list[int]], excludes, constraints,

@@ -126,3 +126,28 @@ def test_a_film_listed_twice_is_cited_once(engine, monkeypatch):
     cite = rec.shown_history(history)
     assert second in cite and first not in cite and len(cite) == len(set(shown)) - 1
     assert rec.plan(history, None).cite == cite
+
+
+def test_two_history_views_rank_within_the_constraints(engine, monkeypatch):
+    """Non-thinking mode with a second, recent view: k distinct items that satisfy the request and
+    skip the history, each scored as its full-prompt score plus the weighted recent-view score."""
+    from engine.constraints import Constraints
+
+    rec = engine.recommender
+    history = engine.dataset_history("u15")
+    category = engine.facets.vocabulary[0]
+    wanted = Constraints(want=[[category]])
+    one_view = rec.recommend([history], k=5, num_beams=10, constraints=[wanted])[0]
+    recent = rec.recommend([history[-3:]], k=10, num_beams=10, constraints=[wanted], exclude=[set(history)])[0]
+    monkeypatch.setattr(rec, "recent_view", 3)
+    monkeypatch.setattr(rec, "recent_weight", 1.0)
+    two_views = rec.recommend([history], k=5, num_beams=10, constraints=[wanted])[0]
+    ids = [i.item_id for i in two_views.items]
+    assert len(ids) == len(set(ids)) == min(5, rec.available(wanted, set(history))) and not set(ids) & set(history)
+    assert all(category in engine.facets.categories_of(i) for i in ids)
+    assert [i.score for i in two_views.items] == sorted((i.score for i in two_views.items), reverse=True)
+    full, short = {i.item_id: i.score for i in one_view.items}, {i.item_id: i.score for i in recent.items}
+    both = [i for i in two_views.items if i.item_id in full and i.item_id in short]
+    assert both
+    for item in both:
+        assert abs(item.score - (full[item.item_id] + short[item.item_id])) < 1e-3

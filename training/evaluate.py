@@ -50,6 +50,8 @@ class EvalArgs:
     think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
     think_weight: float = 0.5           # fused: weight of log p(item | history, reasoning)
     contrast: float = 0.5               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
+    recent_view: int = 0                # thinkrec rows: also rank from the latest N history items (0: one view)
+    recent_weight: float = 0.5          # weight of that second view's log-probability
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
@@ -158,6 +160,7 @@ def run(args: EvalArgs) -> dict:
             for budget in (budgets if thinking else [args.max_reasoning_tokens])]
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
+        recommender.recent_view, recommender.recent_weight = args.recent_view, args.recent_weight
         # Thinking rows differ only in how beams become a ranking: the first row at a budget
         # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
         reasoned: dict[int, list[list[int]]] = {}
