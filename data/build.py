@@ -138,8 +138,16 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
             embeddings, cache_hit = embed_items(texts, config.encoder, cache_dir(), progress=advance)
             np.save(out / EMBEDDINGS, embeddings)
         sid_steps = config.rqvae_epochs if config.quantizer == "rqvae" else config.levels
+        quantized = embeddings
+        if config.sid_source == "text+cf":
+            from data.quantize import collaborative_embeddings, fuse_for_sids
+            # Items watched together share SID prefixes; search and the index stay on the text.
+            quantized = fuse_for_sids(embeddings, collaborative_embeddings(
+                [item.item_id for item in data.items], [row["item_ids"] for row in splits["train"]], seed=config.seed))
+        elif config.sid_source != "text":
+            raise DataFormatError(f"unknown --sid-source '{config.sid_source}' (text, text+cf)")
         with steps.step(f"semantic IDs ({config.quantizer})", total=sid_steps) as advance:
-            codebook_size, unique = _quantize(config, embeddings, advance)
+            codebook_size, unique = _quantize(config, quantized, advance)
         sids = [sid_string(codes) for codes in unique.codes]
         (out / SIDS).write_text(json.dumps({
             "levels": int(unique.codes.shape[1]), "codebook_size": codebook_size,

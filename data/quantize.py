@@ -221,3 +221,51 @@ def prefix_coherence(embeddings: np.ndarray, codes: np.ndarray) -> list[float]:
             break
         result.append(float(((sums * sums).sum(axis=1) - sizes).sum() / pairs.sum()))
     return result
+
+
+def collaborative_embeddings(item_ids: list[str], sequences: list[list[str]], window: int = 5,
+                             dim: int = 0, seed: int = 0) -> np.ndarray:
+    """Item vectors from how items sit together in the training sequences: co-occurrence within
+    ``window`` positions (nearer pairs weigh more), positive PMI, then a truncated SVD. Sized by
+    the data: ``dim`` 0 picks min(64, items // 16, at least 8). Items never seen in training get a
+    zero vector (their SID then rests on their text alone). Rows are L2-normalised."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.linalg import svds
+
+    index = {item: n for n, item in enumerate(item_ids)}
+    n = len(item_ids)
+    rows, cols, weights = [], [], []
+    for sequence in sequences:
+        positions = [index[i] for i in sequence if i in index]
+        for a in range(len(positions)):
+            for gap in range(1, window + 1):
+                if a + gap >= len(positions):
+                    break
+                rows += [positions[a], positions[a + gap]]
+                cols += [positions[a + gap], positions[a]]
+                weights += [1.0 / gap] * 2
+    vectors = np.zeros((n, 1), dtype=np.float32)
+    if not rows:
+        return vectors
+    counts = coo_matrix((weights, (rows, cols)), shape=(n, n)).tocsr()
+    counts.sum_duplicates()
+    total = counts.sum()
+    row_sums = np.asarray(counts.sum(axis=1)).ravel()
+    coo = counts.tocoo()
+    pmi = np.log(coo.data * total / (row_sums[coo.row] * row_sums[coo.col]))
+    keep = pmi > 0
+    ppmi = coo_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=(n, n)).tocsr()
+    dim = dim or max(8, min(64, n // 16))
+    dim = min(dim, n - 2)
+    rng = np.random.default_rng(seed)
+    u, s, _ = svds(ppmi.astype(np.float64), k=dim, v0=rng.standard_normal(n))
+    vectors = (u * np.sqrt(s)).astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.where(norms > 0, vectors / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+
+
+def fuse_for_sids(text: np.ndarray, collaborative: np.ndarray, weight: float = 1.0) -> np.ndarray:
+    """What the quantizer sees for collaborative SIDs: each item's text vector and its
+    collaborative vector, both unit length, side by side (``weight`` scales the second)."""
+    text = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
+    return np.concatenate([text, weight * collaborative], axis=1).astype(np.float32)

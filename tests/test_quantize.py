@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -267,3 +268,38 @@ def test_make_unique_no_collisions_is_identity():
     np.testing.assert_array_equal(unique.codes, quant.codes)
     assert unique.collisions_before == 0 and unique.reassigned == 0 and not unique.extra_level
     assert unique.utilization == [3 / 8, 3 / 8]
+
+
+def test_collaborative_vectors_bring_items_watched_together_close():
+    """Two groups of items that never share a sequence: items of one group end up closer to each
+    other than to the other group; an item never in training gets a zero vector."""
+    import random
+
+    from data.quantize import collaborative_embeddings, fuse_for_sids
+
+    rng = random.Random(0)
+    group_a, group_b = [f"a{i}" for i in range(20)], [f"b{i}" for i in range(20)]
+    sequences = [rng.sample(group, 8) for _ in range(200) for group in (group_a, group_b)]
+    items = group_a + group_b + ["never"]
+    vectors = collaborative_embeddings(items, sequences, dim=8)
+    assert vectors.shape == (41, 8) and not vectors[-1].any()
+    sims = vectors[:40] @ vectors[:40].T
+    within = (sims[:20, :20].sum() - 20) / (20 * 19) + (sims[20:, 20:].sum() - 20) / (20 * 19)
+    across = sims[:20, 20:].mean()
+    assert within / 2 > across + 0.5
+    fused = fuse_for_sids(np.ones((41, 4)), vectors)
+    assert fused.shape == (41, 12) and np.allclose(np.linalg.norm(fused[:, :4], axis=1), 1.0)
+
+
+def test_build_with_collaborative_sids_keeps_search_on_text(tmp_path, generic_files):
+    from data.build import build
+    from data.manifest import BuildConfig
+
+    interactions, items = generic_files
+    text = build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items)), tmp_path / "text")
+    fused = build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items),
+                              sid_source="text+cf"), tmp_path / "cf")
+    assert fused.config.sid_source == "text+cf" and fused.sid.collisions_after == 0
+    assert np.array_equal(np.load(tmp_path / "text" / "embeddings.npy"), np.load(tmp_path / "cf" / "embeddings.npy"))
+    codes = lambda folder: {r["item_id"]: r["codes"] for r in json.loads((folder / "sids.json").read_text())["items"]}  # noqa: E731
+    assert codes(tmp_path / "text") != codes(tmp_path / "cf")
