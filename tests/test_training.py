@@ -67,7 +67,7 @@ def test_sft_corpus_two_steps(view, tokenizer, tmp_path):
 
 def test_history_loss_learns_every_history_item_after_the_first(view, tokenizer):
     teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
-    plain = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs()) if e.task == "no_think"]
+    plain = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=False)) if e.task == "no_think"]
     learned = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=True)) if e.task == "no_think"]
     assert len(plain) == len(learned) > 0
     for before, after in zip(plain, learned):
