@@ -59,6 +59,11 @@ class ThinkRank:
 THINK_RANKS = ("reasoned", "race", "fused")
 
 
+def _union(first: list[list[RankedItem]], second: list[list[RankedItem]]) -> list[list[RankedItem]]:
+    """Per user, the candidates of two beam searches, each item once."""
+    return [list({i.item_id: i for i in list(a) + list(b)}.values()) for a, b in zip(first, second)]
+
+
 def race(first: Sequence[RankedItem], second: Sequence[RankedItem], k: int) -> list[RankedItem]:
     """Two rankings merged by rank: an item takes its better rank of the two (ties: the smaller sum
     of ranks, then ``first`` before ``second``)."""
@@ -458,16 +463,24 @@ class Recommender:
                                         constraints=constraints)
         short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
                                          constraints=constraints)
-        pools = [list({i.item_id: i for i in list(a) + list(b)}.values()) for a, b in zip(full, short)]
+        views = [(prompts, 1.0), (recent, self.recent_weight)]
+        return [ranked[:k] for ranked in self._score_pools(_union(full, short), views, batch_size)]
+
+    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float]],
+                     batch_size: int) -> list[list[RankedItem]]:
+        """Each user's candidates scored as the weighted sum of their teacher-forced
+        log-probabilities under each view (prompts, weight), best first."""
         paths = [[list(i.token_ids) for i in pool] for pool in pools]
-        under_full = self.backend.score_paths(prompts, paths, batch_size)
-        under_recent = self.backend.score_paths(recent, paths, batch_size)
+        totals = [[0.0] * len(pool) for pool in pools]
+        for prompts, weight in views:
+            if weight:
+                for total, scores in zip(totals, self.backend.score_paths(prompts, paths, batch_size)):
+                    total[:] = [t + weight * x for t, x in zip(total, scores)]
         out = []
-        for pool, f, r in zip(pools, under_full, under_recent):
-            scored = [RankedItem(item.item_id, ff + self.recent_weight * rr, item.token_ids)
-                      for item, ff, rr in zip(pool, f, r)]
+        for pool, total in zip(pools, totals):
+            scored = [RankedItem(item.item_id, score, item.token_ids) for item, score in zip(pool, total)]
             scored.sort(key=lambda item: -item.score)
-            out.append(scored[:k])
+            out.append(scored)
         return out
 
     def rank_thinking(self, how: ThinkRank, reasoned: list[list[RankedItem]], direct_prompts: list[list[int]],
@@ -482,24 +495,11 @@ class Recommender:
                                           batch_size=batch_size, constraints=constraints)
         if how.mode == "race":
             return [race(a, b, len(a) + len(b)) for a, b in zip(reasoned, direct)]
-        pools = []
-        for a, b in zip(reasoned, direct):
-            pool = {i.item_id: i for i in list(a) + list(b)}
-            pools.append(list(pool.values()))
-        paths = [[list(i.token_ids) for i in pool] for pool in pools]
-        under_direct = self.backend.score_paths(direct_prompts, paths, batch_size)
-        under_reasoning = self.backend.score_paths(reasoned_prompts, paths, batch_size)
-        alone = [[0.0] * len(p) for p in paths]
+        views = [(direct_prompts, 1.0), (reasoned_prompts, how.weight)]
         if how.contrast:
             empty = self.prompt_ids([], thinking=True)
-            alone = self.backend.score_paths([self.item_prompt(empty, r) for r in reasoning], paths, batch_size)
-        out = []
-        for pool, d, r, a in zip(pools, under_direct, under_reasoning, alone):
-            scored = [RankedItem(item.item_id, dd + how.weight * rr - how.contrast * aa, item.token_ids)
-                      for item, dd, rr, aa in zip(pool, d, r, a)]
-            scored.sort(key=lambda item: -item.score)
-            out.append(scored)
-        return out
+            views.append(([self.item_prompt(empty, r) for r in reasoning], -how.contrast))
+        return self._score_pools(_union(reasoned, direct), views, batch_size)
 
     def follow(self, items: list[RankedItem], recommendation: str, weight: float = 0.0, share: float = 0.0,
                shown: int = 10) -> list[RankedItem]:
