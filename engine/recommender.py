@@ -308,9 +308,9 @@ class Recommender:
         begin, finish = self.tokenizer.item_begin_id, self.tokenizer.item_end_id
         generated, held = [], []
         closing = (close, end)
-        stated = None          # hold_statement: where the "Next item:" opener ended (nothing after it is shown)
+        holding = False        # hold_statement: the "Next item:" opener is written (nothing after it is shown)
         for token in self.backend.stream_reasoning(context, set(), budget, temperature, stop_ids=stops, cite=cite):
-            if stated is not None:
+            if holding:
                 generated.append(token)
                 continue
             if held or token == begin:
@@ -324,8 +324,7 @@ class Recommender:
             # The final stage's closing token is the caller's to show (after level 3 is complete).
             if token not in closing and (final or token != opened):
                 yield token
-            if hold_statement and self._opener_end(generated[-8:]) is not None:
-                stated = len(generated)
+            holding = hold_statement and self._opener_end(generated[-8:]) is not None
         if held and final:          # before level 3 a span cut off by the budget is dropped
             generated += held
             yield from held
