@@ -38,6 +38,7 @@ class CheckpointMeta(BaseModel):
     steps: int = 0
     train_seconds: float = 0.0
     final_loss: float | None = None
+    history_items: int = 20                  # latest history items a prompt lists (the window it was trained on)
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     history: list[dict] = Field(default_factory=list)   # earlier stages' (stage, args, steps)
 

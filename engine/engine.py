@@ -61,7 +61,7 @@ def clean_message(text: str | None, max_chars: int) -> tuple[str, list[str]]:
 
 class Engine:
     def __init__(self, data: str | Path, checkpoint: str | Path, sessions_url: str | None = None,
-                 device: str | None = None, history_items: int = 20, max_message_chars: int = 2000,
+                 device: str | None = None, history_items: int | None = None, max_message_chars: int = 2000,
                  think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None):
         self.data, self.checkpoint = Path(data), Path(checkpoint)
         self.catalog = Catalog(self.data)

@@ -545,7 +545,7 @@ BACKENDS = ("transformers", "vllm")
 
 def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], backend: str = "transformers",
                      model_url: str | None = None, device: str | None = None,
-                     history_items: int = 20, facets: Facets | None = None) -> tuple[Recommender, CheckpointMeta]:
+                     history_items: int | None = None, facets: Facets | None = None) -> tuple[Recommender, CheckpointMeta]:
     """A checkpoint's recommender (checked against ``data``'s catalog either way): the model loaded
     here (``transformers``), or only its tokenizer with a ``thinkrec serve-model`` server decoding
     (``vllm``, at ``model_url``). ``facets`` defaults to the catalog's at ``data``."""
@@ -564,8 +564,9 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
         if not model_url:
             raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
         tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
-        return Recommender(None, tokenizer, sid_codes, history_items, model_url=model_url, meta=meta,
+        return Recommender(None, tokenizer, sid_codes, history_items or meta.history_items, model_url=model_url, meta=meta,
                            facets=facets, category_word=category_word, same_item=same_item), meta
     model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
-    return Recommender(model, tokenizer, sid_codes, history_items, facets=facets, category_word=category_word,
+    # The prompt lists as many history items as the checkpoint was trained with, unless told otherwise.
+    return Recommender(model, tokenizer, sid_codes, history_items or meta.history_items, facets=facets, category_word=category_word,
                        same_item=same_item), meta

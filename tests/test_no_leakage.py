@@ -66,9 +66,10 @@ def test_no_held_out_item_is_ever_a_training_target_or_prompt(tmp_path):
     def items_in(ids):
         return {spans[tuple(ids[n:n + width])] for n in range(len(ids) - width + 1) if tuple(ids[n:n + width]) in spans}
 
-    examples = pretrain_examples(view, tokenizer, seed=0) + sft_examples(view, tokenizer, teacher, SFTArgs(replay=1.0))
+    examples = (pretrain_examples(view, tokenizer, seed=0) + sft_examples(view, tokenizer, teacher, SFTArgs(replay=1.0))
+                + sft_examples(view, tokenizer, teacher, SFTArgs(replay=0.0, non_thinking="latest")))
     behaviour = [e for e in examples if e.task not in PERCEPTION_TASKS]
-    assert {e.task for e in behaviour} >= {"user_sequence", "cot", "no_think"}
+    assert {e.task for e in behaviour} >= {"sequence_window", "cot", "no_think"}
     # Perception tasks do see the held-out items (the check below could fail) ...
     assert held_out & set().union(*(items_in(e.ids) for e in examples if e.task in PERCEPTION_TASKS))
     # ... behaviour never does: not as a target (loss on), not in a prompt or history either.

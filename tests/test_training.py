@@ -48,7 +48,7 @@ def two_steps_move_everything(model, examples, pad_id, out):
 
 def test_pretrain_corpus_two_steps(view, tokenizer, tmp_path):
     examples = build_examples(view, tokenizer, seed=0)
-    assert {e.task for e in examples} == {"item_to_text", "text_to_item", "item_qa", "user_sequence", "persona", "item_text"}
+    assert {e.task for e in examples} == {"item_to_text", "text_to_item", "item_qa", "sequence_window", "persona", "item_text"}
     model = make_model(tokenizer, "tiny", None, False)
     two_steps_move_everything(model, examples, tokenizer.pad_id, tmp_path)
 
@@ -67,8 +67,10 @@ def test_sft_corpus_two_steps(view, tokenizer, tmp_path):
 
 def test_history_loss_learns_every_history_item_after_the_first(view, tokenizer):
     teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
-    plain = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=False)) if e.task == "no_think"]
-    learned = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=True)) if e.task == "no_think"]
+    plain = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=False, non_thinking="latest"))
+             if e.task == "no_think"]
+    learned = [e for e in sft_examples(view, tokenizer, teacher, SFTArgs(history_loss=True, non_thinking="latest"))
+               if e.task == "no_think"]
     assert len(plain) == len(learned) > 0
     for before, after in zip(plain, learned):
         assert before.ids == after.ids
@@ -80,6 +82,37 @@ def test_history_loss_learns_every_history_item_after_the_first(view, tokenizer)
         assert len(on) == (spans - 1) * view.manifest.sid.levels
         assert tokenizer.item_begin_id not in on and tokenizer.item_end_id not in on
         assert after.mask[system_end:] == before.mask[system_end:]
+
+
+def test_sequence_windows_make_every_item_a_target_once_per_pass(view, tokenizer):
+    """Each training item after a user's first is learned exactly once a pass, from the items
+    before it in a prompt laid out as the engine serves it (at most history_items of them)."""
+    import random
+
+    from training.tasks import SequenceWindows
+
+    width = 3
+    examples = SequenceWindows(tokenizer, view, history_items=width, answer_items=2).build(random.Random(0))
+    levels = view.manifest.sid.levels
+    by_codes = {tuple(tokenizer.item_ids(codes))[1:-1]: item for item, codes in view.codes.items()}
+    learned = {}
+    for example in examples:
+        system_end = example.ids.index(tokenizer.end_id)
+        assert tokenizer.decode(example.ids[:system_end]).count("<|item_begin|>") <= width
+        targets = [t for t, m in zip(example.ids, example.mask) if m and t in tokenizer.sid_code_of]
+        assert len(targets) % levels == 0
+        for n in range(0, len(targets), levels):
+            item = by_codes[tuple(targets[n:n + levels])]
+            learned[item] = learned.get(item, 0) + 1
+    expected = {}
+    for row in view.train:
+        for item in row["item_ids"][1:]:
+            expected[item] = expected.get(item, 0) + 1
+    # Answers overlap the next window's history by design; every position is learned at least once.
+    assert set(learned) == set(expected)
+    assert all(learned[i] >= expected[i] for i in expected)
+    total = sum(len(r["item_ids"]) - 1 for r in view.train)
+    assert total <= sum(learned.values()) <= total * 2
 
 
 def test_killed_run_resumes_to_the_same_weights(view, tokenizer, tmp_path):

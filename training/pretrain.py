@@ -27,7 +27,7 @@ class PretrainArgs:
     lora: bool = False                  # LoRA on the base (embeddings and head fully trained)
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
     vocab_size: int = 4096              # BPE size when training from scratch
-    epochs: float = 3.0                 # passes over the corpus (fractions allowed)
+    epochs: float = 2.0                 # passes over the corpus (fractions allowed)
     lr: float = 3e-3                    # peak learning rate (warmup then cosine decay)
     batch_tokens: int = 6144            # padded tokens per micro-batch
     grad_accum: int = 1                 # micro-batches per optimizer step
@@ -37,15 +37,21 @@ class PretrainArgs:
     seed: int = 0                       # seed for data order, initialisation and sampling
     save_every: int = 200               # optimizer steps between resumable checkpoints (0: never)
     max_steps: int = 0                  # stop after this many steps (0: run all epochs)
+    history_items: int = 20             # latest history items a prompt lists (recorded in the checkpoint; later stages and the engine use it)
+    sequence_passes: int = 3            # passes over every user sequence (SequenceWindows) per epoch of the perception tasks
 
 
-def build_examples(view, tokenizer, seed: int):
-    from training.tasks import ItemQA, ItemText, ItemToText, Persona, TextToItem, UserSequence
+def build_examples(view, tokenizer, seed: int, sequence_passes: int = 1, history_items: int = 20):
+    """Perception tasks once, user sequences ``sequence_passes`` times (each pass cut afresh, with
+    its own asks): next-item prediction needs many more passes than learning what an item is."""
+    from training.tasks import ItemQA, ItemText, ItemToText, Persona, SequenceWindows, TextToItem
 
     rng = random.Random(seed)
     examples = []
-    for task in (ItemToText, TextToItem, ItemQA, UserSequence, Persona, ItemText):
+    for task in (ItemToText, TextToItem, ItemQA, Persona, ItemText):
         examples += task(tokenizer, view).build(rng)
+    for _ in range(sequence_passes):
+        examples += SequenceWindows(tokenizer, view, history_items).build(rng)
     return examples
 
 
@@ -67,7 +73,7 @@ def run(args: PretrainArgs) -> Path:
     view = DatasetView.load(args.data)
     teacher = DeterministicTeacher(view.facts, view.embeddings, view.category_word)
     tokenizer = make_tokenizer(view, teacher, args)
-    examples = build_examples(view, tokenizer, args.seed)
+    examples = build_examples(view, tokenizer, args.seed, args.sequence_passes, args.history_items)
     print(f"pretrain: {len(examples):,} examples, {sum(len(e.ids) for e in examples):,} tokens, "
           f"vocab {len(tokenizer):,}")
     model = make_model(tokenizer, args.preset, args.base_model, args.lora, args.lora_rank, args.seed,
@@ -78,7 +84,7 @@ def run(args: PretrainArgs) -> Path:
                           dataset_fingerprint=view.manifest.fingerprint, sid_levels=view.manifest.sid.levels,
                           sid_codebook_size=view.manifest.sid.codebook_size,
                           preset=None if args.base_model else args.preset, base_model=args.base_model,
-                          lora=args.lora, args=asdict(args), steps=summary["steps"],
+                          lora=args.lora, args=asdict(args), steps=summary["steps"], history_items=args.history_items,
                           train_seconds=summary["seconds"], final_loss=summary["final_loss"])
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
     print(summary_line("pretrain", summary, args.out))

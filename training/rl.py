@@ -354,7 +354,7 @@ def plot_rl(log: list[dict], path: Path, title: str) -> None:
 
 
 def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[str, float], steps: int,
-         args: RLArgs, out: Path, title: str, on_step=None) -> dict:
+         args: RLArgs, out: Path, title: str, on_step=None, history_items: int = 20) -> dict:
     """Train ``model`` in place for ``steps`` GRPO steps; resumes from ``out/trainer_state``."""
     import torch
     from accelerate import Accelerator
@@ -378,7 +378,7 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
     policy = accelerator.unwrap_model(model)
     from data.catalog import Catalog
 
-    recommender = Recommender(policy, tokenizer, view.codes, facets=view.facets, category_word=view.category_word,
+    recommender = Recommender(policy, tokenizer, view.codes, history_items=history_items, facets=view.facets, category_word=view.category_word,
                               same_item=Catalog(view.folder).duplicates())
     eval_rows = view.valid[:args.eval_users]
 
@@ -519,7 +519,8 @@ def run_grpo(args: RLArgs, view, tokenizer, parent: CheckpointMeta, tasks: dict[
     prompts = {task: build_prompts(view, tokenizer, task, args.positions_per_user, args.seed) for task in tasks}
     print(f"{title}: {steps} GRPO steps x {args.prompts_per_step} prompts x {args.group_size} paths; "
           + ", ".join(f"{len(p):,} {t} prompts" for t, p in prompts.items()))
-    summary = grpo(_load(args.init), tokenizer, view, prompts, tasks, steps, args, out, title)
+    summary = grpo(_load(args.init), tokenizer, view, prompts, tasks, steps, args, out, title,
+                   history_items=parent.history_items)
     meta = _meta(parent, args.init, "rl", args, summary)
     meta.args["tasks"] = list(tasks)
     save_checkpoint(summary["model"], tokenizer, meta, out)
@@ -544,7 +545,8 @@ def unify(args: RLArgs, view, tokenizer, parent: CheckpointMeta, specialists: di
     if not examples:
         raise ValueError("the specialists kept no successful rollouts to unify; train them longer")
     sft_args = SFTArgs(data=args.data, seed=args.seed)
-    plain = [e for e in build_examples(view, tokenizer, load_teacher(None, view), sft_args) if e.task == "no_think"]
+    plain = [e for e in build_examples(view, tokenizer, load_teacher(None, view), sft_args, parent.history_items)
+             if e.task == "no_think"]
     examples += rng.sample(plain, min(len(plain), int(len(examples) * args.unify_replay)))
     counts = {}
     for e in examples:

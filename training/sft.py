@@ -24,14 +24,16 @@ class SFTArgs:
     out: str = "checkpoints/ml-100k-tiny/sft"  # output checkpoint folder
     teacher: str | None = None          # "module:factory" returning a langchain BaseChatModel
     positions_per_user: int = 2         # next-item positions per user answered with reasoning
-    plain_positions_per_user: int = 6   # positions per user answered without reasoning
+    non_thinking: str = "windows"       # windows: every position of every user sequence (SequenceWindows); latest: plain_positions_per_user positions
+    sequence_passes: int = 1            # non_thinking=windows: passes over the sequences per SFT epoch
+    plain_positions_per_user: int = 6   # non_thinking=latest: positions per user answered without reasoning
     plain_items: int = 5                # items in a non-thinking answer (true next item first)
     cot_items: int = 3                  # items after the reasoning (true next item first)
     replay: float = 0.2                 # share of alignment examples mixed back in
     history_loss: bool = True           # non-thinking answers also learn every history item of their prompt (+8.6 % valid NDCG@10, RESULTS issue 14)
     lora: bool = False
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
-    epochs: float = 2.0                 # passes over the corpus (fractions allowed)
+    epochs: float = 1.0                 # passes over the corpus (fractions allowed)
     lr: float = 1.5e-3                  # peak learning rate (warmup then cosine decay)
     batch_tokens: int = 6144            # padded tokens per micro-batch
     grad_accum: int = 1                 # micro-batches per optimizer step
@@ -62,15 +64,24 @@ def load_teacher(spec: str | None, view):
     return LangChainTeacher(getattr(importlib.import_module(module), factory)(), base)
 
 
-def build_examples(view, tokenizer, teacher, args: SFTArgs):
+def build_examples(view, tokenizer, teacher, args: SFTArgs, history_items: int = 20):
+    """The SFT corpus; prompts list the latest ``history_items`` (the parent checkpoint's window)."""
     from training.pretrain import build_examples as alignment_examples
-    from training.tasks import DialogueSteering, NextItemCoT
+    from training.tasks import DialogueSteering, NextItemCoT, SequenceWindows
 
+    if args.non_thinking not in ("windows", "latest"):
+        raise ValueError(f"--non-thinking must be windows or latest, got '{args.non_thinking}'")
     rng = random.Random(args.seed)
-    examples = NextItemCoT(tokenizer, view, teacher, args.positions_per_user, args.plain_positions_per_user,
-                           args.plain_items, args.cot_items, args.history_loss).build(rng)
-    examples += DialogueSteering(tokenizer, view, teacher).build(rng)
-    replay = alignment_examples(view, tokenizer, args.seed)
+    windows = args.non_thinking == "windows"
+    examples = NextItemCoT(tokenizer, view, teacher, args.positions_per_user,
+                           0 if windows else args.plain_positions_per_user,
+                           args.plain_items, args.cot_items, args.history_loss, history_items).build(rng)
+    for _ in range(args.sequence_passes if windows else 0):
+        for example in SequenceWindows(tokenizer, view, history_items, answer_items=args.plain_items).build(rng):
+            example.task = "no_think"
+            examples.append(example)
+    examples += DialogueSteering(tokenizer, view, teacher, history_items=history_items).build(rng)
+    replay = alignment_examples(view, tokenizer, args.seed, history_items=history_items)
     examples += rng.sample(replay, int(len(replay) * args.replay))
     return examples
 
@@ -96,7 +107,7 @@ def run(args: SFTArgs) -> Path:
     if args.lora:
         model = wrap_lora(model, args.lora_rank)
     teacher = load_teacher(args.teacher, view)
-    examples = build_examples(view, tokenizer, teacher, args)
+    examples = build_examples(view, tokenizer, teacher, args, parent.history_items)
     counts = {}
     for e in examples:
         counts[e.task] = counts.get(e.task, 0) + 1

@@ -20,8 +20,10 @@ class AllArgs:
     preset: str = "tiny"                # model size from scratch: tiny, small, medium
     base_model: str | None = None           # a local pretrained model folder instead of a preset
     lora: bool = False
-    pretrain_epochs: float = 3.0        # epochs of perception pre-training
-    sft_epochs: float = 2.0             # epochs of reasoning SFT
+    pretrain_epochs: float = 2.0        # epochs of perception pre-training
+    sft_epochs: float = 1.0             # epochs of reasoning SFT
+    sequence_passes: int = 3            # passes over every user sequence per pre-training epoch (next-item training)
+    history_items: int = 20             # latest history items a prompt lists
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
     seed: int = 0                       # seed for data order, initialisation and sampling
 
@@ -80,7 +82,8 @@ def run_all(args: AllArgs):
     _guard(ensure_dataset, args.data)
     out = Path(args.out)
     pre = PretrainArgs(data=args.data, out=str(out / "pretrain"), preset=args.preset, base_model=args.base_model,
-                       lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed)
+                       lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed,
+                       sequence_passes=args.sequence_passes, history_items=args.history_items)
     sft = SFTArgs(data=args.data, init=str(out / "pretrain"), out=str(out / "sft"), lora=args.lora,
                   epochs=args.sft_epochs, precision=args.precision, seed=args.seed)
     run_pretrain(pre)

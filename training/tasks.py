@@ -5,7 +5,8 @@ Perception / itemic alignment (pre-training): an item token means its title and 
   ItemToText      SID -> "Title (year). Genres: ..."
   TextToItem      title and attributes -> SID
   ItemQA          year / genres of an SID
-  UserSequence    a user's items in time order, every next item a target (history -> next SID)
+  SequenceWindows a user's items in time order, cut into prompt-sized windows in the serving layout;
+                  every item after the first is a target (next-item prediction at every position)
   Persona         user attributes interleaved with their items and their taste in words
   ItemText        plain item text (keeps the language side)
 Reasoning (SFT):
@@ -113,28 +114,33 @@ class ItemQA(Task):
         return out
 
 
-class UserSequence(Task):
-    """A user's training items as one sequence; the loss covers every item after the first, so
-    one example teaches next-item prediction at every position (like SASRec's training)."""
+class SequenceWindows(Task):
+    """Next-item training at every position, in the layout the engine serves with: each user's
+    training sequence is cut into windows of the prompt's length, each window is a system message
+    listing its items (every item after the first is a target, from the ones before it), the ask,
+    and a non-thinking answer with the items that came next. Consecutive windows overlap by the
+    answer, so every item of a sequence is a target once a pass. This is the dense objective
+    SASRec trains on, at about 6 tokens per target item, and it needs no separate prompt format
+    at serving time."""
 
-    name = "user_sequence"
-    chunk: int = 50
+    name = "sequence_window"
+
+    def __init__(self, tokenizer, view, history_items: int = 20, answer_items: int = 5, min_history: int = 1):
+        super().__init__(tokenizer, view)
+        self.history_items, self.answer_items, self.min_history = history_items, answer_items, min_history
 
     def build(self, rng: random.Random) -> list[Example]:
         out = []
-        prefix = self.tokenizer.encode("History:")
+        width, answer = self.history_items, self.answer_items
         for row in self.view.train:
             items = row["item_ids"]
-            for start in range(0, len(items), self.chunk):
-                part = items[max(0, start - 5):start + self.chunk]   # a little overlap for context
-                if len(part) < 2:
-                    continue
-                ids, mask = list(prefix), [0] * len(prefix)
-                for position, item_id in enumerate(part):
-                    span = self.tokenizer.item_ids(self.view.codes[item_id])
-                    ids += span
-                    mask += [0 if position == 0 else 1] * len(span)
-                out.append(Example(ids, mask, self.name))
+            cut = len(items) - 1
+            while cut >= self.min_history:
+                history = [self.view.codes[i] for i in items[max(0, cut - width):cut]]
+                target = [self.view.codes[i] for i in items[cut:cut + answer]]
+                messages = recommendation_messages(history, rng.choice(ASKS), max_items=width)
+                out.append(self.chat(messages + [Message("assistant", answer_text(None, target))], history_loss=True))
+                cut -= width
         return out
 
 
@@ -200,11 +206,12 @@ class NextItemCoT(Task):
     positions than the reasoning ones."""
 
     name = "next_item"
-    history_items: int = 20
 
     def __init__(self, tokenizer, view, teacher: DeterministicTeacher, per_user: int = 2,
-                 plain_per_user: int = 6, plain_items: int = 5, cot_items: int = 3, history_loss: bool = False):
+                 plain_per_user: int = 6, plain_items: int = 5, cot_items: int = 3, history_loss: bool = False,
+                 history_items: int = 20):
         super().__init__(tokenizer, view)
+        self.history_items = history_items
         self.teacher, self.per_user = teacher, per_user
         self.history_loss = history_loss
         self.plain_per_user, self.plain_items, self.cot_items = plain_per_user, plain_items, cot_items
