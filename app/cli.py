@@ -52,7 +52,7 @@ def data_build(
     codebook_size: Annotated[int, typer.Option(help="Codes per level; 0 sizes it to the catalog (<=256).")] = 0,
     quantizer: Annotated[str, typer.Option(help="rkmeans (balanced residual k-means) or rqvae.")] = "rkmeans",
     rqvae_epochs: Annotated[int, typer.Option(help="Training epochs for --quantizer rqvae.")] = 200,
-    sid_source: Annotated[str, typer.Option(help="What SIDs quantize: text, or text+cf (text and item co-occurrence in training).")] = "text",
+    sid_source: Annotated[str, typer.Option(help="What SIDs quantize: text, or text+cf (text and item co-occurrence in training).")] = "text+cf",
     index: Annotated[str, typer.Option(help="FAISS index: flat (exact), hnsw or ivf.")] = "flat",
     catalog_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for the catalog (default: catalog.db in --out).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for k-means and the quantizer.")] = 0,

@@ -36,7 +36,7 @@ class BuildConfig(BaseModel):
     levels: int = 3
     codebook_size: int = 0          # 0: sized to the catalog (power of two, at most 256)
     quantizer: str = "rkmeans"      # or "rqvae"
-    sid_source: str = "text"        # what the SIDs quantize: text embeddings, or "text+cf" (text and co-occurrence SVD)
+    sid_source: str = "text+cf"     # what the SIDs quantize: "text+cf" (text and co-occurrence SVD, default since issue 14) or text embeddings alone
     rqvae_epochs: int = 200
     seed: int = 0
     index: str = "flat"

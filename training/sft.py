@@ -25,7 +25,7 @@ class SFTArgs:
     teacher: str | None = None          # "module:factory" returning a langchain BaseChatModel
     positions_per_user: int = 2         # next-item positions per user answered with reasoning
     non_thinking: str = "windows"       # windows: every position of every user sequence (SequenceWindows); latest: plain_positions_per_user positions
-    sequence_passes: int = 1            # non_thinking=windows: passes over the sequences per SFT epoch
+    sequence_passes: int = 2            # non_thinking=windows: passes over the sequences per SFT epoch
     plain_positions_per_user: int = 6   # non_thinking=latest: positions per user answered without reasoning
     plain_items: int = 5                # items in a non-thinking answer (true next item first)
     cot_items: int = 3                  # items after the reasoning (true next item first)
@@ -34,7 +34,7 @@ class SFTArgs:
     lora: bool = False
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
     epochs: float = 1.0                 # passes over the corpus (fractions allowed)
-    lr: float = 1.5e-3                  # peak learning rate (warmup then cosine decay)
+    lr: float = 5e-4                    # peak learning rate (warmup then cosine decay); 1.5e-3 undid pre-training's next-item skill
     batch_tokens: int = 6144            # padded tokens per micro-batch
     grad_accum: int = 1                 # micro-batches per optimizer step
     max_len: int = 512                  # longest example in tokens (longer ones keep their end)
