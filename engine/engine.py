@@ -162,7 +162,9 @@ class Engine:
                 yield level, "", token
                 return
             level_ids.append(token)
-            text = self.render(self.tokenizer.decode(level_ids))
+            # A level shows no leading space (the engine may write level 3's opener after one), as a
+            # replay from the Think-Ahead cache shows it.
+            text = self.render(self.tokenizer.decode(level_ids)).lstrip()
             if text.endswith("\ufffd") or not text.startswith(shown):   # half a character, or a span in progress
                 yield level, "", token
                 continue

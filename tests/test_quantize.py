@@ -296,7 +296,8 @@ def test_build_with_collaborative_sids_keeps_search_on_text(tmp_path, generic_fi
     from data.manifest import BuildConfig
 
     interactions, items = generic_files
-    text = build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items)), tmp_path / "text")
+    text = build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items), sid_source="text"),
+                 tmp_path / "text")
     fused = build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items),
                               sid_source="text+cf"), tmp_path / "cf")
     assert fused.config.sid_source == "text+cf" and fused.sid.collisions_after == 0
