@@ -141,7 +141,8 @@ def trained(built_dataset, tmp_path_factory):
     """`thinkrec train all` for a few steps, through the CLI."""
     out = tmp_path_factory.mktemp("ckpt")
     result = runner.invoke(app, ["train", "pretrain", "--data", str(built_dataset), "--out", str(out / "pretrain"),
-                                 "--max-steps", "3", "--vocab-size", "600", "--batch-tokens", "2048"])
+                                 "--max-steps", "3", "--vocab-size", "600", "--batch-tokens", "2048",
+                                 "--history-items", "4"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train", "sft", "--data", str(built_dataset), "--init", str(out / "pretrain"),
                                  "--out", str(out / "sft"), "--max-steps", "3", "--batch-tokens", "2048"])
@@ -156,6 +157,20 @@ def test_stages_chain_into_a_checkpoint(trained, built_dataset):
     assert (trained / "sft" / "loss_curve.png").exists() and not (trained / "sft" / "trainer_state").exists()
     model, tokenizer, _ = load_checkpoint(trained / "sft", built_dataset)
     assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+
+
+def test_the_prompt_window_travels_with_the_checkpoint(trained, built_dataset, view):
+    """The window pre-training was given is recorded, kept by SFT, and the engine's prompts use it."""
+    from engine.recommender import open_recommender
+
+    assert CheckpointMeta.load(trained / "pretrain").history_items == 4
+    assert CheckpointMeta.load(trained / "sft").history_items == 4
+    recommender, _ = open_recommender(trained / "sft", built_dataset, view.codes)
+    history = [i for i in view.train[0]["item_ids"]] * 2
+    prompt = recommender.prompt_ids(history)
+    system = prompt[:prompt.index(recommender.tokenizer.end_id)]
+    assert system.count(recommender.tokenizer.item_begin_id) == 4
+    assert len(recommender.shown_history(history)) <= 4
 
 
 def test_eval_runs_every_method(trained, built_dataset, tmp_path):
