@@ -30,7 +30,7 @@ class SFTArgs:
     plain_items: int = 5                # items in a non-thinking answer (true next item first)
     cot_items: int = 3                  # items after the reasoning (true next item first)
     replay: float = 0.2                 # share of alignment examples mixed back in
-    history_loss: bool = True           # non-thinking answers also learn every history item of their prompt (+8.6 % valid NDCG@10, RESULTS issue 14)
+    history_loss: bool = True           # non_thinking=latest: answers also learn every history item of their prompt (windows always do)
     lora: bool = False
     lora_rank: int = 16                 # LoRA rank (alpha = 2 x rank)
     epochs: float = 1.0                 # passes over the corpus (fractions allowed)
