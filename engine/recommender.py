@@ -543,6 +543,12 @@ class Recommender:
 BACKENDS = ("transformers", "vllm")
 
 
+def _window(meta: CheckpointMeta, history_items: int | None) -> int:
+    """History items a prompt lists: as many as the checkpoint was trained with, unless told
+    otherwise (0: the whole history)."""
+    return meta.history_items if history_items is None else history_items
+
+
 def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], backend: str = "transformers",
                      model_url: str | None = None, device: str | None = None,
                      history_items: int | None = None, facets: Facets | None = None) -> tuple[Recommender, CheckpointMeta]:
@@ -564,9 +570,8 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
         if not model_url:
             raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
         tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
-        return Recommender(None, tokenizer, sid_codes, history_items or meta.history_items, model_url=model_url, meta=meta,
+        return Recommender(None, tokenizer, sid_codes, _window(meta, history_items), model_url=model_url, meta=meta,
                            facets=facets, category_word=category_word, same_item=same_item), meta
     model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
-    # The prompt lists as many history items as the checkpoint was trained with, unless told otherwise.
-    return Recommender(model, tokenizer, sid_codes, history_items or meta.history_items, facets=facets, category_word=category_word,
+    return Recommender(model, tokenizer, sid_codes, _window(meta, history_items), facets=facets, category_word=category_word,
                        same_item=same_item), meta
