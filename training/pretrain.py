@@ -42,8 +42,8 @@ class PretrainArgs:
 
 
 def build_examples(view, tokenizer, seed: int, sequence_passes: int = 1, history_items: int = 20):
-    """Perception tasks once, user sequences ``sequence_passes`` times (each pass cut afresh, with
-    its own asks): next-item prediction needs many more passes than learning what an item is."""
+    """Perception tasks once, user sequences ``sequence_passes`` times (the same windows, each pass
+    with its own asks): next-item prediction needs many more passes than learning what an item is."""
     from training.tasks import ItemQA, ItemText, ItemToText, Persona, SequenceWindows, TextToItem
 
     rng = random.Random(seed)

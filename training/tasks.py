@@ -118,10 +118,10 @@ class SequenceWindows(Task):
     """Next-item training at every position, in the layout the engine serves with: each user's
     training sequence is cut into windows of the prompt's length, each window is a system message
     listing its items (every item after the first is a target, from the ones before it), the ask,
-    and a non-thinking answer with the items that came next. Consecutive windows overlap by the
-    answer, so every item of a sequence is a target once a pass. This is the dense objective
-    SASRec trains on, at about 6 tokens per target item, and it needs no separate prompt format
-    at serving time."""
+    and a non-thinking answer with the items that came next. Each window's answer runs into the
+    next window's history, so every item after a user's first is a target at least once a pass
+    (the answer's later items twice). This is the dense objective SASRec trains on, at about 8.6
+    tokens per target on ML-100K, in the one prompt layout the engine serves."""
 
     name = "sequence_window"
 
