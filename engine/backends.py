@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 from engine.constraints import Constraints
 from engine.decoding import RankedItem, beam_search_items, generate_reasoning, score_paths, stream_reasoning
+from engine.scheduler import BatchScheduler, wait_all
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
@@ -86,6 +87,38 @@ class TransformersBackend:
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
         return beam_search_items(self.model, prompts, self.trie, excludes, self.tokenizer.pad_id,
                                  k=k, num_beams=num_beams, batch_size=batch_size, filters=filters)
+
+
+class BatchedBackend(TransformersBackend):
+    """The in-process model behind a :class:`~engine.scheduler.BatchScheduler`: concurrent
+    sessions' reasoning steps and SID beam steps share each forward pass. Whatever else needs the
+    model (scoring candidates, batched reasoning) runs in the scheduler's thread between steps."""
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, trie: SIDTrie, filter_for: FilterFor = _no_filter,
+                 slots: SlotGrammar | None = None, max_rows: int = 256):
+        super().__init__(model, tokenizer, trie, filter_for, slots)
+        self.scheduler = BatchScheduler(model, tokenizer, trie, slots, max_rows=max_rows)
+
+    def stream_reasoning(self, prompt, exclude, max_new_tokens=160, temperature=0.0, stop_ids=None, cite=None):
+        return self.scheduler.stream(prompt, exclude, max_new_tokens, temperature, stop_ids, cite)
+
+    def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
+                           stop_ids=None, cites=None):
+        return self.scheduler.call(super().generate_reasoning, prompts, excludes, max_new_tokens, sample,
+                                   temperature, batch_size, stop_ids, cites)
+
+    def score_paths(self, prompts, paths, batch_size=16):
+        return self.scheduler.score(prompts, paths)
+
+    def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
+        filters = [self.filter_for(c) for c in constraints] if constraints is not None else [None] * len(prompts)
+        width = max(k, num_beams or k)
+        return wait_all([self.scheduler.beams(p, e, k, width, f) for p, e, f in zip(prompts, excludes, filters)])
+
+    def close(self) -> None:
+        self.scheduler.close()
 
 
 class ServerMismatch(ValueError):

@@ -27,11 +27,13 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.catalog import Catalog
 from data.catalog_db import sqlite_url
 from data.clean import read_split
+from engine.backends import BatchedBackend
 from engine.constraints import Constraints, Facets
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, RequestInfo, Trace, TraceEvent)
@@ -59,10 +61,36 @@ def clean_message(text: str | None, max_chars: int) -> tuple[str, list[str]]:
     return stripped, notices
 
 
+@dataclass
+class _TurnState:
+    """What one turn has found out so far, handed from step to step (see ``Engine._turn``)."""
+
+    session: ChatSession
+    text: str
+    request: Request
+    constraints: Constraints
+    info: RequestInfo
+    exclude: set[str]
+    thinking: bool
+    k: int
+    num_beams: int
+    earlier: list[Message]
+    prompt: list[int]
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+    reasoning_ids: list[int] = field(default_factory=list)
+    levels: dict[str, str] = field(default_factory=lambda: dict.fromkeys(LEVELS, ""))
+    cache_hit: bool = False
+
+    def user_turn(self) -> Turn:
+        return Turn("user", self.text, request=self.request.model_dump())
+
+
 class Engine:
     def __init__(self, data: str | Path, checkpoint: str | Path, sessions_url: str | None = None,
                  device: str | None = None, history_items: int | None = None, max_message_chars: int = 2000,
-                 think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None):
+                 think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None,
+                 batching: bool = True):
         self.data, self.checkpoint = Path(data), Path(checkpoint)
         self.catalog = Catalog(self.data)
         self.facets = Facets(*self.catalog.attribute_table())
@@ -70,6 +98,10 @@ class Engine:
         self.recommender, self.meta = open_recommender(self.checkpoint, self.data, self.catalog.sid_codes(), backend,
                                                        model_url, device, history_items, facets=self.facets)
         self.model, self.tokenizer = self.recommender.model, self.recommender.tokenizer
+        if self.model is not None and batching:
+            # Concurrent sessions share each forward pass (engine/scheduler.py).
+            r = self.recommender
+            r.backend = BatchedBackend(self.model, self.tokenizer, r.trie, r.filter_for, r.slots)
         self.backend = self.recommender.backend
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
         self.sessions = SessionStore(sessions_url or sqlite_url(self.data / "sessions.db"))
@@ -77,10 +109,12 @@ class Engine:
         self.user_histories = {row["user_id"]: row["history"] + [row["target"]]
                                for row in read_split(self.data / "splits" / "test.jsonl")}
         self.max_message_chars = max_message_chars
-        # One in-process model serves every session: one call at a time. A vLLM server batches
-        # concurrent requests itself, so turns go to it unserialised.
-        self._model_lock = threading.Lock() if self.model is not None else contextlib.nullcontext()
+        # Without batching, one in-process model serves one turn at a time. The batch scheduler and
+        # a vLLM server each batch concurrent turns themselves, so those go to them unserialised.
+        serial = self.model is not None and not batching
+        self._model_lock = threading.Lock() if serial else contextlib.nullcontext()
         self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
+        self._think_guard = threading.Lock()
         self._think_cache_size = think_cache_size
         self._session_locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
@@ -171,33 +205,34 @@ class Engine:
             delta, shown = text[len(shown):], text
             yield level, delta, token
 
-    def _reason(self, session: ChatSession, text: str, prompt: list[int], exclude: set[str],
-                constraints: Constraints, timings: dict, state: dict) -> Iterator[Event]:
-        """Stream the three levels (or replay them from the Think-Ahead cache)."""
+    def _reason(self, turn: _TurnState) -> Iterator[Event]:
+        """Step 2 (thinking): stream the three levels, or replay them from the Think-Ahead cache."""
         # The key is the whole conversation state: the prompt holds the history, earlier turns and
         # this message; exclusions and constraints complete it. No two conversations share one.
-        key = (tuple(prompt), tuple(sorted(exclude)), constraints.key())
+        key = (tuple(turn.prompt), tuple(sorted(turn.exclude)), turn.constraints.key())
         started = time.perf_counter()
-        cached = self._think_cache.get(key)
+        with self._think_guard:
+            cached = self._think_cache.get(key)
+            if cached is not None:
+                self._think_cache.move_to_end(key)
         if cached is not None:
-            state["cache_hit"] = True
-            self._think_cache.move_to_end(key)
-            state["reasoning_ids"] = list(cached)
+            turn.cache_hit = True
+            turn.reasoning_ids = list(cached)
             for level, body in self.recommender.describe_reasoning(cached)[1].items():
                 body = self.render(body)
-                state["levels"][level] = body
+                turn.levels[level] = body
                 if body:
                     yield ReasoningDelta(level=level, text=body)
         else:
-            plan = self.recommender.plan(session.history, constraints, text or None)
-            tokens = self.recommender.stream_reasoning(prompt, plan)
-            for level, delta, token in self._stream_levels(self._timed(tokens, timings, started)):
-                state["reasoning_ids"].append(token)
+            plan = self.recommender.plan(turn.session.history, turn.constraints, turn.text or None)
+            tokens = self.recommender.stream_reasoning(turn.prompt, plan)
+            for level, delta, token in self._stream_levels(self._timed(tokens, turn.timings, started)):
+                turn.reasoning_ids.append(token)
                 if delta:
-                    state["levels"][level] += delta
+                    turn.levels[level] += delta
                     yield ReasoningDelta(level=level, text=delta)
-            self._remember(key, state["reasoning_ids"])
-        timings["reasoning_ms"] = (time.perf_counter() - started) * 1000
+            self._remember(key, turn.reasoning_ids)
+        turn.timings["reasoning_ms"] = (time.perf_counter() - started) * 1000
 
     @staticmethod
     def _timed(tokens: Iterator[int], timings: dict, started: float) -> Iterator[int]:
@@ -224,7 +259,21 @@ class Engine:
             yield from self._turn(session_id, message, thinking, k, num_beams)
 
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int) -> Iterator[Event]:
-        session = self.sessions.get(session_id)
+        turn = yield from self._read(self.sessions.get(session_id), message, thinking, k, num_beams)
+        if turn.info.available == 0:
+            yield from self._refuse(turn)
+            return
+        if thinking:
+            with self._model_lock:
+                yield from self._reason(turn)
+        with self._model_lock:
+            result = self._rank(turn)
+        yield from self._answer(turn, result)
+
+    def _read(self, session: ChatSession, message: str | None, thinking: bool, k: int,
+              num_beams: int) -> Iterator[Event]:
+        """Step 1: the message as a request merged into the session's constraints, what it leaves
+        out, and how many items remain; notices about the message as events. Returns the turn."""
         text, notices = clean_message(message, self.max_message_chars)
         if message and not text:
             notices.append("Your message had no text; recommending from your history.")
@@ -235,62 +284,72 @@ class Engine:
         for notice in notices:
             yield NoticeEvent(text=notice)
         k = max(1, min(int(k), 50))
-        num_beams = max(k, int(num_beams or k))
         # Seen, disliked, already shown, turned down, and the title a "more like" names.
         exclude = (set(session.history) | set(session.excluded) | set(session.shown()) | set(constraints.turned_down)
                    | ({constraints.like_item} if constraints.like_item else set()))
         info = RequestInfo(understood=request.understood(), active=constraints.describe(),
                            constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
                            available=self.recommender.available(constraints, exclude))
-        user_turn = Turn("user", text, request=request.model_dump())
-        if info.available == 0:
-            self.sessions.add_exchange(session_id, [user_turn], constraints)
-            yield ErrorEvent(message=f"No item you have not seen satisfies: {info.active}. Change or lift a "
-                                     "constraint (\"any decade\", \"horror is fine\", \"start over\").")
-            yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=thinking,
-                                         backend=self.backend.name, k=k, num_beams=num_beams, request=info))
-            return
-        if info.available is not None and info.available < k:
+        if info.available is not None and 0 < info.available < k:
             yield NoticeEvent(text=f"Only {info.available} item{'s' * (info.available != 1)} satisfy "
                                    f"{info.active}: showing all of them.")
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
         earlier = self._earlier_turns(session)
-        prompt = self.recommender.prompt_ids(session.history, text or None, earlier, thinking)
-        state = {"reasoning_ids": [], "levels": dict.fromkeys(LEVELS, ""), "cache_hit": False}
-        with self._model_lock:
-            if thinking:
-                yield from self._reason(session, text, prompt, exclude, constraints, timings, state)
-            items_started = time.perf_counter()
-            (result,) = self.recommender.recommend(
-                [session.history], k=num_beams, num_beams=num_beams, shown=k, thinking=thinking, user_texts=[text or None],
-                earlier_turns=[earlier], exclude=[exclude], constraints=[constraints],
-                reasoning=[state["reasoning_ids"]] if thinking else None)
-            timings["items_ms"] = (time.perf_counter() - items_started) * 1000
+        return _TurnState(session=session, text=text, request=request, constraints=constraints, info=info,
+                          exclude=exclude, thinking=thinking, k=k, num_beams=max(k, int(num_beams or k)),
+                          earlier=earlier, started=time.perf_counter(),
+                          prompt=self.recommender.prompt_ids(session.history, text or None, earlier, thinking))
+
+    def _refuse(self, turn: _TurnState) -> Iterator[Event]:
+        """Nothing satisfies the constraints: the request is kept, the error says how to get out."""
+        self.sessions.add_exchange(turn.session.id, [turn.user_turn()], turn.constraints)
+        yield ErrorEvent(message=f"No item you have not seen satisfies: {turn.info.active}. Change or lift a "
+                                 "constraint (\"any decade\", \"horror is fine\", \"start over\").")
+        yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=turn.thinking,
+                                     backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info))
+
+    def _rank(self, turn: _TurnState):
+        """Step 3: the items, through the same ``recommend`` as eval and RL, after the reasoning."""
+        started = time.perf_counter()
+        (result,) = self.recommender.recommend(
+            [turn.session.history], k=turn.num_beams, num_beams=turn.num_beams, shown=turn.k, thinking=turn.thinking,
+            user_texts=[turn.text or None], earlier_turns=[turn.earlier], exclude=[turn.exclude],
+            constraints=[turn.constraints], reasoning=[turn.reasoning_ids] if turn.thinking else None)
+        turn.timings["items_ms"] = (time.perf_counter() - started) * 1000
+        return result
+
+    def _answer(self, turn: _TurnState, result) -> Iterator[Event]:
+        """Step 4: cards, the reply, the exchange saved with the session, and the trace."""
         cards, beams = self._cards(result.items)
-        cards = cards[:k]
+        cards = cards[:turn.k]
         if not cards:
             yield ErrorEvent(message="No catalog item is left to recommend in this session.")
             return
         yield ItemsEvent(items=cards)
-        reply = self._reply(cards, text, info)
+        reply = self._reply(cards, turn.text, turn.info)
         yield ReplyDelta(text=reply)
-        timings["total_ms"] = (time.perf_counter() - started) * 1000
-        self.sessions.add_exchange(session_id, [user_turn, Turn("assistant", reply, [c.item_id for c in cards],
-                                                                 state["levels"])], constraints)
-        item_prompt = (self.recommender.item_prompt(prompt, state["reasoning_ids"]) if thinking else prompt)
+        turn.timings["total_ms"] = (time.perf_counter() - turn.started) * 1000
+        self.sessions.add_exchange(turn.session.id, [turn.user_turn(), Turn("assistant", reply,
+                                                                            [c.item_id for c in cards], turn.levels)],
+                                   turn.constraints)
+        item_prompt = self.recommender.item_prompt(turn.prompt, turn.reasoning_ids) if turn.thinking else turn.prompt
         yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt=self.tokenizer.decode(item_prompt),
-                                     prompt_tokens=len(prompt), thinking=thinking,
-                                     reasoning_tokens=len(state["reasoning_ids"]), cache_hit=state["cache_hit"],
-                                     backend=self.backend.name, levels=state["levels"], beams=beams,
-                                     latency_ms={k_: round(v, 1) for k_, v in timings.items()}, k=k,
-                                     num_beams=num_beams, request=info))
+                                     prompt_tokens=len(turn.prompt), thinking=turn.thinking,
+                                     reasoning_tokens=len(turn.reasoning_ids), cache_hit=turn.cache_hit,
+                                     backend=self.backend.name, levels=turn.levels, beams=beams,
+                                     latency_ms={name: round(v, 1) for name, v in turn.timings.items()}, k=turn.k,
+                                     num_beams=turn.num_beams, request=turn.info))
 
     def _remember(self, key: tuple, reasoning_ids: list[int]) -> None:
-        self._think_cache[key] = list(reasoning_ids)
-        self._think_cache.move_to_end(key)
-        while len(self._think_cache) > self._think_cache_size:
-            self._think_cache.popitem(last=False)
+        with self._think_guard:
+            self._think_cache[key] = list(reasoning_ids)
+            self._think_cache.move_to_end(key)
+            while len(self._think_cache) > self._think_cache_size:
+                self._think_cache.popitem(last=False)
+
+    def close(self) -> None:
+        """Stop the batch scheduler's thread (if any); the engine serves no turn after this."""
+        if isinstance(self.backend, BatchedBackend):
+            self.backend.close()
 
     @staticmethod
     def _reply(cards: list[ItemCard], request: str, info: RequestInfo) -> str:

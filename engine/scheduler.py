@@ -1,0 +1,411 @@
+"""Continuous batching for the in-process model: many sessions' turns share each forward pass.
+
+One thread owns the model and repeats one engine step:
+
+1. **schedule**: jobs that arrived since the last step join (a reasoning stream is one row, a
+   beam search ``num_beams`` rows) while the batch has room; finished or abandoned jobs left
+   during the last step;
+2. **run**: the newcomers' prompts are prefilled in one padded forward and their key/value cache
+   rows are merged into the running batch's cache, then one decode forward runs every running
+   row — reasoning tokens of some sessions beside SID beam steps of others;
+3. **postprocess**: each job reads its rows' logits. A reasoning row goes through its own gated
+   trie constraint (the same ``GatedTrieProcessor`` as a single session) and its token goes to
+   the session's stream at once; a beam search keeps its best partial SIDs and tells the cache
+   which parent row each survivor continues. A job that is done hands back its rows.
+
+Rows sit in one left-padded cache: a row's attention mask hides the columns before its own
+prompt, and each row keeps its own positions, so a row computes what it would alone (up to
+float rounding; ``tests/test_scheduler.py`` checks greedy results against the unbatched path).
+Other model work (teacher-forced scoring, batched reasoning for many users) runs in the same
+thread between steps, so nothing else ever touches the model at the same time.
+
+    scheduler = BatchScheduler(model, tokenizer, trie, slots)
+    for token in scheduler.stream(prompt, exclude=set(), max_new_tokens=160):
+        ...
+    items = scheduler.beams(item_prompt, exclude, k=10, width=20)
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from concurrent.futures import Future
+
+import torch
+from transformers import DynamicCache
+
+from engine.decoding import GatedTrieProcessor, RankedItem, _left_pad, score_paths
+from engine.sid import SIDTrie, TrieCursor, TrieFilter
+from engine.slots import SlotGrammar
+
+_DONE = object()        # end of a reasoning stream
+
+
+class _Job:
+    """Work that holds rows of the running batch."""
+
+    cancelled = False
+
+    def start(self, logits: torch.Tensor) -> list[int]:
+        """Read the prefill's last logits (one row); return the tokens its rows feed next (none: done)."""
+        raise NotImplementedError
+
+    def step(self, logits: torch.Tensor) -> list[tuple[int, int]]:
+        """Read this job's rows' logits; return (parent row within the job, next token) per kept row."""
+        raise NotImplementedError
+
+    def fail(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+
+class _Reasoning(_Job):
+    """One session's reasoning: greedy or sampled, under the gated trie constraint."""
+
+    def __init__(self, tokenizer, trie: SIDTrie, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int,
+                 temperature: float, stops: set[int], cite: set[Hashable] | None, slots: SlotGrammar | None):
+        self.prompt = list(prompt)
+        self.sequence = list(prompt)
+        self.gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)],
+                                       [trie.restrict_to(cite) if cite is not None else None], slots, [cite])
+        self.budget, self.temperature, self.stops = max_new_tokens, temperature, stops
+        self.out: queue.Queue = queue.Queue()
+
+    def _next(self, logits: torch.Tensor) -> list[int]:
+        if self.cancelled or self.budget <= 0:
+            self.out.put(_DONE)
+            return []
+        scores = self.gate(torch.tensor([self.sequence]), logits[None].float().clone())
+        if self.temperature > 0:
+            token = int(torch.multinomial(torch.softmax(scores / self.temperature, dim=-1), 1))
+        else:
+            token = int(scores.argmax(dim=-1))
+        self.budget -= 1
+        self.sequence.append(token)
+        self.out.put(token)
+        if token in self.stops or self.budget <= 0:
+            self.out.put(_DONE)
+            return []
+        return [token]
+
+    def start(self, logits):
+        return self._next(logits[0])
+
+    def step(self, logits):
+        return [(0, token) for token in self._next(logits[0])]
+
+    def fail(self, error):
+        self.out.put(error)
+
+
+class _Beams(_Job):
+    """One prompt's beam search over the SID trie (the same rule as ``engine.decoding``)."""
+
+    def __init__(self, prompt: Sequence[int], trie: SIDTrie, exclude: set[Hashable], k: int, width: int,
+                 restrict: TrieFilter | None):
+        self.prompt = list(prompt)
+        self.k, self.width = k, width
+        self.root = trie.cursor(exclude=exclude, restrict=restrict)
+        self.slots: list[tuple[float, TrieCursor]] = []
+        self.future: Future = Future()
+
+    def _finish(self) -> list[int]:
+        finished = sorted(((s, c) for s, c in self.slots if c.done()), key=lambda sc: -sc[0])
+        self.future.set_result([RankedItem(c.item, float(s), tuple(c.prefix)) for s, c in finished[:self.k]])
+        return []
+
+    def start(self, logits):
+        logprobs = torch.log_softmax(logits[0].float(), dim=-1)
+        allowed = self.root.allowed()
+        ranked = sorted(((logprobs[t].item(), t) for t in allowed), reverse=True)[:self.width]
+        for score, token in ranked:
+            cursor = self.root.clone()
+            cursor.accept(token)
+            self.slots.append((score, cursor))
+        if self.cancelled or all(c.done() for _, c in self.slots):
+            return self._finish()
+        return [c.prefix[-1] for _, c in self.slots]
+
+    def step(self, logits):
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        candidates = []
+        for row, (score, cursor) in enumerate(self.slots):
+            if cursor.done():          # a shorter SID finished earlier: carried along unchanged
+                candidates.append((score, row, None))
+                continue
+            allowed = cursor.allowed()
+            if allowed:
+                step = logprobs[row, torch.tensor(allowed)].tolist()
+                candidates.extend((score + lp, row, t) for lp, t in zip(step, allowed))
+        candidates.sort(key=lambda c: -c[0])
+        slots, kept = [], []
+        for score, row, token in candidates[:self.width]:
+            cursor = self.slots[row][1].clone()
+            if token is not None:
+                cursor.accept(token)
+            slots.append((score, cursor))
+            kept.append(row)
+        self.slots = slots
+        if self.cancelled or all(c.done() for _, c in slots):
+            return self._finish()
+        return [(row, c.prefix[-1]) for row, (_, c) in zip(kept, slots)]
+
+    def fail(self, error):
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class _Call:
+    """Any other model work, run in the scheduler's thread between steps."""
+
+    def __init__(self, fn: Callable, args: tuple):
+        self.fn, self.args = fn, args
+        self.future: Future = Future()
+
+
+class _Score:
+    """Teacher-forced scores of candidate SID paths; every session's waiting requests are scored
+    in one batched call (``engine.decoding.score_paths``)."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]]):
+        self.prompts, self.paths = list(prompts), list(paths)
+        self.future: Future = Future()
+
+
+def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+class BatchScheduler:
+    """Runs reasoning streams and beam searches from many threads as one batch (module docstring).
+
+    ``max_rows`` caps the running batch: a job that would pass it waits for rows to free up (a
+    job wider than the cap runs alone)."""
+
+    def __init__(self, model, tokenizer, trie: SIDTrie, slots: SlotGrammar | None = None, max_rows: int = 256):
+        self.model, self.tokenizer, self.trie, self.slots = model, tokenizer, trie, slots
+        self.max_rows = max_rows
+        self.device = next(model.parameters()).device
+        self._waiting: list = []
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        # The running batch: one cache row per (job, row within the job).
+        self._cache = None
+        self._mask: torch.Tensor | None = None          # [rows, columns], 0 where a row has no token
+        self._positions: torch.Tensor | None = None     # [rows], the last fed token's position
+        self._owners: list[tuple[_Job, int]] = []
+        self._feed: list[int] = []                      # the token each row feeds at the next step
+        self.stats = {"steps": 0, "rows": 0, "max_rows": 0, "prefills": 0, "calls": 0, "scores": 0}
+
+    # -- submitting (any thread) --------------------------------------------------------------
+    def _submit(self, job) -> None:
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("the batch scheduler is closed")
+            self._waiting.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="thinkrec-scheduler", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def stream(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
+               temperature: float = 0.0, stop_ids: Sequence[int] | None = None,
+               cite: set[Hashable] | None = None) -> Iterator[int]:
+        """Reasoning token ids as the batch decodes them, up to and including the first stop token.
+        Leaving the loop early (a client gone) frees the row at the next step."""
+        stops = set(stop_ids) if stop_ids else {self.tokenizer.think_end_id, self.tokenizer.end_id}
+        job = _Reasoning(self.tokenizer, self.trie, prompt, exclude, max_new_tokens, temperature, stops, cite,
+                         self.slots)
+        self._submit(job)
+        try:
+            while True:
+                token = job.out.get()
+                if token is _DONE:
+                    return
+                if isinstance(token, BaseException):
+                    raise token
+                yield token
+        finally:
+            job.cancelled = True
+
+    def beams(self, prompt: Sequence[int], exclude: set[Hashable], k: int, width: int,
+              restrict: TrieFilter | None = None) -> Future:
+        """A future for the top ``k`` distinct items after ``prompt`` (ending with ``<|item_begin|>``)."""
+        job = _Beams(prompt, self.trie, exclude, k, max(k, width), restrict)
+        if not job.root.allowed():     # nothing left to recommend: no rows needed
+            job.future.set_result([])
+            return job.future
+        self._submit(job)
+        return job.future
+
+    def score(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+        """``engine.decoding.score_paths`` for these prompts, batched with other sessions' requests."""
+        job = _Score(prompts, paths)
+        self._submit(job)
+        return job.future.result()
+
+    def call(self, fn: Callable, *args):
+        """``fn(*args)`` in the scheduler's thread, between two steps; its result (or its error)."""
+        job = _Call(fn, args)
+        self._submit(job)
+        return job.future.result()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    # -- the loop (scheduler thread) ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._waiting and not self._owners and not self._closed:
+                    self._wake.wait()
+                if self._closed and not self._waiting and not self._owners:
+                    return
+                admitted, rows = [], len(self._owners)
+                for job in list(self._waiting):
+                    need = 1 if isinstance(job, _Reasoning) else (job.width if isinstance(job, _Beams) else 0)
+                    if rows and rows + need > self.max_rows:
+                        continue            # waits for rows to free up
+                    admitted.append(job)
+                    self._waiting.remove(job)
+                    rows += need
+            try:
+                with torch.no_grad():
+                    self._step(admitted)
+            except Exception as error:       # one bad step fails its jobs, never the thread
+                for job in admitted + [owner for owner, row in self._owners if row == 0]:
+                    if isinstance(job, (_Call, _Score)):
+                        if not job.future.done():
+                            job.future.set_exception(error)
+                    else:
+                        job.fail(error)
+                self._reset()
+
+    def _reset(self) -> None:
+        self._cache, self._mask, self._positions, self._owners, self._feed = None, None, None, [], []
+
+    def _step(self, admitted: list) -> None:
+        calls = [job for job in admitted if isinstance(job, _Call)]
+        for job in calls:
+            self.stats["calls"] += 1
+            try:
+                job.future.set_result(job.fn(*job.args))
+            except Exception as error:
+                job.future.set_exception(error)
+        scores = [job for job in admitted if isinstance(job, _Score)]
+        if scores:
+            self._score(scores)
+        joining = [job for job in admitted if isinstance(job, _Job)]
+        if joining:
+            self._prefill(joining)
+        if self._owners:
+            self._decode()
+
+    def _score(self, jobs: list[_Score]) -> None:
+        self.stats["scores"] += 1
+        prompts = [p for job in jobs for p in job.prompts]
+        paths = [p for job in jobs for p in job.paths]
+        try:
+            scores = score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size=max(16, len(prompts)))
+        except Exception as error:
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        at = 0
+        for job in jobs:
+            job.future.set_result(scores[at:at + len(job.prompts)])
+            at += len(job.prompts)
+
+    def _prefill(self, jobs: list[_Job]) -> None:
+        """The newcomers' prompts in one padded forward; their rows join the running batch."""
+        self.stats["prefills"] += 1
+        ids, mask = _left_pad([job.prompt for job in jobs], self.tokenizer.pad_id, self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        logits = out.logits[:, -1]
+        rows, owners, feed = [], [], []
+        for n, job in enumerate(jobs):
+            tokens = job.start(logits[n:n + 1])
+            for row, token in enumerate(tokens):
+                rows.append(n)
+                owners.append((job, row))
+                feed.append(token)
+        if not rows:
+            return
+        index = torch.tensor(rows, device=self.device)
+        new = [(k[index], v[index]) for k, v in _layers(out.past_key_values)]
+        self._merge(new, mask[index], positions[index, -1], owners, feed)
+
+    def _merge(self, layers, mask, positions, owners, feed) -> None:
+        if self._cache is None:
+            merged, merged_mask, merged_positions = layers, mask, positions
+        else:
+            width = max(self._mask.shape[1], mask.shape[1])
+            merged = [(torch.cat([_pad_left(k0, width, 2), _pad_left(k1, width, 2)]),
+                       torch.cat([_pad_left(v0, width, 2), _pad_left(v1, width, 2)]))
+                      for (k0, v0), (k1, v1) in zip(_layers(self._cache), layers)]
+            merged_mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+            merged_positions = torch.cat([self._positions, positions])
+        self._cache = DynamicCache(ddp_cache_data=merged)
+        self._mask, self._positions = merged_mask, merged_positions
+        self._owners += owners
+        self._feed += feed
+
+    def _decode(self) -> None:
+        """One forward over every running row, then each job's postprocessing."""
+        rows = len(self._owners)
+        self.stats["steps"] += 1
+        self.stats["rows"] += rows
+        self.stats["max_rows"] = max(self.stats["max_rows"], rows)
+        tokens = torch.tensor(self._feed, device=self.device)[:, None]
+        mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        positions = self._positions + 1
+        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions[:, None],
+                         past_key_values=self._cache, use_cache=True)
+        logits = out.logits[:, -1]
+        keep, feed, owners = [], [], []
+        start = 0
+        while start < rows:
+            job = self._owners[start][0]
+            end = start
+            while end < rows and self._owners[end][0] is job:
+                end += 1
+            for n, (parent, token) in enumerate(job.step(logits[start:end])):
+                keep.append(start + parent)
+                owners.append((job, n))
+                feed.append(token)
+            start = end
+        if not keep:
+            self._reset()
+            return
+        index = torch.tensor(keep, device=self.device)
+        layers = [(k[index], v[index]) for k, v in _layers(out.past_key_values)]
+        mask = mask[index]
+        # Columns no remaining row attends to (their rows left) are dropped.
+        first = int(mask.any(dim=0).nonzero()[0])
+        if first:
+            layers = [(k[:, :, first:], v[:, :, first:]) for k, v in layers]
+            mask = mask[:, first:]
+        self._cache = DynamicCache(ddp_cache_data=layers)
+        self._mask, self._positions, self._owners, self._feed = mask, positions[index], owners, feed
+
+
+def wait_all(futures: Sequence[Future], timeout: float | None = None) -> list:
+    """Results of many futures in order (the first error is raised)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return [f.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for f in futures]
