@@ -6,6 +6,12 @@
     thinkrec catalog lookup --data artifacts/ml-100k --item-id 50
 
 Heavy libraries are imported inside the commands, so ``--help`` answers at once.
+
+The CLI is the top layer: the one place that reaches every layer (data, engine, training, the UI),
+wiring them together. Below it the layers import only downward, data <- engine <- training, and the
+UI gets a built engine from here; pyproject's ``[tool.importlinter]`` contracts state this and
+``lint-imports`` (run by tests/test_layers.py) checks it. Library modules have no ``__main__``
+shims: every job starts here.
 """
 
 from __future__ import annotations
@@ -177,10 +183,11 @@ def app_command(
     from app.ui import serve
     from engine.backends import ServerMismatch
     from engine.checkpoint import CheckpointMismatch
+    from engine.engine import Engine
 
     try:
-        demo = serve(str(data), str(checkpoint), port=port, host=host, sessions_url=sessions_url,
-                     backend=backend, model_url=model_url)
+        engine = Engine(str(data), str(checkpoint), sessions_url=sessions_url, backend=backend, model_url=model_url)
+        demo = serve(engine, port=port, host=host)
     except (CheckpointMismatch, ServerMismatch, ConnectionError, ValueError) as error:
         fail(str(error))
     typer.echo(f"thinkrec app on http://{host}:{port} (Ctrl+C to stop)")
@@ -192,7 +199,10 @@ def bench_command(
     data: DataDir = Path("artifacts/ml-100k"),
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder.")] = Path("checkpoints/ml-100k-tiny/sft"),
     turns: Annotated[int, typer.Option(help="Turns per mode.")] = 30,
-    concurrent: Annotated[int, typer.Option(help="Sessions at once for the concurrency measure.")] = 10,
+    concurrent: Annotated[int, typer.Option("--concurrency", "--concurrent",
+                                            help="Sessions at once for the concurrency measure.")] = 10,
+    batching: Annotated[bool, typer.Option(help="Batch concurrent turns in process (transformers backend).")] = True,
+    compare: Annotated[bool, typer.Option(help="Also measure the same load served one turn at a time.")] = True,
     backend: Annotated[str, typer.Option(help="transformers or vllm (then --model-url).")] = "transformers",
     model_url: Annotated[Optional[str], typer.Option(help="The vLLM server's URL (with --backend vllm).")] = None,
     as_json: AsJson = False,
@@ -205,8 +215,12 @@ def bench_command(
 
     with tempfile.TemporaryDirectory() as scratch:
         engine = Engine(data, checkpoint, sessions_url=f"sqlite:///{scratch}/bench.db", backend=backend,
-                        model_url=model_url)
-        report = {"backend": backend} | run_bench(engine, list(engine.user_histories), turns, concurrent)
+                        model_url=model_url, batching=batching)
+        serial = (Engine(data, checkpoint, sessions_url=f"sqlite:///{scratch}/serial.db", batching=False)
+                  if compare and batching and backend == "transformers" else None)
+        report = {"backend": backend, "batching": batching and backend == "transformers"}
+        report |= run_bench(engine, list(engine.user_histories), turns, concurrent, serial)
+        engine.close()
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in report.items()))
 
 
@@ -235,6 +249,11 @@ def _register_training_commands() -> None:
 
     add_dataclass_command(app, "bench-catalog", CatalogBenchArgs, bench_catalog,
                           "Catalog-scale benchmark: SIDs, trie, FAISS and constrained decoding on N synthetic items.")
+    from app.loadtest import LoadArgs
+    from app.loadtest import main as bench_load
+
+    add_dataclass_command(app, "bench-load", LoadArgs, bench_load,
+                          "The app under many clients through its API, and killed mid-turn (kill -9) and restarted.")
     from engine.vllm_server import ServeArgs
     from engine.vllm_server import main as serve_model
 

@@ -1,12 +1,15 @@
 """The Gradio app: chat that steers recommendations with visible three-level reasoning, item cards
 with like / dislike, a trace inspector and a catalog browser. It renders engine events; all model
-work happens in engine/.
+work happens in engine/, and the engine arrives built: this module imports only
+``engine.events``, so the UI never loads torch.
 
     thinkrec app --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --port 7860
 
 API: ``recommend(message, user_id, thinking, session_id)`` -> {"reply", "reasoning": {level: text}, "items": [...],
 "trace", "notices", "session_id", "request"}. Pass the returned ``session_id`` back to continue the conversation
 (its constraints stay active); leave it empty to start a new session as ``user_id`` (empty: a fresh user).
+``feedback(session_id, item_id, kind)`` with kind "like" or "dislike" -> {"session_id", "history", "history_size",
+"excluded"}.
 """
 
 from __future__ import annotations
@@ -145,6 +148,13 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 "trace": result.trace.model_dump() if result.trace else None, "notices": result.notices,
                 "session_id": session_id, "request": result.trace.request.model_dump() if result.trace else None}
 
+    def give_feedback(session_id: str, item_id: str, kind: str) -> dict:
+        """Record "like" (the item joins the session's history) or "dislike" (never recommended
+        again in this session). Returns the session's history and excluded items after it."""
+        session = engine.feedback(session_id, item_id, kind)
+        return {"session_id": session.id, "history": session.history[-20:], "history_size": len(session.history),
+                "excluded": session.excluded}
+
     with gr.Blocks(title="thinkrec") as demo:
         session_state = gr.State(None)
         trace_state = gr.State({})
@@ -195,14 +205,13 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         trace_state.change(lambda t: (trace_summary(t), beam_rows(t), t), [trace_state], [trace_text, beam_table, trace_json])
         query.submit(search, [query], [results])
         gr.api(recommend, api_name="recommend")
+        gr.api(give_feedback, api_name="feedback")
     return demo
 
 
-def serve(data: str, checkpoint: str, port: int = 7860, host: str = "127.0.0.1", sessions_url: str | None = None,
-          backend: str = "transformers", model_url: str | None = None):
-    from engine.engine import Engine
-
-    engine = Engine(data, checkpoint, sessions_url=sessions_url, backend=backend, model_url=model_url)
+def serve(engine, port: int = 7860, host: str = "127.0.0.1"):
+    """Launch the app on a built ``engine.engine.Engine``. The caller (the CLI) builds it, so this
+    module imports only the engine's events and never torch (see pyproject's import contracts)."""
     users = list(engine.user_histories)[:200]
     demo = build_app(engine, users)
     demo.queue(default_concurrency_limit=10)

@@ -1,7 +1,6 @@
 """Build a dataset artifact folder: raw data -> splits, embeddings, Semantic IDs, catalog, index.
 
     thinkrec data build --dataset ml-100k --out artifacts/ml-100k
-    python -m data.build --dataset ml-100k
 
 A folder whose manifest records the same build config and whose files still match their hashes
 is reused as it is (``--force`` rebuilds). Every step shows progress; the summary reports counts,
@@ -28,8 +27,8 @@ from data.quantize import mean_pairwise_cosine, prefix_coherence
 from data.manifest import (CATALOG_DB, EMBEDDINGS, FAISS_INDEX, SIDS, SPLIT_NAMES, BuildConfig,
                            Manifest, SIDLayout, hash_files, verify_files)
 from data.records import DataFormatError, RawDataset
+from data.sid_text import sid_string
 from data.text import item_text
-from engine.sid import sid_string
 
 console = Console(stderr=True)
 USERS = "users.jsonl"
@@ -199,12 +198,3 @@ def build(config: BuildConfig, out: Path, force: bool = False) -> Manifest:
                    out / "sid_usage.png", title=f"{raw.name}: {manifest.num_items:,} items, SID {manifest.sid.levels}x{codebook_size}")
     return manifest
 
-
-def main(argv: list[str] | None = None) -> None:
-    from app.cli import app
-
-    app(["data", "build", *(argv if argv is not None else __import__("sys").argv[1:])])
-
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from data.catalog_db import AttributeRow, ItemRow, SIDRow, make_engine, sqlite_url
 from data.manifest import CATALOG_DB, EMBEDDINGS, FAISS_INDEX, Manifest
-from engine.sid import parse_sid, sid_string
+from data.sid_text import parse_sid, sid_string
 
 
 class CatalogItem(BaseModel):

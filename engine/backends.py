@@ -125,6 +125,11 @@ class ServerMismatch(ValueError):
     """The server at the URL does not serve this checkpoint's catalog."""
 
 
+class BackendUnavailable(ConnectionError):
+    """The model server stopped answering (down, restarting, or it failed the request). The turn
+    is lost, the session is not: the engine says so and the next turn tries again."""
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -182,15 +187,21 @@ class VLLMBackend:
         body = self._request(list(prompt), exclude, cite=cite, reasoning=True, max_tokens=max_new_tokens,
                              temperature=temperature, stream=True, return_token_ids=True,
                              stop_token_ids=list(stop_ids) if stop_ids else self.stop_ids)
-        with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
-            if response.status_code != 200:
-                response.read()
-                raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                for choice in json.loads(line[6:]).get("choices", []):
-                    yield from choice.get("token_ids") or []
+        import httpx
+
+        try:
+            with self.client.stream("POST", f"{self.url}/completions", json=body) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise BackendUnavailable(f"the vLLM server at {self.url} answered {response.status_code}: "
+                                             f"{response.text[:500]}")
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    for choice in json.loads(line[6:]).get("choices", []):
+                        yield from choice.get("token_ids") or []
+        except httpx.HTTPError as error:
+            raise BackendUnavailable(f"the vLLM server at {self.url} stopped answering ({error})") from error
 
     def generate_reasoning(self, prompts, excludes, max_new_tokens=160, sample=False, temperature=1.0, batch_size=32,
                            stop_ids=None, cites=None):
@@ -215,9 +226,15 @@ class VLLMBackend:
             return list(pool.map(fn, *columns))
 
     def _post(self, body: dict) -> dict:
-        response = self.client.post(f"{self.url}/completions", json=body)
+        import httpx
+
+        try:
+            response = self.client.post(f"{self.url}/completions", json=body)
+        except httpx.HTTPError as error:
+            raise BackendUnavailable(f"the vLLM server at {self.url} is not answering ({error})") from error
         if response.status_code != 200:
-            raise RuntimeError(f"vLLM server error {response.status_code}: {response.text[:500]}")
+            raise BackendUnavailable(f"the vLLM server at {self.url} answered {response.status_code}: "
+                                     f"{response.text[:500]}")
         return response.json()
 
     def _top_allowed(self, prompts: list[list[int]], exclude: set[Hashable], width: int,

@@ -1,7 +1,8 @@
 """``thinkrec bench``: latency of the engine on the default model — time to the first reasoning
-token, whole turns with and without thinking (p50/p95), and p95 with 10 sessions at once.
+token, whole turns with and without thinking (p50/p95), and p50/p95 and throughput with 10
+sessions at once, batched (engine/scheduler.py) and, for comparison, one turn at a time.
 
-    thinkrec bench --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --turns 30
+    thinkrec bench --data artifacts/ml-100k --checkpoint checkpoints/ml-100k-tiny/sft --turns 30 --concurrency 10
     thinkrec bench ... --backend vllm --model-url http://127.0.0.1:8000     # against thinkrec serve-model
 """
 
@@ -11,6 +12,7 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from engine.backends import BatchedBackend
 from engine.events import ReasoningDelta
 
 
@@ -28,7 +30,20 @@ def _turn(engine, user_id: str, thinking: bool, message: str) -> tuple[float, fl
     return time.perf_counter() - started, first
 
 
-def run_bench(engine, users: list[str], turns: int = 30, concurrent: int = 10) -> dict:
+def _concurrent(engine, users: list[str], concurrent: int, message: str, rounds: int = 3) -> dict:
+    """``concurrent`` sessions at once, each taking ``rounds`` thinking turns back to back."""
+    with ThreadPoolExecutor(max_workers=concurrent) as pool:
+        started = time.perf_counter()
+        results = list(pool.map(lambda n: _turn(engine, users[n % len(users)], True, message)[0],
+                                range(concurrent * rounds)))
+        wall = time.perf_counter() - started
+    return {"p50_s": round(statistics.median(results), 3), "p95_s": round(_percentile(results, 0.95), 3),
+            "turns": len(results), "wall_s": round(wall, 2), "turns_per_s": round(len(results) / wall, 3)}
+
+
+def run_bench(engine, users: list[str], turns: int = 30, concurrent: int = 10, serial=None) -> dict:
+    """Latency of ``engine`` alone and under ``concurrent`` sessions. ``serial``: the same model
+    served one turn at a time (no batching), measured under the same load for comparison."""
     message = "a 90s comedy please"
     _turn(engine, users[0], True, message)            # warm-up: first calls pay one-off costs
     report = {}
@@ -40,16 +55,20 @@ def run_bench(engine, users: list[str], turns: int = 30, concurrent: int = 10) -
             if first is not None:
                 firsts.append(first)
         name = "thinking" if thinking else "non_thinking"
-        report[name] = {"p50_s": round(statistics.median(totals), 3), "p95_s": round(_percentile(totals, 0.95), 3)}
+        report[name] = {"p50_s": round(statistics.median(totals), 3), "p95_s": round(_percentile(totals, 0.95), 3),
+                        "turns_per_s": round(len(totals) / sum(totals), 3)}
         if firsts:
             report["first_reasoning_token"] = {"p50_ms": round(1000 * statistics.median(firsts), 1),
                                                "p95_ms": round(1000 * _percentile(firsts, 0.95), 1)}
-    with ThreadPoolExecutor(max_workers=concurrent) as pool:
-        started = time.perf_counter()
-        results = list(pool.map(lambda n: _turn(engine, users[n % len(users)], True, message)[0],
-                                range(concurrent * 3)))
-        wall = time.perf_counter() - started
-    report[f"{concurrent}_concurrent_thinking"] = {"p50_s": round(statistics.median(results), 3),
-                                                   "p95_s": round(_percentile(results, 0.95), 3),
-                                                   "turns": len(results), "wall_s": round(wall, 2)}
+    key = f"{concurrent}_concurrent_thinking"
+    report[key] = _concurrent(engine, users, concurrent, message)
+    report[key]["p95_over_single_p95"] = round(report[key]["p95_s"] / report["thinking"]["p95_s"], 2)
+    if isinstance(engine.backend, BatchedBackend):
+        stats = engine.backend.scheduler.stats
+        report["batch"] = {"decode_steps": stats["steps"], "mean_rows": round(stats["rows"] / max(stats["steps"], 1), 1),
+                           "max_rows": stats["max_rows"]}
+    if serial is not None:
+        _turn(serial, users[0], True, message)
+        report[f"{key}_unbatched"] = base = _concurrent(serial, users, concurrent, message)
+        report["throughput_gain"] = round(report[key]["turns_per_s"] / base["turns_per_s"], 2)
     return report

@@ -33,7 +33,7 @@ from pathlib import Path
 from data.catalog import Catalog
 from data.catalog_db import sqlite_url
 from data.clean import read_split
-from engine.backends import BatchedBackend
+from engine.backends import BackendUnavailable, BatchedBackend
 from engine.constraints import Constraints, Facets
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, RequestInfo, Trace, TraceEvent)
@@ -256,7 +256,13 @@ class Engine:
             yield ErrorEvent(message=str(error))
             return
         with self._session_lock(session_id):
-            yield from self._turn(session_id, message, thinking, k, num_beams)
+            try:
+                yield from self._turn(session_id, message, thinking, k, num_beams)
+            except BackendUnavailable as error:
+                # Nothing of this turn was saved (the exchange is written at its end, in one
+                # transaction), so the session is as it was before the message.
+                yield ErrorEvent(message=f"The model server is not answering, so this turn was not answered: {error}. "
+                                         "Your session is kept; send the message again once the server is back.")
 
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int) -> Iterator[Event]:
         turn = yield from self._read(self.sessions.get(session_id), message, thinking, k, num_beams)

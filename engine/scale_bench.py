@@ -10,6 +10,10 @@ decade) and a filtered step against the unfiltered one,
 FAISS index build and query time, and constrained versus unconstrained greedy decoding of the SID
 steps with a model of the ``tiny`` preset (same number of forward passes; the difference is the
 constraint's overhead).
+
+The engine sits below training, so the model is built here from the ``tiny`` preset's shape written
+out (:func:`bench_model_config`) rather than imported from training/presets.py;
+tests/test_layers.py keeps the two configs equal.
 """
 
 from __future__ import annotations
@@ -173,17 +177,27 @@ def _filters(trie, args: CatalogBenchArgs) -> dict:
     return report
 
 
+def bench_model_config(vocab_size: int, pad_id: int = 0, eos_id: int = 1):
+    """The ``Qwen3Config`` of training's ``tiny`` preset for ``vocab_size``: the size of model the
+    app serves by default, so the constraint's overhead is measured against a realistic forward."""
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=768, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+        tie_word_embeddings=True, pad_token_id=pad_id, eos_token_id=eos_id, bos_token_id=None,
+        rope_theta=10000.0, attention_dropout=0.0, use_cache=True)
+
+
 def _decoding(trie, size: int, levels: int, base: int, args: CatalogBenchArgs) -> dict:
     """Greedy decoding of the SID steps, with and without the trie, same model and forward passes."""
     import statistics
 
     import torch
-
-    from training.presets import new_model
+    from transformers import Qwen3ForCausalLM
 
     torch.manual_seed(args.seed)
-    vocab = base + levels * size + 8
-    model = new_model("tiny", vocab, pad_id=0, eos_id=1, seed=args.seed).eval()
+    model = Qwen3ForCausalLM(bench_model_config(base + levels * size + 8)).eval()
     prompt = torch.randint(2, base, (args.decode_rows, 128))
     walk = random.Random(args.seed)
     histories = [walk.sample(range(args.items), args.history) for _ in range(args.decode_rows)]
@@ -234,8 +248,3 @@ def main(args: CatalogBenchArgs) -> dict:
           f"constrained decoding overhead {report['decoding']['overhead_pct']} %")
     return report
 
-
-if __name__ == "__main__":
-    from app.cli import app
-
-    app(["bench-catalog", *__import__("sys").argv[1:]])

@@ -166,6 +166,12 @@ class SessionStore:
     def set_constraints(self, session_id: str, constraints: Constraints) -> None:
         self.add_exchange(session_id, [], constraints)
 
+    def feedback_of(self, session_id: str) -> list[tuple[str, str]]:
+        """Every click recorded for a session, oldest first: (item_id, "like" | "dislike")."""
+        with Session(self.engine) as db:
+            rows = db.scalars(select(FeedbackRow).where(FeedbackRow.session_id == session_id).order_by(FeedbackRow.id))
+            return [(row.item_id, row.kind) for row in rows]
+
     def feedback(self, session_id: str, item_id: str, kind: str) -> ChatSession:
         """Record a like (item joins the history) or dislike (item is excluded from now on)."""
         if kind not in ("like", "dislike"):

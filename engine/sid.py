@@ -13,46 +13,14 @@ Python and numpy, no torch: ``python -m pytest tests/test_sid_trie.py``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
-LEVEL_NAMES = "abcd"
-ITEM_BEGIN = "<|item_begin|>"
-ITEM_END = "<|item_end|>"
-_SID_TOKEN = re.compile(r"<([a-d])_(\d+)>")
-
-
-def sid_tokens(codes: Sequence[int]) -> list[str]:
-    """(12, 200, 33) -> ['<a_12>', '<b_200>', '<c_33>']"""
-    if len(codes) > len(LEVEL_NAMES):
-        raise ValueError(f"at most {len(LEVEL_NAMES)} SID levels, got {len(codes)}")
-    return [f"<{LEVEL_NAMES[level]}_{int(code)}>" for level, code in enumerate(codes)]
-
-
-def sid_string(codes: Sequence[int]) -> str:
-    return "".join(sid_tokens(codes))
-
-
-def parse_sid(text: str) -> tuple[int, ...]:
-    """'<a_12><b_200><c_33>' (item markers and spaces allowed) -> (12, 200, 33).
-
-    Raises ValueError with the reason when the text is not a well-formed SID.
-    """
-    body = text.strip().removeprefix(ITEM_BEGIN).removesuffix(ITEM_END).replace(" ", "")
-    tokens = _SID_TOKEN.findall(body)
-    if not tokens or "".join(f"<{l}_{c}>" for l, c in tokens) != body:
-        raise ValueError(f"not a SID: {text!r} (expected tokens like <a_12><b_200><c_33>)")
-    for position, (level, _) in enumerate(tokens):
-        if level != LEVEL_NAMES[position]:
-            raise ValueError(f"not a SID: {text!r} (level {position + 1} should be <{LEVEL_NAMES[position]}_..>)")
-    return tuple(int(code) for _, code in tokens)
-
-
-def all_sid_token_strings(levels: int, codebook_size: int) -> list[str]:
-    """Every SID token of a layout, level by level: what the tokenizer adds as special tokens."""
-    return [f"<{LEVEL_NAMES[level]}_{code}>" for level in range(levels) for code in range(codebook_size)]
+# The SID text format is data's (the build writes it, the catalog parses it); re-exported here so
+# the engine's modules keep one import for everything SID.
+from data.sid_text import (ITEM_BEGIN, ITEM_END, LEVEL_NAMES, all_sid_token_strings, parse_sid,  # noqa: F401
+                           sid_string, sid_tokens)
 
 
 class _Node:

@@ -23,12 +23,14 @@ together on an item, eras only from decades that hold items.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
 import re
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
 
 from engine.prompt import NEXT_ITEM
-from engine.sid import SIDTrie, TrieCursor
+from engine.sid import SIDTrie, TrieCursor, TrieFilter
 
 TRENDS = ("long-term", "recent burst", "fading", "periodic")
 MAX_OPENER_NUMBER = 9        # "(1)" … "(9)": more interests than this are never written
@@ -79,6 +81,10 @@ class SlotGrammar:
         self.name_parts = {n: _parts(n) for n in self.names.items}
         self.catalog: SIDTrie | None = None     # the catalog's item trie and facets (attach)
         self.facets = None
+        # Name support by cited set: every stage of a turn (and every turn of a session) replays
+        # the same name slots over the same history, so each is worked out once.
+        self._support: OrderedDict[tuple, tuple] = OrderedDict()
+        self._support_guard = threading.Lock()
         self._serialised = (sections, think_end, openers, next_opener, names, trends, pieces, name_paths, period)
 
     def attach(self, catalog: SIDTrie, facets) -> SlotGrammar:
@@ -150,7 +156,24 @@ class SlotGrammar:
         """One trace's slot walk; ``cite`` is the history its spans may name (grounds the names)."""
         return SlotState(self, cite)
 
-    def supported_names(self, cite: Sequence[Hashable]) -> tuple[set[str], dict[str, list]]:
+    def support(self, cite: Sequence[Hashable], cache_size: int = 4096) -> tuple[tuple[set[str], Mapping[str, list]], TrieFilter]:
+        """:meth:`supported_names` for ``cite`` and the name trie's filter to them, memoised
+        (read-only: callers must not change what comes back)."""
+        key = tuple(cite)
+        with self._support_guard:
+            hit = self._support.get(key)
+            if hit is not None:
+                self._support.move_to_end(key)
+                return hit
+        supported = self.supported_names(key)
+        value = (supported, self.names.restrict_to(supported[0]))
+        with self._support_guard:
+            self._support[key] = value
+            while len(self._support) > cache_size:
+                self._support.popitem(last=False)
+        return value
+
+    def supported_names(self, cite: Sequence[Hashable]) -> tuple[set[str], Mapping[str, list]]:
         """Names that fit at least two of the cited items (one when there is only one), with the
         items each fits. An item fits a name when it carries one of its categories and its year
         lies in its era ("mixed" fits everything)."""
@@ -180,8 +203,29 @@ class SlotGrammar:
                 mask &= era
             if need and mask.bit_count() >= need:
                 supported.add(name)
-                fits[name] = [items[b] for b in range(len(items)) if mask >> b & 1]
-        return supported, fits
+                fits[name] = mask
+        return supported, _Fits(items, fits)
+
+
+class _Fits(Mapping):
+    """Name -> the cited items it fits, listed only when asked (a trace asks for a few of the
+    hundreds of supported names)."""
+
+    def __init__(self, items: list, masks: dict[str, int]):
+        self._items, self._masks, self._lists = items, masks, {}
+
+    def __getitem__(self, name: str) -> list:
+        listed = self._lists.get(name)
+        if listed is None:
+            mask = self._masks[name]
+            listed = self._lists[name] = [item for bit, item in enumerate(self._items) if mask >> bit & 1]
+        return listed
+
+    def __iter__(self):
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
 
 
 _ERA = re.compile(r"^(\d{3,4})s(?:-(\d{3,4})s)?$")
@@ -209,7 +253,7 @@ class SlotState:
     def __init__(self, grammar: SlotGrammar, cite: Iterable[Hashable] | None = None):
         self.grammar = grammar
         self.cite = list(cite) if cite is not None else None
-        self._supported: tuple[set[str], dict[str, list]] | None = None
+        self._supported: tuple[set[str], Mapping[str, list]] | None = None
         self.scope: list | None = None      # the history items the current interest's spans may cite
         self._scope_filter = None           # its trie filter, built once per interest (spans and bans read it)
         self.cited: set = set()             # items this trace's spans have named (the gate reports them)
@@ -241,8 +285,7 @@ class SlotState:
             restrict = None
             if self.cite is not None and g.facets is not None:
                 # Support counts the history items not cited yet: a name's evidence is still citable.
-                self._supported = g.supported_names([c for c in self.cite if c not in self.cited])
-                restrict = g.names.restrict_to(self._supported[0])
+                self._supported, restrict = g.support([c for c in self.cite if c not in self.cited])
             self.cursor = g.names.cursor(exclude=set(self.names.values()), restrict=restrict)
         elif kind == "trend":
             self.cursor = g.trends.cursor()

@@ -68,3 +68,18 @@ def test_a_conversation_through_the_api_keeps_its_constraints(server, engine):
     # The constraints live in the session store, so a restarted app keeps them.
     stored = engine.sessions.get(first["session_id"]).constraints
     assert stored.want == [[wanted]] and stored.avoid == [avoided]
+
+
+def test_feedback_through_the_api_is_stored(server, engine):
+    client = Client(server, verbose=False)
+    first = client.predict("", "u2", False, "", api_name="/recommend")
+    liked, disliked = first["items"][0]["item_id"], first["items"][1]["item_id"]
+    after = client.predict(first["session_id"], liked, "like", api_name="/feedback")
+    assert after["history"][-1] == liked
+    after = client.predict(first["session_id"], disliked, "dislike", api_name="/feedback")
+    assert disliked in after["excluded"]
+    session = engine.sessions.get(first["session_id"])
+    assert session.history[-1] == liked and disliked in session.excluded
+    # The next turn shows neither.
+    second = client.predict("", "", False, first["session_id"], api_name="/recommend")
+    assert not {liked, disliked} & {i["item_id"] for i in second["items"]}

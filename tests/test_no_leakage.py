@@ -44,7 +44,7 @@ def test_no_held_out_item_is_ever_a_training_target_or_prompt(tmp_path):
     from training.dataset_view import DatasetView
     from training.pretrain import PretrainArgs, make_tokenizer
     from training.pretrain import build_examples as pretrain_examples
-    from training.rl import build_prompts
+    from training.rollouts import build_prompts
     from training.sft import SFTArgs, load_teacher
     from training.sft import build_examples as sft_examples
 

@@ -15,8 +15,10 @@ from app.cli import app
 from engine.checkpoint import CheckpointMeta, load_checkpoint
 from training.rewards import (Completion, combine, format_reward, instruction_following, prefix_credit, rank_hit,
                               satisfies, target_likelihood)
-from training.rl import (Prompt, RLArgs, Rollout, best_of_group, build_prompts, group_advantages, grpo, grpo_loss,
-                         resolved, target_logprobs)
+from training.grpo import group_advantages, grpo_loss, target_logprobs
+from training.rl import RLArgs, grpo, resolved
+from training.rollouts import Prompt, Rollout, build_prompts
+from training.unify import best_of_group
 from training.teacher import ItemFacts, Request
 
 REASONING = "<|derivation|>(1) space films.<|evolution|>(1) long-term.<|recommendation|>Serve (1). Next item: Sci-Fi."

@@ -136,3 +136,15 @@ def test_scores_of_many_callers_are_batched_and_match(engines):
     for items, scores in zip(ranked, scored):
         assert scores == pytest.approx([item.score for item in items], abs=1e-6)
     assert torch.is_grad_enabled()     # the scheduler's no_grad stays in its own thread
+
+
+def test_bench_measures_batched_against_one_turn_at_a_time(engines):
+    from engine.bench import run_bench
+
+    serial, batched = engines
+    report = run_bench(batched, list(batched.user_histories), turns=1, concurrent=2, serial=serial)
+    together, alone = report["2_concurrent_thinking"], report["2_concurrent_thinking_unbatched"]
+    assert together["turns"] == alone["turns"] == 6
+    assert together["p95_s"] >= together["p50_s"] > 0
+    assert report["throughput_gain"] == pytest.approx(together["turns_per_s"] / alone["turns_per_s"], abs=0.01)
+    assert report["batch"]["max_rows"] > 1

@@ -31,36 +31,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def vllm_url(built_dataset, tiny_checkpoint, tmp_path_factory):
+def start_server(checkpoint, data, port: int, log: Path) -> subprocess.Popen:
+    """``thinkrec serve-model`` in its own process group, once it answers on ``port``."""
     venv = os.environ.get("THINKREC_VLLM_VENV", str(ROOT / ".venv-vllm"))   # same default as serve-model
-    port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with open(log, "w") as out:
+    with open(log, "a") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve-model", "--checkpoint", str(tiny_checkpoint),
-             "--data", str(built_dataset), "--port", str(port), "--venv", venv, "--cpu-kv-cache-gib", "1"],
+            [sys.executable, "-m", "app.cli", "serve-model", "--checkpoint", str(checkpoint),
+             "--data", str(data), "--port", str(port), "--venv", venv, "--cpu-kv-cache-gib", "1"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 1500          # includes creating the environment the first time
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"serve-model exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail(f"no vLLM server after 25 min:\n{log.read_text()[-4000:]}")
-                time.sleep(2)
-        yield url
-    finally:
-        os.killpg(process.pid, signal.SIGINT)
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"serve-model exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            urllib.request.urlopen(f"{url}/v1/models", timeout=2)
+            return process
+        except OSError:
+            if time.time() > deadline:
+                stop_server(process)
+                pytest.fail(f"no vLLM server after 25 min:\n{log.read_text()[-4000:]}")
+            time.sleep(2)
+
+
+def stop_server(process: subprocess.Popen, sig=signal.SIGINT) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def vllm_url(built_dataset, tiny_checkpoint, tmp_path_factory):
+    port = free_port()
+    process = start_server(tiny_checkpoint, built_dataset, port, tmp_path_factory.mktemp("vllm") / "server.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -335,3 +348,49 @@ def test_candidate_scores_and_reasoning_slots_match_the_transformers_backend(bot
     assert out_vllm == out_hf
     name = hf.tokenizer.decode(out_hf).split(":")[0].strip()
     assert name in hf.recommender.slots.supported_names(sorted(cite))[0]
+
+
+def test_server_killed_mid_turn_then_back(built_dataset, tiny_checkpoint, vllm_url, tmp_path):
+    """kill -9 on the vLLM server during a thinking turn: the turn ends with a clear error and
+    saves nothing, a turn while it is down says the same, and once a server is back on the same
+    address the same session's next turn is answered."""
+    import threading
+
+    from engine.engine import Engine
+    from engine.events import ErrorEvent, ItemsEvent, ReasoningDelta
+
+    port = free_port()
+    log = tmp_path / "server.log"
+    process = start_server(tiny_checkpoint, built_dataset, port, log)
+    try:
+        engine = Engine(built_dataset, tiny_checkpoint, sessions_url=f"sqlite:///{tmp_path / 's.db'}",
+                        backend="vllm", model_url=f"http://127.0.0.1:{port}")
+        session = engine.start_session("u1")
+        events, reasoning_started = [], threading.Event()
+
+        def one_turn():
+            for event in engine.turn(session.id, "a comedy please", thinking=True, k=5, num_beams=8):
+                events.append(event)
+                if isinstance(event, ReasoningDelta):
+                    reasoning_started.set()
+            reasoning_started.set()
+
+        worker = threading.Thread(target=one_turn)
+        worker.start()
+        assert reasoning_started.wait(120)
+        stop_server(process, signal.SIGKILL)
+        worker.join(180)
+        assert not worker.is_alive()
+        errors = [e for e in events if isinstance(e, ErrorEvent)]
+        if not any(isinstance(e, ItemsEvent) for e in events):    # the kill landed before the items
+            assert errors and "model server is not answering" in errors[0].message
+        assert engine.sessions.get(session.id).turns == [] or any(isinstance(e, ItemsEvent) for e in events)
+        down = list(engine.turn(session.id, "", thinking=False, k=5))
+        assert [type(e) for e in down] == [ErrorEvent]
+        assert "send the message again" in down[0].message
+        process = start_server(tiny_checkpoint, built_dataset, port, log)
+        back = list(engine.turn(session.id, "", thinking=False, k=5))
+        assert len([c for e in back if isinstance(e, ItemsEvent) for c in e.items]) == 5
+        assert engine.sessions.get(session.id).turns[-1].role == "assistant"
+    finally:
+        stop_server(process)

@@ -3,8 +3,8 @@
 Every split row has exactly one target, so HR@K is "is the target in the top K" and NDCG@K is
 1 / log2(rank + 2) for a 0-based rank below K (the ideal DCG is 1). Values are means over rows.
 `evaluate_rows` runs any batched recommender over split rows, so popularity, SASRec and the
-generative model are scored by the same code. Used by `python -m training.popularity` and
-`python -m training.sasrec`.
+generative model are scored by the same code; `thinkrec eval` (training/evaluate.py) reports them
+side by side.
 """
 
 from __future__ import annotations
@@ -56,7 +56,3 @@ def evaluate_rows(rows: Sequence[dict],
     ranked = recommend_batch(histories, max(ks))
     return hit_ndcg(ranked, targets, ks)
 
-
-def format_metrics(metrics: dict[str, float]) -> str:
-    """One line, e.g. 'hr@10=0.0700 ndcg@10=0.0321', in the dict's order."""
-    return " ".join(f"{name}={value:.4f}" for name, value in metrics.items())

@@ -1,17 +1,12 @@
-"""Building the model a stage trains (a preset from scratch, or a local pretrained base with
-optional LoRA) and saving it as a self-contained checkpoint folder.
+"""Building the model a stage trains: a preset from scratch, or a local pretrained base with
+optional LoRA. Saving it is :mod:`training.checkpointing`'s job (LoRA merged there).
 
 LoRA keeps the new token embeddings and the output head fully trainable (``modules_to_save``):
-plain LoRA would leave the added SID and control tokens untrained. Checkpoints are saved merged,
-so transformers and vLLM load them as ordinary models.
+plain LoRA would leave the added SID and control tokens untrained.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
-from engine.checkpoint import CheckpointMeta
 from engine.tokenizer import ThinkrecTokenizer
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -40,17 +35,3 @@ def wrap_lora(model, rank: int = 16):
                         modules_to_save=["embed_tokens", "lm_head"], task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
-
-def save_checkpoint(model, tokenizer: ThinkrecTokenizer, meta: CheckpointMeta, out: Path) -> Path:
-    """Write model (LoRA merged), tokenizer and thinkrec.json to ``out``; drop resume state."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model.generation_config.pad_token_id = tokenizer.pad_id
-    model.generation_config.eos_token_id = tokenizer.end_id
-    model.save_pretrained(str(out))
-    tokenizer.save(out)
-    meta.save(out)
-    shutil.rmtree(out / "trainer_state", ignore_errors=True)
-    return out

@@ -4,20 +4,15 @@ It is the floor every learned recommender must clear on the same split. Ties are
 order in which items first appear in the training data, so the ranking is deterministic.
 
 For the test split the model may use everything before the test target, so the valid targets are
-counted too (`extra_items`). Run it on a built artifact folder:
+counted too (`extra_items`). It needs no training; `thinkrec eval` scores it next to the others:
 
-    python -m training.popularity artifacts/ml-100k
+    thinkrec eval --data artifacts/ml-100k --methods popularity --split test
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from data.clean import read_split
-from training.metrics import evaluate_rows, format_metrics
 
 
 @dataclass
@@ -49,23 +44,3 @@ class PopularityRecommender:
 
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int) -> list[list[str]]:
         return [self.recommend(history, k) for history in histories]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", type=Path, help="dataset artifact folder with splits/")
-    args = parser.parse_args()
-
-    splits = args.artifact / "splits"
-    train_rows = read_split(splits / "train.jsonl")
-    valid_rows = read_split(splits / "valid.jsonl")
-    test_rows = read_split(splits / "test.jsonl")
-
-    on_valid = PopularityRecommender().fit(train_rows)
-    print("popularity valid", format_metrics(evaluate_rows(valid_rows, on_valid.recommend_batch)))
-    on_test = PopularityRecommender().fit(train_rows, extra_items=[row["target"] for row in valid_rows])
-    print("popularity test ", format_metrics(evaluate_rows(test_rows, on_test.recommend_batch)))
-
-
-if __name__ == "__main__":
-    main()

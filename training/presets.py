@@ -6,7 +6,7 @@ reject small heads). ``tiny`` trains on 2 CPU cores in minutes; ``small`` wants 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -49,10 +49,6 @@ def new_model(name: str, vocab_size: int, pad_id: int, eos_id: int, seed: int = 
 
     torch.manual_seed(seed)
     return Qwen3ForCausalLM(preset_config(name, vocab_size, pad_id, eos_id))
-
-
-def describe(name: str) -> dict:
-    return asdict(PRESETS[name]) | {"preset": name}
 
 
 def load_base_model(path: str | Path, vocab_size: int, dtype=None):

@@ -2,7 +2,6 @@
 attributes, and user histories become predictable, before any reasoning is taught.
 
     thinkrec train pretrain --data artifacts/ml-100k --out checkpoints/ml-100k-tiny/pretrain --preset tiny
-    python -m training.pretrain --data artifacts/ml-100k --out ...
 
 From scratch (``--preset``) the BPE tokenizer is trained here on the dataset's text; with
 ``--base-model PATH`` the base's tokenizer is extended with thinkrec's tokens instead.
@@ -14,7 +13,6 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.checkpoint import CheckpointMeta
 from engine.tokenizer import ThinkrecTokenizer
 
 
@@ -65,8 +63,9 @@ def make_tokenizer(view, teacher, args) -> ThinkrecTokenizer:
 
 
 def run(args: PretrainArgs) -> Path:
+    from training.checkpointing import first_meta, save_checkpoint
     from training.dataset_view import DatasetView
-    from training.model_setup import make_model, save_checkpoint
+    from training.model_setup import make_model
     from training.teacher import DeterministicTeacher
     from training.trainer import stage_train_args, summary_line, train
 
@@ -80,18 +79,9 @@ def run(args: PretrainArgs) -> Path:
                        args.gradient_checkpointing)
     train_args = stage_train_args(args)
     summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="pretrain")
-    meta = CheckpointMeta(stage="pretrain", dataset=view.manifest.dataset,
-                          dataset_fingerprint=view.manifest.fingerprint, sid_levels=view.manifest.sid.levels,
-                          sid_codebook_size=view.manifest.sid.codebook_size,
-                          preset=None if args.base_model else args.preset, base_model=args.base_model,
-                          lora=args.lora, args=asdict(args), steps=summary["steps"], history_items=args.history_items,
-                          train_seconds=summary["seconds"], final_loss=summary["final_loss"])
+    meta = first_meta(view.manifest, "pretrain", asdict(args), summary, preset=None if args.base_model else args.preset,
+                      base_model=args.base_model, lora=args.lora, history_items=args.history_items)
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
     print(summary_line("pretrain", summary, args.out))
     return Path(args.out)
 
-
-if __name__ == "__main__":
-    from app.cli import app
-
-    app(["train", "pretrain", *__import__("sys").argv[1:]])

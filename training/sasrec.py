@@ -6,21 +6,18 @@ table, and training is next-item prediction at every position with full-softmax 
 (catalogs here are small, and full CE beats BCE with one sampled negative). Early stopping watches
 valid NDCG@10 every `eval_every` epochs and keeps the best weights.
 
-Protocol of `main`: train on the train sequences, early-stop on valid, then score the test split
-with test histories (they end with the valid target). `--refit` also retrains on train + valid
-target for the best epoch count and scores test again. Evaluation is full-catalog ranking with the
-user's history excluded.
+It trains on the train sequences, early-stops on valid, and is scored on the test split with test
+histories (they end with the valid target), by full-catalog ranking with the user's history
+excluded:
 
-    python -m training.sasrec artifacts/ml-100k [--epochs 200] [--save runs/sasrec.pt] [--refit]
+    thinkrec train baseline --data artifacts/ml-100k --out checkpoints/ml-100k-tiny/sasrec.pt
+    thinkrec eval --data artifacts/ml-100k --methods sasrec --split test    # trains one if none is saved
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from data.clean import read_split
-from training.metrics import evaluate_rows, format_metrics, hit_ndcg
+from training.metrics import hit_ndcg
 
 PAD = 0  # item row 0; catalog item n sits at row n + 1
 
@@ -257,46 +253,3 @@ def train_sasrec(item_ids: list[str], train_sequences: list[list[str]],
         model.best_epoch = epoch
     network.eval()
     return model
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("artifact", type=Path, help="dataset artifact folder with splits/ and sids.json")
-    for name, value in asdict(SASRecConfig()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    parser.add_argument("--save", type=Path, default=None, help="write the early-stopped model here")
-    parser.add_argument("--refit", action="store_true",
-                        help="also retrain on train + valid target for the best epoch count")
-    args = parser.parse_args()
-    config = SASRecConfig(**{name: getattr(args, name) for name in asdict(SASRecConfig())})
-
-    item_ids = [item["item_id"] for item in json.loads((args.artifact / "sids.json").read_text())["items"]]
-    splits = args.artifact / "splits"
-    train_rows = read_split(splits / "train.jsonl")
-    valid_rows = read_split(splits / "valid.jsonl")
-    test_rows = read_split(splits / "test.jsonl")
-    print(f"{len(item_ids)} items, {len(train_rows)} users, device {default_device()}, {config}")
-
-    started = time.perf_counter()
-    model = train_sasrec(item_ids, [row["item_ids"] for row in train_rows],
-                         [(row["history"], row["target"]) for row in valid_rows], config)
-    print(f"trained in {time.perf_counter() - started:.1f}s, best epoch {model.best_epoch}, "
-          f"valid curve {[(e, round(n, 4)) for e, n in model.valid_curve]}")
-    print("sasrec valid", format_metrics(evaluate_rows(valid_rows, model.recommend_batch)))
-    print("sasrec test ", format_metrics(evaluate_rows(test_rows, model.recommend_batch)))
-    if args.save:
-        model.save(args.save)
-        print(f"saved {args.save}")
-
-    if args.refit:
-        valid_target = {row["user_id"]: row["target"] for row in valid_rows}
-        extended = [row["item_ids"] + ([valid_target[row["user_id"]]] if row["user_id"] in valid_target else [])
-                    for row in train_rows]
-        started = time.perf_counter()
-        refit = train_sasrec(item_ids, extended, None, SASRecConfig(**{**asdict(config), "epochs": model.best_epoch}))
-        print(f"refit on train + valid target for {model.best_epoch} epochs in {time.perf_counter() - started:.1f}s")
-        print("sasrec-refit test", format_metrics(evaluate_rows(test_rows, refit.recommend_batch)))
-
-
-if __name__ == "__main__":
-    main()

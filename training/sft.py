@@ -14,8 +14,6 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.checkpoint import CheckpointMeta
-
 
 @dataclass
 class SFTArgs:
@@ -88,20 +86,17 @@ def build_examples(view, tokenizer, teacher, args: SFTArgs, history_items: int =
 
 def run(args: SFTArgs) -> Path:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from engine.checkpoint import check_matches
-    from engine.tokenizer import ThinkrecTokenizer
+    from training.checkpointing import child_meta, load_model, load_parent, save_checkpoint
     from training.dataset_view import DatasetView
-    from training.model_setup import save_checkpoint, wrap_lora
+    from training.langchain_teacher import LangChainTeacher
+    from training.model_setup import wrap_lora
     from training.trainer import stage_train_args, summary_line, train
 
     view = DatasetView.load(args.data)
-    parent = CheckpointMeta.load(Path(args.init))
-    check_matches(parent, view.manifest, Path(args.init), Path(args.data))
-    tokenizer = ThinkrecTokenizer.load(args.init)
+    parent, tokenizer = load_parent(args.init, view)
     torch.manual_seed(args.seed)
-    model = AutoModelForCausalLM.from_pretrained(args.init, local_files_only=True)
+    model = load_model(args.init)
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable()
     if args.lora:
@@ -114,20 +109,10 @@ def run(args: SFTArgs) -> Path:
     print(f"sft: {len(examples):,} examples ({counts}), {sum(len(e.ids) for e in examples):,} tokens")
     train_args = stage_train_args(args, warmup_steps=20)
     summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="sft")
-    meta = parent.model_copy(update={
-        "stage": "sft", "parent": str(args.init), "args": asdict(args), "steps": summary["steps"],
-        "created_at": CheckpointMeta.model_fields["created_at"].default_factory(),
-        "train_seconds": summary["seconds"], "final_loss": summary["final_loss"], "lora": args.lora,
-        "history": parent.history + [{"stage": parent.stage, "args": parent.args, "steps": parent.steps,
-                                      "train_seconds": parent.train_seconds}]})
-    if hasattr(teacher, "fallbacks"):
+    meta = child_meta(parent, args.init, "sft", asdict(args), summary, lora=args.lora)
+    if isinstance(teacher, LangChainTeacher):     # how often the chat model's words were unusable
         meta.args["teacher_fallbacks"] = dict(teacher.fallbacks)
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))
     print(summary_line("sft", summary, args.out))
     return Path(args.out)
 
-
-if __name__ == "__main__":
-    from app.cli import app
-
-    app(["train", "sft", *__import__("sys").argv[1:]])

@@ -123,7 +123,7 @@ def mentions(text: str, title: str) -> bool:
 
 class DeterministicTeacher:
     def __init__(self, items: dict[str, ItemFacts], embeddings: np.ndarray, category_word: str = "genre",
-                 window: int = 20, max_interests: int = 3, seed: int = 0, cite: Callable[[str], str] | None = None):
+                 window: int = 20, max_interests: int = 3, cite: Callable[[str], str] | None = None):
         self.items = items
         # How levels 1-2 cite an item: its title by default; SFT cites item spans, which the engine
         # constrains to the history the prompt shows (so the window matches the prompt's 20 items).
@@ -132,9 +132,6 @@ class DeterministicTeacher:
         self.category_word = category_word
         self.window = window
         self.max_interests = max_interests
-        # The derivation uses no randomness (farthest-point init); seed is kept for the checkpoint's
-        # record of how its rationales were made.
-        self.seed = seed
         # Sentence embeddings share a large common direction (any two movies have cosine ~0.45), which
         # hides the themes; clustering happens on embeddings with the catalog mean removed.
         self.mean = embeddings.astype(np.float64).mean(axis=0).astype(np.float32)

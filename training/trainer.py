@@ -1,7 +1,7 @@
 """The training loop every stage shares: token-budget batches of (ids, loss_mask) examples,
 AdamW with warmup + cosine decay, gradient accumulation, accelerate for device placement (CPU, one
 GPU, several GPUs with ``accelerate launch``), bf16 on GPUs, a progress bar, periodic checkpoints
-that a killed run resumes from, a JSONL log and a loss-curve PNG.
+that a killed run resumes from (training/checkpointing.py), a JSONL log and a loss-curve PNG.
 
 Stages call :func:`train` with their examples; they own what the examples are.
 """
@@ -18,6 +18,9 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from training.checkpointing import STATE_DIR, resume_state, save_resume_state
+from training.plots import plot_curve
 
 
 @dataclass
@@ -47,7 +50,8 @@ class TrainArgs:
 
 def stage_train_args(stage_args, **overrides) -> TrainArgs:
     """TrainArgs from the fields a stage's argument dataclass shares with it (epochs, lr, ...)."""
-    shared = {f.name: getattr(stage_args, f.name) for f in fields(TrainArgs) if hasattr(stage_args, f.name)}
+    stage_fields = {f.name for f in fields(stage_args)}
+    shared = {f.name: getattr(stage_args, f.name) for f in fields(TrainArgs) if f.name in stage_fields}
     return TrainArgs(**(shared | overrides))
 
 
@@ -99,31 +103,18 @@ def bf16_native() -> bool:
         return False
 
 
+def mixed_precision(precision: str) -> str:
+    """accelerate's ``mixed_precision`` for a stage's ``--precision`` (auto: bf16 where native)."""
+    if precision == "auto":
+        precision = "bf16" if bf16_native() else "fp32"
+    return "bf16" if precision == "bf16" else "no"
+
+
 def _schedule(step: int, total: int, args: TrainArgs) -> float:
     if step < args.warmup_steps:
         return (step + 1) / args.warmup_steps
     progress = min(1.0, (step - args.warmup_steps) / max(1, total - args.warmup_steps))
     return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def plot_curve(log: list[dict], path: Path, title: str, keys: Sequence[str] = ("loss",)) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key in keys:
-        points = [(r["step"], r[key]) for r in log if key in r]
-        if points:
-            ax.plot(*zip(*points), label=key)
-    ax.set_xlabel("optimizer step")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: TrainArgs,
@@ -134,11 +125,8 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    precision = args.precision
-    if precision == "auto":
-        precision = "bf16" if bf16_native() else "fp32"
     accelerator = Accelerator(gradient_accumulation_steps=args.grad_accum,
-                              mixed_precision="bf16" if precision == "bf16" else "no")
+                              mixed_precision=mixed_precision(args.precision))
     set_seed(args.seed)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim < 2]
@@ -152,13 +140,8 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total_steps, args))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    state_dir, progress_file = out / "trainer_state", out / "trainer_state" / "progress.json"
-    step, micro, log = 0, 0, []
-    if progress_file.exists():
-        accelerator.load_state(str(state_dir))
-        saved = json.loads(progress_file.read_text())
-        step, micro, log = saved["step"], saved["micro"], saved["log"]
-        accelerator.print(f"Resuming {title} at step {step}/{total_steps} from {state_dir}")
+    progress = resume_state(accelerator, out, title, total_steps)
+    step, micro, log = (progress["step"], progress["micro"], progress["log"]) if progress else (0, 0, [])
 
     model.train()
     started, tokens_seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
@@ -195,8 +178,7 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
             if on_log:
                 on_log(record)
         if args.save_every and step % args.save_every == 0 and step < total_steps:
-            accelerator.save_state(str(state_dir))
-            progress_file.write_text(json.dumps({"step": step, "micro": micro, "log": log}))
+            save_resume_state(accelerator, out, {"step": step, "micro": micro, "log": log})
     bar.close()
 
     accelerator.wait_for_everyone()
@@ -208,4 +190,4 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
     plot_curve(log, out / "loss_curve.png", f"{title}: training loss")
     return {"model": unwrapped, "steps": step, "seconds": round(seconds, 1),
             "final_loss": log[-1]["loss"] if log else None, "args": asdict(args),
-            "tokens_per_s": round(tokens_seen / max(seconds, 1e-9), 1), "state_dir": state_dir}
+            "tokens_per_s": round(tokens_seen / max(seconds, 1e-9), 1), "state_dir": out / STATE_DIR}
