@@ -13,6 +13,10 @@ One thread owns the model and repeats one engine step:
    the session's stream at once; a beam search keeps its best partial SIDs and tells the cache
    which parent row each survivor continues. A job that is done hands back its rows.
 
+A turn asks about the same context several times (each reasoning stage continues the last, the
+item prompt continues the reasoning, candidates are scored after prompts beam search just ran), so
+prefills start from a :class:`PrefixCache` of recent keys and values and run only what is new.
+
 Rows sit in one left-padded cache: a row's attention mask hides the columns before its own
 prompt, and each row keeps its own positions, so a row computes what it would alone (up to
 float rounding; ``tests/test_scheduler.py`` checks greedy results against the unbatched path).
@@ -30,13 +34,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
-from engine.decoding import GatedTrieProcessor, RankedItem, _left_pad, score_paths
+from engine.decoding import GatedTrieProcessor, RankedItem
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
 
@@ -192,7 +198,8 @@ class BatchScheduler:
     ``max_rows`` caps the running batch: a job that would pass it waits for rows to free up (a
     job wider than the cap runs alone)."""
 
-    def __init__(self, model, tokenizer, trie: SIDTrie, slots: SlotGrammar | None = None, max_rows: int = 256):
+    def __init__(self, model, tokenizer, trie: SIDTrie, slots: SlotGrammar | None = None, max_rows: int = 256,
+                 prefix_cache_bytes: int = 512 * 2**20):
         self.model, self.tokenizer, self.trie, self.slots = model, tokenizer, trie, slots
         self.max_rows = max_rows
         self.device = next(model.parameters()).device
@@ -206,7 +213,10 @@ class BatchScheduler:
         self._positions: torch.Tensor | None = None     # [rows], the last fed token's position
         self._owners: list[tuple[_Job, int]] = []
         self._feed: list[int] = []                      # the token each row feeds at the next step
-        self.stats = {"steps": 0, "rows": 0, "max_rows": 0, "prefills": 0, "calls": 0, "scores": 0}
+        self.prefixes = PrefixCache(prefix_cache_bytes)
+        self.min_prefix = 16             # shorter shared prefixes are not worth a separate forward
+        self.stats = {"steps": 0, "rows": 0, "max_rows": 0, "prefills": 0, "calls": 0, "scores": 0,
+                      "prefill_tokens": 0, "prefix_tokens": 0}
 
     # -- submitting (any thread) --------------------------------------------------------------
     def _submit(self, job) -> None:
@@ -316,12 +326,104 @@ class BatchScheduler:
         if self._owners:
             self._decode()
 
-    def _score(self, jobs: list[_Score]) -> None:
+    # -- prefix cache ----------------------------------------------------------------------------
+    def _known(self, prompt: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """Keys and values for the longest prefix of ``prompt`` this scheduler has computed (an
+        earlier stage of the same reasoning, the item prompt after it, a prompt scored before),
+        and that prefix's length (0: nothing useful cached). At least one token is left to run,
+        since its logits are what the caller needs."""
+        found = self.prefixes.lookup(prompt)
+        if found is None:
+            return [], 0
+        layers, common = found
+        common = min(common, len(prompt) - 1)
+        if common < self.min_prefix:
+            return [], 0
+        self.stats["prefix_tokens"] += common
+        return [(k[:, :, :common], v[:, :, :common]) for k, v in layers], common
+
+    def _forward_ragged(self, pasts: list[list], inputs: list[list[int]], last_only: bool = False):
+        """One forward for rows that each continue their own cached prefix (``pasts[i]``: layers of
+        shape [1, heads, c_i, dim], or [] for none) with their own tokens ``inputs[i]``. Prefixes
+        are left-padded and inputs right-padded to common widths; the attention mask hides every
+        pad, and each row keeps its own positions. Returns (logits [rows, width, vocab], the
+        forward's cache, the mask, and the columns where each row's tokens lie). ``last_only``:
+        logits only at each row's last token ([rows, 1, vocab]), which is all a prefill needs."""
+        rows = len(inputs)
+        lengths = [layers[0][0].shape[2] if layers else 0 for layers in pasts]
+        past_width, width = max(lengths), max(len(tokens) for tokens in inputs)
+        ids = torch.full((rows, width), self.tokenizer.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros((rows, past_width + width), dtype=torch.long, device=self.device)
+        positions = torch.zeros((rows, width), dtype=torch.long, device=self.device)
+        for row, (tokens, length) in enumerate(zip(inputs, lengths)):
+            ids[row, :len(tokens)] = torch.tensor(tokens, device=self.device)
+            mask[row, past_width - length:past_width + len(tokens)] = 1
+            positions[row] = length + torch.arange(width, device=self.device)
+        cache = None
+        if past_width:
+            template = next(layers for layers in pasts if layers)
+            padded = []
+            for n, (k0, v0) in enumerate(template):
+                keys = [_pad_left(layers[n][0], past_width, 2) if layers else k0.new_zeros(1, *k0.shape[1:2], past_width, k0.shape[3])
+                        for layers in pasts]
+                values = [_pad_left(layers[n][1], past_width, 2) if layers else v0.new_zeros(1, *v0.shape[1:2], past_width, v0.shape[3])
+                          for layers in pasts]
+                padded.append((torch.cat(keys), torch.cat(values)))
+            cache = DynamicCache(ddp_cache_data=padded)
+        keep = (torch.tensor([[len(tokens) - 1] for tokens in inputs], device=self.device) if last_only else 0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=keep)
+        spans = [(past_width - length, past_width + len(tokens)) for tokens, length in zip(inputs, lengths)]
+        return out.logits, out.past_key_values, mask, spans
+
+    def _run_prompts(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, list]]:
+        """Each prompt's last logits ([vocab]) and its keys and values ([1, heads, length, dim] per
+        layer), all in one forward: what the prefix cache knows of each is not run again."""
+        known = [self._known(prompt) for prompt in prompts]
+        logits, cache, _, spans = self._forward_ragged([layers for layers, _ in known],
+                                                       [prompt[common:] for prompt, (_, common) in zip(prompts, known)],
+                                                       last_only=True)
+        layers = _layers(cache)
+        results = []
+        for row, (prompt, (_, common), (begin, end)) in enumerate(zip(prompts, known, spans)):
+            own = [(k[row:row + 1, :, begin:end], v[row:row + 1, :, begin:end]) for k, v in layers]
+            results.append((logits[row, -1], own))
+            self.prefixes.store(prompt, own)
+        self.stats["prefill_tokens"] += sum(len(p) for p in prompts)
+        return results
+
+    # -- scoring, prefill, decode -------------------------------------------------------------------
+    def _score(self, jobs: list[_Score], max_rows: int = 128) -> None:
+        """Teacher-forced scores for every waiting request at once: the prompts in one forward
+        (from the prefix cache where it can), then the candidates' SID tokens in forwards of at
+        most ``max_rows`` rows, one row per distinct path without its last token (candidates that
+        differ only in their last code read the same row)."""
         self.stats["scores"] += 1
-        prompts = [p for job in jobs for p in job.prompts]
-        paths = [p for job in jobs for p in job.paths]
+        pairs = [(list(prompt), [list(p) for p in paths]) for job in jobs for prompt, paths in zip(job.prompts, job.paths)]
         try:
-            scores = score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size=max(16, len(prompts)))
+            firsts = self._run_prompts([prompt for prompt, _ in pairs]) if pairs else []
+            scores = []
+            rows = []           # (pair, input tokens)
+            depth = max((len(p) for _, paths in pairs for p in paths), default=0)
+            for n, ((_, paths), (last, _)) in enumerate(zip(pairs, firsts)):
+                first = torch.log_softmax(last.float(), dim=-1)
+                scores.append([first[p[0]].item() for p in paths])
+                if depth > 1:
+                    # Shorter paths are padded with their last token; their extra steps are not summed.
+                    rows += [(n, key) for key in dict.fromkeys(tuple(p[:depth - 1] + [p[-1]] * (depth - len(p)))
+                                                               for p in paths)]
+            logprobs_of = {}
+            for start in range(0, len(rows), max_rows):
+                chunk = rows[start:start + max_rows]
+                logits, _, _, _ = self._forward_ragged([firsts[n][1] for n, _ in chunk], [list(key) for _, key in chunk])
+                logprobs = torch.log_softmax(logits.float(), dim=-1)
+                for row, (n, key) in enumerate(chunk):
+                    logprobs_of[n, key] = logprobs[row]
+            for n, (_, paths) in enumerate(pairs):
+                for m, path in enumerate(paths):
+                    if len(path) > 1:
+                        steps = logprobs_of[n, tuple(path[:depth - 1] + [path[-1]] * (depth - len(path)))]
+                        scores[n][m] += sum(steps[j - 1, path[j]].item() for j in range(1, len(path)))
         except Exception as error:
             for job in jobs:
                 job.future.set_exception(error)
@@ -332,39 +434,36 @@ class BatchScheduler:
             at += len(job.prompts)
 
     def _prefill(self, jobs: list[_Job]) -> None:
-        """The newcomers' prompts in one padded forward; their rows join the running batch."""
+        """The newcomers' prompts (from the prefix cache where possible); their rows join the batch."""
         self.stats["prefills"] += 1
-        ids, mask = _left_pad([job.prompt for job in jobs], self.tokenizer.pad_id, self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        logits = out.logits[:, -1]
-        rows, owners, feed = [], [], []
-        for n, job in enumerate(jobs):
-            tokens = job.start(logits[n:n + 1])
-            for row, token in enumerate(tokens):
-                rows.append(n)
-                owners.append((job, row))
-                feed.append(token)
-        if not rows:
-            return
-        index = torch.tensor(rows, device=self.device)
-        new = [(k[index], v[index]) for k, v in _layers(out.past_key_values)]
-        self._merge(new, mask[index], positions[index, -1], owners, feed)
+        joined = []
+        for job, (last, layers) in zip(jobs, self._run_prompts([job.prompt for job in jobs])):
+            tokens = job.start(last[None])
+            if tokens:
+                joined.append((job, tokens, layers))
+        if joined:
+            self._merge(joined)
 
-    def _merge(self, layers, mask, positions, owners, feed) -> None:
-        if self._cache is None:
-            merged, merged_mask, merged_positions = layers, mask, positions
-        else:
-            width = max(self._mask.shape[1], mask.shape[1])
-            merged = [(torch.cat([_pad_left(k0, width, 2), _pad_left(k1, width, 2)]),
-                       torch.cat([_pad_left(v0, width, 2), _pad_left(v1, width, 2)]))
-                      for (k0, v0), (k1, v1) in zip(_layers(self._cache), layers)]
-            merged_mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
-            merged_positions = torch.cat([self._positions, positions])
+    def _merge(self, joined: list[tuple[_Job, list[int], list]]) -> None:
+        """Add each job's rows (its prompt's keys and values, once per row) to the running batch,
+        everything left-padded to the widest row."""
+        widths = [layers[0][0].shape[2] for _, _, layers in joined]
+        width = max(widths + ([self._mask.shape[1]] if self._mask is not None else []))
+        parts = [] if self._cache is None else [(_layers(self._cache), self._mask)]
+        positions = [] if self._positions is None else [self._positions]
+        for job, tokens, layers in joined:
+            rows, length = len(tokens), layers[0][0].shape[2]
+            parts.append(([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers],
+                          torch.ones(rows, length, dtype=torch.long, device=self.device)))
+            positions.append(torch.full((rows,), length - 1, dtype=torch.long, device=self.device))
+            self._owners += [(job, row) for row in range(rows)]
+            self._feed += tokens
+        merged = [(torch.cat([_pad_left(part[n][0], width, 2) for part, _ in parts]),
+                   torch.cat([_pad_left(part[n][1], width, 2) for part, _ in parts]))
+                  for n in range(len(parts[0][0]))]
         self._cache = DynamicCache(ddp_cache_data=merged)
-        self._mask, self._positions = merged_mask, merged_positions
-        self._owners += owners
-        self._feed += feed
+        self._mask = torch.cat([_pad_left(mask, width, 1) for _, mask in parts])
+        self._positions = torch.cat(positions)
 
     def _decode(self) -> None:
         """One forward over every running row, then each job's postprocessing."""
@@ -378,6 +477,7 @@ class BatchScheduler:
         out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions[:, None],
                          past_key_values=self._cache, use_cache=True)
         logits = out.logits[:, -1]
+        layers = _layers(out.past_key_values)
         keep, feed, owners = [], [], []
         start = 0
         while start < rows:
@@ -385,7 +485,16 @@ class BatchScheduler:
             end = start
             while end < rows and self._owners[end][0] is job:
                 end += 1
-            for n, (parent, token) in enumerate(job.step(logits[start:end])):
+            survivors = job.step(logits[start:end])
+            if not survivors and isinstance(job, _Reasoning) and not job.cancelled:
+                # A finished reasoning's keys and values cover everything it fed (all but its
+                # last token): the next stage and the item prompt start from them.
+                fed = job.sequence[:-1]
+                length = int(mask[start].sum())
+                if length == len(fed):
+                    self.prefixes.store(fed, [(k[start:start + 1, :, -length:], v[start:start + 1, :, -length:])
+                                              for k, v in layers])
+            for n, (parent, token) in enumerate(survivors):
                 keep.append(start + parent)
                 owners.append((job, n))
                 feed.append(token)
@@ -393,16 +502,67 @@ class BatchScheduler:
         if not keep:
             self._reset()
             return
-        index = torch.tensor(keep, device=self.device)
-        layers = [(k[index], v[index]) for k, v in _layers(out.past_key_values)]
-        mask = mask[index]
-        # Columns no remaining row attends to (their rows left) are dropped.
-        first = int(mask.any(dim=0).nonzero()[0])
-        if first:
-            layers = [(k[:, :, first:], v[:, :, first:]) for k, v in layers]
-            mask = mask[:, first:]
-        self._cache = DynamicCache(ddp_cache_data=layers)
-        self._mask, self._positions, self._owners, self._feed = mask, positions[index], owners, feed
+        if keep == list(range(rows)):      # nobody left, nothing reordered: the cache stays as it is
+            positions, cache = positions, out.past_key_values
+        else:
+            index = torch.tensor(keep, device=self.device)
+            layers = [(k[index], v[index]) for k, v in layers]
+            mask, positions, cache = mask[index], positions[index], None
+            # Columns no remaining row attends to (their rows left) are dropped.
+            first = int(mask.any(dim=0).nonzero()[0])
+            if first:
+                layers = [(k[:, :, first:], v[:, :, first:]) for k, v in layers]
+                mask = mask[:, first:]
+            cache = DynamicCache(ddp_cache_data=layers)
+        self._cache = cache
+        self._mask, self._positions, self._owners, self._feed = mask, positions, owners, feed
+
+
+class PrefixCache:
+    """Keys and values of recent token sequences, for the longest shared prefix of a new prompt.
+
+    A turn asks the model about the same context again and again: each reasoning stage continues
+    the last, the item prompt continues the reasoning, candidates are scored after prompts that
+    beam search has just run. Bounded by bytes, least recently used first out."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, list]] = OrderedDict()
+        self._bytes = 0
+
+    @staticmethod
+    def _size(layers) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+    def store(self, tokens: Sequence[int], layers: list) -> None:
+        key = tuple(tokens)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return
+        # Own copies: the batch's tensors are views of a larger cache that is about to be dropped.
+        layers = [(k.contiguous().clone(), v.contiguous().clone()) for k, v in layers]
+        self._entries[key] = (np.asarray(key, dtype=np.int64), layers)
+        self._bytes += self._size(layers)
+        while self._bytes > self.max_bytes and len(self._entries) > 1:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= self._size(dropped)
+
+    def lookup(self, prompt: Sequence[int]) -> tuple[list, int] | None:
+        """(layers, length of the prefix shared with ``prompt``) for the best entry, or None."""
+        query = np.asarray(prompt, dtype=np.int64)
+        best, best_key = 0, None
+        for key, (tokens, _) in self._entries.items():
+            m = min(len(tokens), len(query))
+            if m <= best:
+                continue
+            differ = np.flatnonzero(tokens[:m] != query[:m])
+            common = int(differ[0]) if len(differ) else m
+            if common > best:
+                best, best_key = common, key
+        if best_key is None:
+            return None
+        self._entries.move_to_end(best_key)
+        return self._entries[best_key][1], best
 
 
 def wait_all(futures: Sequence[Future], timeout: float | None = None) -> list:
