@@ -66,7 +66,7 @@ def test_no_held_out_item_is_ever_a_training_target_or_prompt(tmp_path):
     def items_in(ids):
         return {spans[tuple(ids[n:n + width])] for n in range(len(ids) - width + 1) if tuple(ids[n:n + width]) in spans}
 
-    examples = (pretrain_examples(view, tokenizer, seed=0) + sft_examples(view, tokenizer, teacher, SFTArgs(replay=1.0))
+    examples = (pretrain_examples(view, tokenizer, seed=0)[0] + sft_examples(view, tokenizer, teacher, SFTArgs(replay=1.0))
                 + sft_examples(view, tokenizer, teacher, SFTArgs(replay=0.0, non_thinking="latest")))
     behaviour = [e for e in examples if e.task not in PERCEPTION_TASKS]
     assert {e.task for e in behaviour} >= {"sequence_window", "cot", "no_think"}

@@ -47,7 +47,7 @@ def two_steps_move_everything(model, examples, pad_id, out):
 
 
 def test_pretrain_corpus_two_steps(view, tokenizer, tmp_path):
-    examples = build_examples(view, tokenizer, seed=0)
+    examples, _ = build_examples(view, tokenizer, seed=0)
     assert {e.task for e in examples} == {"item_to_text", "text_to_item", "item_qa", "sequence_window", "persona", "item_text"}
     model = make_model(tokenizer, "tiny", None, False)
     two_steps_move_everything(model, examples, tokenizer.pad_id, tmp_path)
@@ -116,7 +116,7 @@ def test_sequence_windows_make_every_item_a_target_once_per_pass(view, tokenizer
 
 
 def test_killed_run_resumes_to_the_same_weights(view, tokenizer, tmp_path):
-    examples = build_examples(view, tokenizer, seed=0)
+    examples, _ = build_examples(view, tokenizer, seed=0)
     args = TrainArgs(max_steps=4, batch_tokens=1024, log_every=1, save_every=2, warmup_steps=2)
     straight = train(make_model(tokenizer, "tiny", None, False, seed=1), examples, tokenizer.pad_id,
                      tmp_path / "straight", args)["model"]
@@ -263,3 +263,21 @@ def test_accelerate_configs_parse():
     fsdp = load_config_from_file(str(folder / "fsdp.yaml"))
     assert fsdp.fsdp_config["fsdp_transformer_layer_cls_to_wrap"] == "Qwen3DecoderLayer"
     assert fsdp.mixed_precision == "bf16"
+
+
+def test_sequence_passes_are_sized_by_the_data():
+    from training.pretrain import MAX_SEQUENCE_PASSES, MIN_SEQUENCE_PASSES, sized_passes
+
+    # ML-100K's 844 k tokens a pass stay at 3; a sparse set with 95 k a pass gets more; tiny ones hit the cap.
+    assert sized_passes(844_000, 2_500_000) == MIN_SEQUENCE_PASSES
+    assert sized_passes(95_000, 2_500_000) == 27
+    assert sized_passes(1_000, 2_500_000) == MAX_SEQUENCE_PASSES
+    assert sized_passes(10_000_000, 2_500_000) == MIN_SEQUENCE_PASSES
+
+
+def test_pretrain_records_the_passes_it_ran(view, tokenizer):
+    examples, passes = build_examples(view, tokenizer, seed=0, sequence_passes=0, sequence_tokens=0)
+    assert passes == 3
+    windows = [e for e in examples if e.task == "sequence_window"]
+    once, _ = build_examples(view, tokenizer, seed=0, sequence_passes=1)
+    assert len(windows) == 3 * len([e for e in once if e.task == "sequence_window"])

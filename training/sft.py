@@ -79,7 +79,7 @@ def build_examples(view, tokenizer, teacher, args: SFTArgs, history_items: int =
             example.task = "no_think"
             examples.append(example)
     examples += DialogueSteering(tokenizer, view, teacher, history_items=history_items).build(rng)
-    replay = alignment_examples(view, tokenizer, args.seed, history_items=history_items)
+    replay, _ = alignment_examples(view, tokenizer, args.seed, history_items=history_items)
     examples += rng.sample(replay, int(len(replay) * args.replay))
     return examples
 

@@ -22,7 +22,8 @@ class AllArgs:
     lora: bool = False
     pretrain_epochs: float = 2.0        # epochs of perception pre-training
     sft_epochs: float = 1.0             # epochs of reasoning SFT
-    sequence_passes: int = 3            # passes over every user sequence per pre-training epoch (next-item training)
+    sequence_passes: int = 0            # passes over every user sequence per pre-training epoch (0: sized by the data, see sequence_tokens)
+    sequence_tokens: int = 2_500_000    # with sequence_passes 0: next-item tokens per pre-training epoch (3 to 40 passes)
     history_items: int = 20             # latest history items a prompt lists
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
     seed: int = 0                       # seed for data order, initialisation and sampling
@@ -83,7 +84,8 @@ def run_all(args: AllArgs):
     out = Path(args.out)
     pre = PretrainArgs(data=args.data, out=str(out / "pretrain"), preset=args.preset, base_model=args.base_model,
                        lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed,
-                       sequence_passes=args.sequence_passes, history_items=args.history_items)
+                       sequence_passes=args.sequence_passes, sequence_tokens=args.sequence_tokens,
+                       history_items=args.history_items)
     sft = SFTArgs(data=args.data, init=str(out / "pretrain"), out=str(out / "sft"), lora=args.lora,
                   epochs=args.sft_epochs, precision=args.precision, seed=args.seed)
     run_pretrain(pre)
