@@ -393,37 +393,14 @@ class BatchScheduler:
         return results
 
     # -- scoring, prefill, decode -------------------------------------------------------------------
-    def _score(self, jobs: list[_Score], max_rows: int = 128) -> None:
-        """Teacher-forced scores for every waiting request at once: the prompts in one forward
-        (from the prefix cache where it can), then the candidates' SID tokens in forwards of at
-        most ``max_rows`` rows, one row per distinct path without its last token (candidates that
-        differ only in their last code read the same row)."""
+    def _score(self, jobs: list[_Score]) -> None:
+        """Teacher-forced scores for every waiting request: the prompts in one forward (from the
+        prefix cache where it can), then each prompt's candidates as one tree (:meth:`_score_tree`)."""
         self.stats["scores"] += 1
         pairs = [(list(prompt), [list(p) for p in paths]) for job in jobs for prompt, paths in zip(job.prompts, job.paths)]
         try:
             firsts = self._run_prompts([prompt for prompt, _ in pairs]) if pairs else []
-            scores = []
-            rows = []           # (pair, input tokens)
-            depth = max((len(p) for _, paths in pairs for p in paths), default=0)
-            for n, ((_, paths), (last, _)) in enumerate(zip(pairs, firsts)):
-                first = torch.log_softmax(last.float(), dim=-1)
-                scores.append([first[p[0]].item() for p in paths])
-                if depth > 1:
-                    # Shorter paths are padded with their last token; their extra steps are not summed.
-                    rows += [(n, key) for key in dict.fromkeys(tuple(p[:depth - 1] + [p[-1]] * (depth - len(p)))
-                                                               for p in paths)]
-            logprobs_of = {}
-            for start in range(0, len(rows), max_rows):
-                chunk = rows[start:start + max_rows]
-                logits, _, _, _ = self._forward_ragged([firsts[n][1] for n, _ in chunk], [list(key) for _, key in chunk])
-                logprobs = torch.log_softmax(logits.float(), dim=-1)
-                for row, (n, key) in enumerate(chunk):
-                    logprobs_of[n, key] = logprobs[row]
-            for n, (_, paths) in enumerate(pairs):
-                for m, path in enumerate(paths):
-                    if len(path) > 1:
-                        steps = logprobs_of[n, tuple(path[:depth - 1] + [path[-1]] * (depth - len(path)))]
-                        scores[n][m] += sum(steps[j - 1, path[j]].item() for j in range(1, len(path)))
+            scores = [self._score_tree(last, layers, paths) for (_, paths), (last, layers) in zip(pairs, firsts)]
         except Exception as error:
             for job in jobs:
                 job.future.set_exception(error)
@@ -432,6 +409,34 @@ class BatchScheduler:
         for job in jobs:
             job.future.set_result(scores[at:at + len(job.prompts)])
             at += len(job.prompts)
+
+    def _score_tree(self, last: torch.Tensor, layers: list, paths: list[list[int]]) -> list[float]:
+        """Summed log-probabilities of ``paths`` after a prompt (its last logits and its keys and
+        values). Every distinct proper prefix of the paths is one token of a single row after the
+        prompt; a 4D mask lets each see the prompt, its own ancestors and itself, never a
+        sibling, so the prompt's keys and values are used once instead of copied per candidate."""
+        first = torch.log_softmax(last.float(), dim=-1)
+        nodes: dict[tuple[int, ...], int] = {}
+        for path in paths:
+            for j in range(1, len(path)):
+                nodes.setdefault(tuple(path[:j]), len(nodes))
+        if not nodes:
+            return [first[p[0]].item() for p in paths]
+        length, count = layers[0][0].shape[2], len(nodes)
+        mask = torch.zeros((1, 1, count, length + count), dtype=torch.bool, device=self.device)
+        mask[..., :length] = True
+        ids, positions = [], []
+        for prefix, n in nodes.items():
+            ids.append(prefix[-1])
+            positions.append(length + len(prefix) - 1)
+            for j in range(1, len(prefix) + 1):
+                mask[0, 0, n, length + nodes[prefix[:j]]] = True
+        out = self.model(input_ids=torch.tensor([ids], device=self.device), attention_mask=mask,
+                         position_ids=torch.tensor([positions], device=self.device),
+                         past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=True)
+        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
+        return [first[p[0]].item() + sum(logprobs[nodes[tuple(p[:j])], p[j]].item() for j in range(1, len(p)))
+                for p in paths]
 
     def _prefill(self, jobs: list[_Job]) -> None:
         """The newcomers' prompts (from the prefix cache where possible); their rows join the batch."""
