@@ -269,10 +269,10 @@ def test_sequence_passes_are_sized_by_the_data():
     from training.pretrain import MAX_SEQUENCE_PASSES, MIN_SEQUENCE_PASSES, sized_passes
 
     # ML-100K's 844 k tokens a pass stay at 3; a sparse set with 95 k a pass gets more; tiny ones hit the cap.
-    assert sized_passes(844_000, 2_500_000) == MIN_SEQUENCE_PASSES
-    assert sized_passes(95_000, 2_500_000) == 27
-    assert sized_passes(1_000, 2_500_000) == MAX_SEQUENCE_PASSES
-    assert sized_passes(10_000_000, 2_500_000) == MIN_SEQUENCE_PASSES
+    assert sized_passes(844_000, 1_500_000) == MIN_SEQUENCE_PASSES
+    assert sized_passes(95_000, 1_500_000) == 16
+    assert sized_passes(1_000, 1_500_000) == MAX_SEQUENCE_PASSES
+    assert sized_passes(10_000_000, 1_500_000) == MIN_SEQUENCE_PASSES
 
 
 def test_pretrain_records_the_passes_it_ran(view, tokenizer):

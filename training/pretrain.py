@@ -38,7 +38,7 @@ class PretrainArgs:
     max_steps: int = 0                  # stop after this many steps (0: run all epochs)
     history_items: int = 20             # latest history items a prompt lists (recorded in the checkpoint; later stages and the engine use it)
     sequence_passes: int = 0            # passes over every user sequence (SequenceWindows) per epoch of the perception tasks (0: sized by the data, see sequence_tokens)
-    sequence_tokens: int = 2_500_000    # with sequence_passes 0: as many passes as make this many next-item tokens an epoch (at least 3, at most 40)
+    sequence_tokens: int = 1_500_000    # with sequence_passes 0: as many passes as make this many next-item tokens an epoch (at least 3, at most 40)
 
 
 MIN_SEQUENCE_PASSES, MAX_SEQUENCE_PASSES = 3, 40
@@ -47,14 +47,14 @@ MIN_SEQUENCE_PASSES, MAX_SEQUENCE_PASSES = 3, 40
 def sized_passes(tokens_per_pass: int, budget: int) -> int:
     """Passes over the user sequences that make about ``budget`` tokens: a small or sparse dataset
     gets more passes over its few sequences, a large one no fewer than 3. On ML-100K (844 k
-    tokens a pass) 2.5 M tokens is 3 passes; thinned to 15 % of its ratings (95 k a pass), 27."""
+    tokens a pass) 1.5 M tokens is 3 passes (the floor); thinned to 15 % of its ratings (95 k a pass), 16."""
     if tokens_per_pass <= 0:
         return MIN_SEQUENCE_PASSES
     return max(MIN_SEQUENCE_PASSES, min(MAX_SEQUENCE_PASSES, math.ceil(budget / tokens_per_pass)))
 
 
 def build_examples(view, tokenizer, seed: int, sequence_passes: int = 1, history_items: int = 20,
-                   sequence_tokens: int = 2_500_000):
+                   sequence_tokens: int = 1_500_000):
     """Perception tasks once, user sequences ``sequence_passes`` times (the same windows, each pass
     with its own asks): next-item prediction needs many more passes than learning what an item is.
     ``sequence_passes`` 0: sized by the data (:func:`sized_passes` of ``sequence_tokens``).

@@ -23,7 +23,7 @@ class AllArgs:
     pretrain_epochs: float = 2.0        # epochs of perception pre-training
     sft_epochs: float = 1.0             # epochs of reasoning SFT
     sequence_passes: int = 0            # passes over every user sequence per pre-training epoch (0: sized by the data, see sequence_tokens)
-    sequence_tokens: int = 2_500_000    # with sequence_passes 0: next-item tokens per pre-training epoch (3 to 40 passes)
+    sequence_tokens: int = 1_500_000    # with sequence_passes 0: next-item tokens per pre-training epoch (3 to 40 passes)
     history_items: int = 20             # latest history items a prompt lists
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
     seed: int = 0                       # seed for data order, initialisation and sampling
