@@ -29,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from itertools import combinations
 
+import numpy as np
+
 from engine.prompt import NEXT_ITEM
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 
@@ -84,6 +86,7 @@ class SlotGrammar:
         # Name support by cited set: every stage of a turn (and every turn of a session) replays
         # the same name slots over the same history, so each is worked out once.
         self._support: OrderedDict[tuple, tuple] = OrderedDict()
+        self._tables = None
         self._support_guard = threading.Lock()
         self._serialised = (sections, think_end, openers, next_opener, names, trends, pieces, name_paths, period)
 
@@ -165,60 +168,83 @@ class SlotGrammar:
             if hit is not None:
                 self._support.move_to_end(key)
                 return hit
-        supported = self.supported_names(key)
-        value = (supported, self.names.restrict_to(supported[0]))
+        names, fits, chosen = self._support_rows(key)
+        value = ((names, fits), self.names.restrict(self._name_tables()[-1], chosen))
         with self._support_guard:
             self._support[key] = value
             while len(self._support) > cache_size:
                 self._support.popitem(last=False)
         return value
 
+    def _name_tables(self):
+        """Per name (in ``self._name_order``): a row over categories (True where the name has the
+        category; all True for a name without categories) and one over decades (its era; all True
+        without one). Built once; supported_names is then two matrix products."""
+        if self._tables is None:
+            order = list(self.name_parts)
+            categories = sorted({c for parts, _, _ in self.name_parts.values() for c in parts})
+            decades = sorted({d for _, low, high in self.name_parts.values() if low is not None
+                              for d in range(low, high + 10, 10)})
+            column = {c: n for n, c in enumerate(categories)}
+            decade_column = {d: n for n, d in enumerate(decades)}
+            by_category = np.zeros((len(order), len(categories)), dtype=bool)
+            by_decade = np.zeros((len(order), len(decades)), dtype=bool)
+            any_category = np.zeros(len(order), dtype=bool)
+            any_decade = np.zeros(len(order), dtype=bool)
+            for row, name in enumerate(order):
+                parts, low, high = self.name_parts[name]
+                any_category[row] = not parts
+                for category in parts:
+                    by_category[row, column[category]] = True
+                any_decade[row] = low is None
+                if low is not None:
+                    for decade in range(low, high + 10, 10):
+                        by_decade[row, decade_column[decade]] = True
+            self._tables = (order, column, decade_column, by_category, by_decade, any_category, any_decade,
+                            self.names.node_paths(order))
+        return self._tables
+
     def supported_names(self, cite: Sequence[Hashable]) -> tuple[set[str], Mapping[str, list]]:
         """Names that fit at least two of the cited items (one when there is only one), with the
         items each fits. An item fits a name when it carries one of its categories and its year
         lies in its era ("mixed" fits everything)."""
+        supported, fits, _ = self._support_rows(cite)
+        return supported, fits
+
+    def _support_rows(self, cite: Sequence[Hashable]) -> tuple[set[str], Mapping[str, list], np.ndarray]:
         facets = self.facets
         items = [i for i in cite if facets is not None and str(i) in facets.row_of]
         need = min(2, len(items))
-        by_category: dict[str, int] = {}
-        by_decade: dict[int, int] = {}
-        for bit, item in enumerate(items):
+        order, column, decade_column, by_category, by_decade, any_category, any_decade, _ = self._name_tables()
+        has_category = np.zeros((len(items), len(column)), dtype=bool)
+        has_decade = np.zeros((len(items), len(decade_column)), dtype=bool)
+        for n, item in enumerate(items):
             for category in facets.categories_of(str(item)):
-                by_category[category] = by_category.get(category, 0) | 1 << bit
+                if category in column:
+                    has_category[n, column[category]] = True
             year = facets.year_of(str(item))
-            if year is not None:
-                by_decade[year // 10 * 10] = by_decade.get(year // 10 * 10, 0) | 1 << bit
-        everything = (1 << len(items)) - 1
-        supported, fits = set(), {}
-        for name, (categories, low, high) in self.name_parts.items():
-            mask = everything
-            if categories:
-                mask = 0
-                for category in categories:
-                    mask |= by_category.get(category, 0)
-            if low is not None:
-                era = 0
-                for decade in range(low, high + 10, 10):
-                    era |= by_decade.get(decade, 0)
-                mask &= era
-            if need and mask.bit_count() >= need:
-                supported.add(name)
-                fits[name] = mask
-        return supported, _Fits(items, fits)
+            if year is not None and year // 10 * 10 in decade_column:
+                has_decade[n, decade_column[year // 10 * 10]] = True
+        # fit[name, item]: the item carries one of the name's categories and lies in its era.
+        fit = ((by_category.astype(np.int32) @ has_category.T.astype(np.int32) > 0) | any_category[:, None]) & \
+              ((by_decade.astype(np.int32) @ has_decade.T.astype(np.int32) > 0) | any_decade[:, None])
+        chosen = fit.sum(axis=1) >= need if need else np.zeros(len(order), dtype=bool)
+        rows = np.flatnonzero(chosen)
+        supported = {order[r] for r in rows}
+        return supported, _Fits(items, {order[r]: fit[r] for r in rows}), chosen
 
 
 class _Fits(Mapping):
     """Name -> the cited items it fits, listed only when asked (a trace asks for a few of the
     hundreds of supported names)."""
 
-    def __init__(self, items: list, masks: dict[str, int]):
+    def __init__(self, items: list, masks: dict[str, np.ndarray]):
         self._items, self._masks, self._lists = items, masks, {}
 
     def __getitem__(self, name: str) -> list:
         listed = self._lists.get(name)
         if listed is None:
-            mask = self._masks[name]
-            listed = self._lists[name] = [item for bit, item in enumerate(self._items) if mask >> bit & 1]
+            listed = self._lists[name] = [self._items[n] for n in np.flatnonzero(self._masks[name])]
         return listed
 
     def __iter__(self):
