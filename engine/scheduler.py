@@ -41,6 +41,7 @@ from concurrent.futures import Future
 import numpy as np
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from engine.decoding import GatedTrieProcessor, RankedItem
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
@@ -177,6 +178,55 @@ class _Score:
     def __init__(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]]):
         self.prompts, self.paths = list(prompts), list(paths)
         self.future: Future = Future()
+
+
+class _GrowLayer(DynamicLayer):
+    """One layer of the running batch's keys and values, in buffers with room to grow: a decode
+    step writes its column in place instead of copying the whole cache (``DynamicLayer`` grows by
+    concatenation, a copy of every row at every step)."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self.device, self.is_initialized = keys.device, True
+        self.buffers, self.length = (keys, values), length
+        self._views()
+
+    def _views(self) -> None:
+        keys, values = self.buffers
+        self.keys, self.values = keys[:, :, :self.length], values[:, :, :self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = self.buffers
+        new = key_states.shape[2]
+        if self.length + new > keys.shape[2]:
+            room = max(new, keys.shape[2] // 2, 32)
+            keys = torch.cat([keys, keys.new_zeros(*keys.shape[:2], room, keys.shape[3])], dim=2)
+            values = torch.cat([values, values.new_zeros(*values.shape[:2], room, values.shape[3])], dim=2)
+            self.buffers = (keys, values)
+        keys[:, :, self.length:self.length + new] = key_states
+        values[:, :, self.length:self.length + new] = value_states
+        self.length += new
+        self._views()
+        return self.keys, self.values
+
+
+def _growing_cache(parts: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int, room: int = 64) -> Cache:
+    """Row blocks (each a list of per-layer keys and values, any length up to ``width``) stacked
+    into one growing cache, each block right-aligned (left padding), with ``room`` free columns."""
+    rows = sum(block[0][0].shape[0] for block in parts)
+    layers = []
+    for n in range(len(parts[0])):
+        k0 = parts[0][n][0]
+        keys = k0.new_zeros(rows, k0.shape[1], width + room, k0.shape[3])
+        values = torch.zeros_like(keys)
+        at = 0
+        for block in parts:
+            k, v = block[n]
+            keys[at:at + k.shape[0], :, width - k.shape[2]:width] = k
+            values[at:at + k.shape[0], :, width - v.shape[2]:width] = v
+            at += k.shape[0]
+        layers.append(_GrowLayer(keys, values, width))
+    return Cache(layers=layers)
 
 
 def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -463,10 +513,7 @@ class BatchScheduler:
             positions.append(torch.full((rows,), length - 1, dtype=torch.long, device=self.device))
             self._owners += [(job, row) for row in range(rows)]
             self._feed += tokens
-        merged = [(torch.cat([_pad_left(part[n][0], width, 2) for part, _ in parts]),
-                   torch.cat([_pad_left(part[n][1], width, 2) for part, _ in parts]))
-                  for n in range(len(parts[0][0]))]
-        self._cache = DynamicCache(ddp_cache_data=merged)
+        self._cache = _growing_cache([layers for layers, _ in parts], width)
         self._mask = torch.cat([_pad_left(mask, width, 1) for _, mask in parts])
         self._positions = torch.cat(positions)
 
@@ -518,7 +565,7 @@ class BatchScheduler:
             if first:
                 layers = [(k[:, :, first:], v[:, :, first:]) for k, v in layers]
                 mask = mask[:, first:]
-            cache = DynamicCache(ddp_cache_data=layers)
+            cache = _growing_cache([layers], mask.shape[1])
         self._cache = cache
         self._mask, self._positions, self._owners, self._feed = mask, positions, owners, feed
 
