@@ -15,6 +15,8 @@ the top ``k`` are the recommendation. Eval, RL rollouts and the app all call thi
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -23,6 +25,23 @@ from transformers import LogitsProcessor
 
 from engine.sid import ItemGate, SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
+
+
+# transformers 5 renamed the forward argument and output field ``past_key_values`` to ``cache``
+# (the old name warns, and goes in 5.40). These two pass and read whichever the installed version has.
+@functools.cache
+def _cache_name(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model, cache) -> dict:
+    """The keyword argument that hands ``cache`` to ``model``'s forward."""
+    return {_cache_name(type(model)): cache}
+
+
+def cache_of(out):
+    """The key/value cache a forward returned (``use_cache=True``)."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def build_token_trie(tokenizer, sid_codes: dict[str, Sequence[int]]) -> SIDTrie:
@@ -103,7 +122,7 @@ def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int,
     ids, attention = _left_pad(prompts, pad_id, device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
-    cache, logprobs = out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    cache, logprobs = cache_of(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     users, width = len(prompts), num_beams
     # Beam slots: (score, cursor); a slot with score -inf is empty. Slot s of user u is row u*W+s.
     slots: list[tuple[float, TrieCursor | None]] = []
@@ -125,8 +144,8 @@ def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int,
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         last_position = last_position + 1
         out = model(input_ids=tokens, attention_mask=attention, position_ids=last_position[:, None],
-                    past_key_values=cache, use_cache=True)
-        cache, logprobs = out.past_key_values, torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+                    **with_cache(model, cache), use_cache=True)
+        cache, logprobs = cache_of(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1)
         next_slots, parents = [], []
         for user in range(users):
             candidates = []
@@ -212,7 +231,7 @@ def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequenc
                 for row, (u, path) in enumerate(zip(owners, flat)):
                     scores[row] = first[u, path[0]].item()
                 if depth > 1:
-                    cache = out.past_key_values
+                    cache = cache_of(out)
                     index = torch.tensor(owners, device=device)
                     cache.batch_select_indices(index)
                     # Shorter paths are padded with their last token; their extra steps are not summed.
@@ -222,7 +241,7 @@ def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequenc
                                                                     device=device)], dim=1)
                     step_positions = positions[index, -1:] + torch.arange(1, depth, device=device)[None, :]
                     logits = model(input_ids=steps, attention_mask=mask, position_ids=step_positions,
-                                   past_key_values=cache, use_cache=True).logits.float()
+                                   **with_cache(model, cache), use_cache=True).logits.float()
                     logprobs = torch.log_softmax(logits, dim=-1)
                     for row, path in enumerate(flat):
                         for j in range(1, len(path)):
@@ -299,7 +318,7 @@ def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exc
                               [trie.restrict_to(cite) if cite is not None else None], slots, [cite])
     ids = torch.tensor([list(prompt)], device=device)
     out = model(input_ids=ids, use_cache=True)
-    cache, sequence = out.past_key_values, ids
+    cache, sequence = cache_of(out), ids
     for _ in range(max_new_tokens):
         scores = gate(sequence, out.logits[:, -1].float())
         if temperature > 0:
@@ -311,5 +330,5 @@ def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exc
             return
         step = torch.tensor([[token]], device=device)
         sequence = torch.cat([sequence, step], dim=1)
-        out = model(input_ids=step, past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(input_ids=step, **with_cache(model, cache), use_cache=True)
+        cache = cache_of(out)

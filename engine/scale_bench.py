@@ -196,6 +196,8 @@ def _decoding(trie, size: int, levels: int, base: int, args: CatalogBenchArgs) -
     import torch
     from transformers import Qwen3ForCausalLM
 
+    from engine.decoding import cache_of, with_cache
+
     torch.manual_seed(args.seed)
     model = Qwen3ForCausalLM(bench_model_config(base + levels * size + 8)).eval()
     prompt = torch.randint(2, base, (args.decode_rows, 128))
@@ -206,7 +208,7 @@ def _decoding(trie, size: int, levels: int, base: int, args: CatalogBenchArgs) -
     def decode(constrained: bool) -> float:
         started = time.perf_counter()
         out = model(input_ids=prompt, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, logits = cache_of(out), out.logits[:, -1]
         cursors = [trie.cursor(exclude=h) for h in histories] if constrained else None
         for level in range(levels):
             if constrained:
@@ -219,8 +221,8 @@ def _decoding(trie, size: int, levels: int, base: int, args: CatalogBenchArgs) -
             else:   # the same level's tokens, any code: no catalog constraint
                 lo = base + level * size
                 tokens = logits[:, lo:lo + size].argmax(-1) + lo
-            out = model(input_ids=tokens[:, None], past_key_values=cache, use_cache=True)
-            cache, logits = out.past_key_values, out.logits[:, -1]
+            out = model(input_ids=tokens[:, None], **with_cache(model, cache), use_cache=True)
+            cache, logits = cache_of(out), out.logits[:, -1]
         return time.perf_counter() - started
 
     decode(True), decode(False)   # warm-up

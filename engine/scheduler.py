@@ -43,7 +43,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-from engine.decoding import GatedTrieProcessor, RankedItem
+from engine.decoding import GatedTrieProcessor, RankedItem, cache_of, with_cache
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
 
@@ -421,10 +421,10 @@ class BatchScheduler:
                 padded.append((torch.cat(keys), torch.cat(values)))
             cache = DynamicCache(ddp_cache_data=padded)
         keep = (torch.tensor([[len(tokens) - 1] for tokens in inputs], device=self.device) if last_only else 0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **with_cache(self.model, cache),
                          use_cache=True, logits_to_keep=keep)
         spans = [(past_width - length, past_width + len(tokens)) for tokens, length in zip(inputs, lengths)]
-        return out.logits, out.past_key_values, mask, spans
+        return out.logits, cache_of(out), mask, spans
 
     def _run_prompts(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, list]]:
         """Each prompt's last logits ([vocab]) and its keys and values ([1, heads, length, dim] per
@@ -483,7 +483,7 @@ class BatchScheduler:
                 mask[0, 0, n, length + nodes[prefix[:j]]] = True
         out = self.model(input_ids=torch.tensor([ids], device=self.device), attention_mask=mask,
                          position_ids=torch.tensor([positions], device=self.device),
-                         past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=True)
+                         **with_cache(self.model, DynamicCache(ddp_cache_data=layers)), use_cache=True)
         logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
         return [first[p[0]].item() + sum(logprobs[nodes[tuple(p[:j])], p[j]].item() for j in range(1, len(p)))
                 for p in paths]
@@ -527,9 +527,9 @@ class BatchScheduler:
         mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
         positions = self._positions + 1
         out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions[:, None],
-                         past_key_values=self._cache, use_cache=True)
+                         **with_cache(self.model, self._cache), use_cache=True)
         logits = out.logits[:, -1]
-        layers = _layers(out.past_key_values)
+        layers = _layers(cache_of(out))
         keep, feed, owners = [], [], []
         start = 0
         while start < rows:
@@ -555,7 +555,7 @@ class BatchScheduler:
             self._reset()
             return
         if keep == list(range(rows)):      # nobody left, nothing reordered: the cache stays as it is
-            positions, cache = positions, out.past_key_values
+            positions, cache = positions, cache_of(out)
         else:
             index = torch.tensor(keep, device=self.device)
             layers = [(k[index], v[index]) for k, v in layers]
