@@ -44,6 +44,23 @@ from engine.request import apply as apply_request
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
 
+# Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap the reasoning
+# tokens (level 3 keeps 40 of them, levels 1-2 get the rest; engine/recommender.py). "short" gives
+# one interest with its evidence; "full" is the length the model was trained and evaluated at.
+BUDGETS = {"off": 0, "short": 64, "full": 192}
+
+
+def budget_tokens(budget: str | int) -> int:
+    """Reasoning tokens for a budget name ("off", "short", "full") or a token count."""
+    if isinstance(budget, int) and not isinstance(budget, bool):
+        if budget < 0:
+            raise ValueError(f"a reasoning budget is a token count >= 0, not {budget}")
+        return budget
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown reasoning budget '{budget}': use one of {', '.join(BUDGETS)} or a token count")
+    return BUDGETS[budget]
+
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -74,6 +91,7 @@ class _TurnState:
     thinking: bool
     k: int
     num_beams: int
+    budget: int                       # reasoning tokens at most (thinking)
     earlier: list[Message]
     prompt: list[int]
     started: float
@@ -209,7 +227,7 @@ class Engine:
         """Step 2 (thinking): stream the three levels, or replay them from the Think-Ahead cache."""
         # The key is the whole conversation state: the prompt holds the history, earlier turns and
         # this message; exclusions and constraints complete it. No two conversations share one.
-        key = (tuple(turn.prompt), tuple(sorted(turn.exclude)), turn.constraints.key())
+        key = (tuple(turn.prompt), tuple(sorted(turn.exclude)), turn.constraints.key(), turn.budget)
         started = time.perf_counter()
         with self._think_guard:
             cached = self._think_cache.get(key)
@@ -225,7 +243,7 @@ class Engine:
                     yield ReasoningDelta(level=level, text=body)
         else:
             plan = self.recommender.plan(turn.session.history, turn.constraints, turn.text or None)
-            tokens = self.recommender.stream_reasoning(turn.prompt, plan)
+            tokens = self.recommender.stream_reasoning(turn.prompt, plan, max_new_tokens=turn.budget)
             for level, delta, token in self._stream_levels(self._timed(tokens, turn.timings, started)):
                 turn.reasoning_ids.append(token)
                 if delta:
@@ -249,23 +267,28 @@ class Engine:
         return cards, beams
 
     def turn(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
-             num_beams: int = 20) -> Iterator[Event]:
+             num_beams: int = 20, budget: str | int = "full") -> Iterator[Event]:
+        """One turn's events. ``budget``: how long the reasoning may be ("off", "short", "full" or
+        a token count; see ``BUDGETS``); "off" or 0 is the same as ``thinking=False``."""
         try:
             self.sessions.get(session_id)
-        except KeyError as error:
-            yield ErrorEvent(message=str(error))
+            tokens = budget_tokens(budget)
+        except (KeyError, ValueError) as error:
+            yield ErrorEvent(message=str(error).strip("'\""))
             return
+        thinking = bool(thinking) and tokens > 0
         with self._session_lock(session_id):
             try:
-                yield from self._turn(session_id, message, thinking, k, num_beams)
+                yield from self._turn(session_id, message, thinking, k, num_beams, tokens)
             except BackendUnavailable as error:
                 # Nothing of this turn was saved (the exchange is written at its end, in one
                 # transaction), so the session is as it was before the message.
                 yield ErrorEvent(message=f"The model server is not answering, so this turn was not answered: {error}. "
                                          "Your session is kept; send the message again once the server is back.")
 
-    def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int) -> Iterator[Event]:
-        turn = yield from self._read(self.sessions.get(session_id), message, thinking, k, num_beams)
+    def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int,
+              budget: int) -> Iterator[Event]:
+        turn = yield from self._read(self.sessions.get(session_id), message, thinking, k, num_beams, budget)
         if turn.info.available == 0:
             yield from self._refuse(turn)
             return
@@ -277,7 +300,7 @@ class Engine:
         yield from self._answer(turn, result)
 
     def _read(self, session: ChatSession, message: str | None, thinking: bool, k: int,
-              num_beams: int) -> Iterator[Event]:
+              num_beams: int, budget: int = BUDGETS["full"]) -> Iterator[Event]:
         """Step 1: the message as a request merged into the session's constraints, what it leaves
         out, and how many items remain; notices about the message as events. Returns the turn."""
         text, notices = clean_message(message, self.max_message_chars)
@@ -302,7 +325,7 @@ class Engine:
         earlier = self._earlier_turns(session)
         return _TurnState(session=session, text=text, request=request, constraints=constraints, info=info,
                           exclude=exclude, thinking=thinking, k=k, num_beams=max(k, int(num_beams or k)),
-                          earlier=earlier, started=time.perf_counter(),
+                          budget=budget, earlier=earlier, started=time.perf_counter(),
                           prompt=self.recommender.prompt_ids(session.history, text or None, earlier, thinking))
 
     def _refuse(self, turn: _TurnState) -> Iterator[Event]:
@@ -343,7 +366,8 @@ class Engine:
                                      reasoning_tokens=len(turn.reasoning_ids), cache_hit=turn.cache_hit,
                                      backend=self.backend.name, levels=turn.levels, beams=beams,
                                      latency_ms={name: round(v, 1) for name, v in turn.timings.items()}, k=turn.k,
-                                     num_beams=turn.num_beams, request=turn.info))
+                                     num_beams=turn.num_beams, request=turn.info,
+                                     max_reasoning_tokens=turn.budget if turn.thinking else 0))
 
     def _remember(self, key: tuple, reasoning_ids: list[int]) -> None:
         with self._think_guard:

@@ -52,6 +52,7 @@ class Trace(BaseModel):
     k: int
     num_beams: int
     request: RequestInfo = RequestInfo()
+    max_reasoning_tokens: int = 0    # the turn's reasoning budget (0: no reasoning)
 
 
 class ReasoningDelta(BaseModel):
