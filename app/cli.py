@@ -224,6 +224,46 @@ def bench_command(
     typer.echo(json.dumps(report, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in report.items()))
 
 
+@app.command("demo")
+def demo_command(
+    scenario: Annotated[str, typer.Option(help="A scenario YAML/JSON file, or a bundled one's name "
+                                                "(two-interests, steer-genre-decade, not-interested, fresh-user).")],
+    data: DataDir = Path("artifacts/ml-100k"),
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint folder.")] = Path("checkpoints/ml-100k-tiny/sft"),
+    out: Annotated[Optional[Path], typer.Option(help="Write the transcript here (.md; a .json beside it).")] = None,
+    sessions_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for sessions (default: sessions.db beside the catalog).")] = None,
+) -> None:
+    """Play a demo scenario headless and write its transcript (Markdown, plus JSON beside it)."""
+    from app.scenarios import load_scenario, play, transcript_markdown
+
+    try:
+        plan = load_scenario(scenario)
+    except ValueError as error:
+        fail(str(error))
+    from engine.engine import Engine
+
+    engine = Engine(str(data), str(checkpoint), sessions_url=sessions_url)
+    outcomes = []
+    try:
+        for outcome in play(engine, plan):
+            outcomes.append(outcome)
+            typer.echo(f"step {outcome.number}: {outcome.action} -> "
+                       + (", ".join(i["title"] for i in outcome.items[:3]) or "; ".join(outcome.notices) or "done"))
+    except ValueError as error:
+        fail(str(error))
+    finally:
+        engine.close()
+    text = transcript_markdown(plan, outcomes)
+    if out is None:
+        typer.echo(text)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps({"scenario": plan.model_dump(),
+                                                    "steps": [o.model_dump() for o in outcomes]}, indent=2) + "\n")
+    typer.echo(f"transcript -> {out} (and {out.with_suffix('.json')}); session {outcomes[0].session_id}")
+
+
 def _register_training_commands() -> None:
     """Stage commands built from each stage's argument dataclass (see app/cli_args.py)."""
     from app.cli_args import add_dataclass_command

@@ -88,3 +88,20 @@ def test_unknown_session_and_item(engine):
     session = engine.start_session()
     with pytest.raises(KeyError):
         engine.feedback(session.id, "not-an-item", "like")
+
+
+def test_reasoning_budget_caps_the_reasoning_and_off_skips_it(engine):
+    """A short budget writes fewer reasoning tokens than the full one, still all three levels;
+    "off" answers without reasoning; an unknown budget is an error, not a silent default."""
+    full_session, short_session, off_session = (engine.start_session(user_id="u9") for _ in range(3))
+    _, full_items, full = run(engine, full_session.id, "anything good?", k=3, budget="full")
+    events, short_items, short = run(engine, short_session.id, "anything good?", k=3, budget="short")
+    assert short.max_reasoning_tokens < full.max_reasoning_tokens
+    assert 0 < short.reasoning_tokens <= full.reasoning_tokens
+    assert {e.level for e in events if isinstance(e, ReasoningDelta)} == {"derivation", "evolution", "recommendation"}
+    assert len(short_items) == len(full_items) == 3
+    events, off_items, off = run(engine, off_session.id, "anything good?", k=3, budget="off")
+    assert not off.thinking and off.reasoning_tokens == 0 and len(off_items) == 3
+    assert not any(isinstance(e, ReasoningDelta) for e in events)
+    events, items, _ = run(engine, off_session.id, "again", budget="endless")
+    assert not items and "unknown reasoning budget" in next(e.message for e in events if isinstance(e, ErrorEvent))
