@@ -35,6 +35,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from engine.constraints import Constraints
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
 
 BUNDLED = Path(__file__).parent / "demo_scenarios"
@@ -172,70 +173,87 @@ def _fill(text: str, values: dict[str, str]) -> str:
 
 
 # -- playing ---------------------------------------------------------------------------------
-def play(engine, scenario: Scenario, session_id: str | None = None) -> Iterator[StepOutcome]:
-    """Run the scenario step by step on ``engine`` (a new session unless ``session_id``)."""
+def begin(engine, scenario: Scenario, session_id: str | None = None) -> dict:
+    """A play's state, plain data (the app keeps it per browser): the session, the next step's
+    index, the last answer's items and the placeholder values."""
     if session_id is None:
         session_id = engine.start_session(user_id=pick_user(engine, scenario.user)).id
-    values = placeholders(engine, engine.sessions.get(session_id).history)
-    last_items: list[dict] = []
-    for number, step in enumerate(scenario.steps, 1):
-        if step.feedback:
-            if not last_items:
-                raise ValueError(f"step {number}: feedback needs an answer before it")
-            card = last_items[min(step.item, len(last_items)) - 1]
-            engine.feedback(session_id, card["item_id"], step.feedback)
-            yield StepOutcome(number=number, action=f"{step.feedback}: {card['title']}",
-                              expect=_fill(step.expect, values), session_id=session_id)
-            continue
-        text = _fill(step.say or "", values)
-        outcome = StepOutcome(number=number, action=text, expect=_fill(step.expect, values), session_id=session_id)
-        thinking = scenario.thinking if step.thinking is None else step.thinking
-        budget = step.budget if step.budget is not None else scenario.budget
-        for event in engine.turn(session_id, text, thinking=thinking, k=step.k or scenario.k, budget=budget):
-            if isinstance(event, ReasoningDelta):
-                outcome.levels[event.level] = outcome.levels.get(event.level, "") + event.text
-            elif isinstance(event, ItemsEvent):
-                outcome.items = [c.model_dump() for c in event.items]
-            elif isinstance(event, ReplyDelta):
-                outcome.reply += event.text
-            elif isinstance(event, NoticeEvent):
-                outcome.notices.append(event.text)
-            elif isinstance(event, ErrorEvent):
-                outcome.notices.append(f"Error: {event.message}")
-            elif isinstance(event, TraceEvent):
-                outcome.active = event.trace.request.active
-                outcome.latency_ms = event.trace.latency_ms.get("total_ms", 0.0)
-                outcome.matching = _matching(engine, event.trace.request.constraints, outcome.items)
-        last_items = outcome.items or last_items
-        yield outcome
+    return {"session_id": session_id, "next": 0, "last_items": [],
+            "values": placeholders(engine, engine.sessions.get(session_id).history)}
 
 
-def _matching(engine, constraints: dict, items: list[dict]) -> float | None:
+def play_step(engine, scenario: Scenario, state: dict) -> StepOutcome:
+    """Run the next step (``state`` moves on); raises IndexError when all steps have run."""
+    if state["next"] >= len(scenario.steps):
+        raise IndexError("the scenario has no more steps")
+    number, step, values = state["next"] + 1, scenario.steps[state["next"]], state["values"]
+    session_id = state["session_id"]
+    state["next"] += 1
+    if step.feedback:
+        if not state["last_items"]:
+            raise ValueError(f"step {number}: feedback needs an answer before it")
+        card = state["last_items"][min(step.item, len(state["last_items"])) - 1]
+        engine.feedback(session_id, card["item_id"], step.feedback)
+        return StepOutcome(number=number, action=f"{step.feedback}: {card['title']}",
+                           expect=_fill(step.expect, values), session_id=session_id)
+    text = _fill(step.say or "", values)
+    outcome = StepOutcome(number=number, action=text, expect=_fill(step.expect, values), session_id=session_id)
+    thinking = scenario.thinking if step.thinking is None else step.thinking
+    budget = step.budget if step.budget is not None else scenario.budget
+    for event in engine.turn(session_id, text, thinking=thinking, k=step.k or scenario.k, budget=budget):
+        if isinstance(event, ReasoningDelta):
+            outcome.levels[event.level] = outcome.levels.get(event.level, "") + event.text
+        elif isinstance(event, ItemsEvent):
+            outcome.items = [c.model_dump() for c in event.items]
+        elif isinstance(event, ReplyDelta):
+            outcome.reply += event.text
+        elif isinstance(event, NoticeEvent):
+            outcome.notices.append(event.text)
+        elif isinstance(event, ErrorEvent):
+            outcome.notices.append(f"Error: {event.message}")
+        elif isinstance(event, TraceEvent):
+            outcome.active = event.trace.request.active
+            outcome.latency_ms = event.trace.latency_ms.get("total_ms", 0.0)
+            outcome.matching = _matching(event.trace.request.constraints, outcome.items)
+    state["last_items"] = outcome.items or state["last_items"]
+    return outcome
+
+
+def play(engine, scenario: Scenario, session_id: str | None = None) -> Iterator[StepOutcome]:
+    """Run the scenario step by step on ``engine`` (a new session unless ``session_id``)."""
+    state = begin(engine, scenario, session_id)
+    while state["next"] < len(scenario.steps):
+        yield play_step(engine, scenario, state)
+
+
+def _matching(constraints: dict, items: list[dict]) -> float | None:
     if not constraints or not items:
         return None
-    from engine.constraints import Constraints
-
     active = Constraints.model_validate(constraints)
     if not active.is_hard():
         return None
     return sum(active.allows(i["categories"], i["year"]) for i in items) / len(items)
 
 
+def step_markdown(o: StepOutcome) -> str:
+    """One step as Markdown: the action, what it should show, the levels, the items, the facts."""
+    lines = [f"## Step {o.number}: {o.action}", "", f"*What it should show:* {o.expect}", ""]
+    for level, body in o.levels.items():
+        lines += [f"**{level.capitalize()}:** {body.strip()}", ""]
+    if o.items:
+        lines += ["| # | title | year | categories | SID |", "|---|---|---|---|---|"]
+        lines += [f"| {i['rank']} | {i['title']} | {i['year'] or ''} | {', '.join(i['categories'])} | `{i['sid']}` |"
+                  for i in o.items]
+        lines.append("")
+    facts = ([f"active: {o.active}"] if o.active else []) + \
+            ([f"{o.matching:.0%} of the items satisfy it"] if o.matching is not None else []) + \
+            ([f"{o.latency_ms / 1000:.2f} s"] if o.latency_ms else [])
+    if facts:
+        lines += ["_" + " · ".join(facts) + "_", ""]
+    lines += [f"> {n}" for n in o.notices] + ([""] if o.notices else [])
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def transcript_markdown(scenario: Scenario, outcomes: list[StepOutcome]) -> str:
     lines = [f"# {scenario.name}", "", scenario.description, "", f"Started as: **{scenario.user}**", ""]
-    for o in outcomes:
-        lines += [f"## Step {o.number}: {o.action}", "", f"*What it should show:* {o.expect}", ""]
-        for level, body in o.levels.items():
-            lines += [f"**{level.capitalize()}:** {body.strip()}", ""]
-        if o.items:
-            lines += ["| # | title | year | categories | SID |", "|---|---|---|---|---|"]
-            lines += [f"| {i['rank']} | {i['title']} | {i['year'] or ''} | {', '.join(i['categories'])} | `{i['sid']}` |"
-                      for i in o.items]
-            lines.append("")
-        facts = ([f"active: {o.active}"] if o.active else []) + \
-                ([f"{o.matching:.0%} of the items satisfy it"] if o.matching is not None else []) + \
-                ([f"{o.latency_ms / 1000:.2f} s"] if o.latency_ms else [])
-        if facts:
-            lines += ["_" + " · ".join(facts) + "_", ""]
-        lines += [f"> {n}" for n in o.notices] + ([""] if o.notices else [])
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines) + "\n" + "\n".join(step_markdown(o) for o in outcomes)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.demo_tab import demo_tab
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
@@ -48,7 +49,8 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         session = engine.start_session(user_id=user_id)
         return session.id, [], history_markdown(session.id), [], gr.update(choices=[], value=None), {}
 
-    def respond(message: str, chat: list, session_id: str | None, thinking: bool, k: int, num_beams: int):
+    def respond(message: str, chat: list, session_id: str | None, thinking: bool, k: int, num_beams: int,
+                budget: str = "full"):
         if not session_id:
             session_id = engine.start_session().id
         chat = list(chat or []) + [gr.ChatMessage(role="user", content=message or "(no text: what next?)")]
@@ -74,7 +76,8 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 messages.append(gr.ChatMessage(role="assistant", content="\n\n".join(line for line in lines if line)))
             return messages
 
-        for event in engine.turn(session_id, message, thinking=thinking, k=int(k), num_beams=int(num_beams)):
+        for event in engine.turn(session_id, message, thinking=thinking, k=int(k), num_beams=int(num_beams),
+                                 budget=budget or "full"):
             if isinstance(event, ReasoningDelta):
                 levels[event.level] = levels.get(event.level, "") + event.text
                 yield render("pending"), session_id, gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
@@ -136,12 +139,12 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
         return [[i.item_id, i.title, i.year or "", ", ".join(i.categories), i.sid, i.popularity,
                  "" if i.score is None else round(i.score, 3), i.match or "sid"] for i in results]
 
-    def recommend(message: str, user_id: str, thinking: bool, session_id: str = "") -> dict:
+    def recommend(message: str, user_id: str, thinking: bool, session_id: str = "", budget: str = "full") -> dict:
         """One recommendation turn: in session `session_id` when given (its constraints stay
         active), else in a new session as dataset user `user_id` (empty: a fresh user)."""
         if not session_id:
             session_id = engine.start_session(user_id=user_id or None).id
-        result = collect(engine.turn(session_id, message, thinking=bool(thinking)))
+        result = collect(engine.turn(session_id, message, thinking=bool(thinking), budget=budget or "full"))
         return {"reply": result.reply, "reasoning": result.reasoning,
                 "items": [{"item_id": c.item_id, "title": c.title, "year": c.year, "categories": c.categories,
                            "sid": c.sid, "score": c.score} for c in result.items],
@@ -165,6 +168,7 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                                           elem_id="user-picker", allow_custom_value=False)
                 start_button = gr.Button("Start session", elem_id="start-session")
                 thinking = gr.Checkbox(value=True, label="Thinking", elem_id="thinking")
+                budget = gr.Radio(["short", "full"], value="full", label="Reasoning budget", elem_id="budget")
                 k = gr.Slider(1, 20, value=10, step=1, label="Items (K)")
                 beams = gr.Slider(1, 50, value=20, step=1, label="Beam width")
             history = gr.Markdown("_No session yet._", elem_id="history")
@@ -196,10 +200,13 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
             if plot.exists():
                 gr.Image(str(plot), label="SID code usage and prefix coherence", interactive=False)
 
+        demo_tab(engine)
+
         outputs = [chatbot, session_state, history, items_table, item_choice, trace_state, message]
         start_button.click(start, [user_picker], [session_state, chatbot, history, items_table, item_choice, trace_state])
         for trigger in (send.click, message.submit):
-            trigger(respond, [message, chatbot, session_state, thinking, k, beams], outputs, api_visibility="private")
+            trigger(respond, [message, chatbot, session_state, thinking, k, beams, budget], outputs,
+                    api_visibility="private")
         like.click(lambda item, s: feedback("like", item, s), [item_choice, session_state], [history, feedback_note])
         dislike.click(lambda item, s: feedback("dislike", item, s), [item_choice, session_state], [history, feedback_note])
         trace_state.change(lambda t: (trace_summary(t), beam_rows(t), t), [trace_state], [trace_text, beam_table, trace_json])

@@ -4,6 +4,7 @@ on the tiny engine does what its steps say (the request moves the items, a disli
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -75,3 +76,45 @@ def test_demo_command_writes_a_transcript(engine, built_dataset, tiny_checkpoint
     assert "# fresh" in out.read_text()
     missing = CliRunner().invoke(app, ["demo", "--scenario", str(tmp_path / "none.yaml")])
     assert missing.exit_code != 0 and "no scenario file" in missing.output
+
+
+@pytest.mark.browser
+def test_a_scenario_plays_in_the_browser(engine):
+    """The Demo tab in Chromium: start a bundled scenario, step through it to the end; each step
+    shows what it should show, and a turn shows its items."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_browser import CHROMIUM_ARGS, chromium_path
+    import socket
+
+    from app.ui import build_app
+
+    demo = build_app(engine, ["u1"])
+    demo.queue(default_concurrency_limit=4)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_role("tab", name="Demo").click(timeout=60_000)
+            page.locator("#scenario-picker input").fill("not-interested")
+            page.keyboard.press("Enter")
+            expect(page.locator("#scenario-outline")).to_contain_text("Not interested", timeout=30_000)
+            page.locator("#scenario-start").click()
+            expect(page.locator("#scenario-steps")).to_contain_text("Session started", timeout=30_000)
+            steps = len(load_scenario(bundled()["not-interested"]).steps)
+            for number in range(1, steps + 1):
+                page.locator("#scenario-next").click()
+                expect(page.locator("#scenario-steps")).to_contain_text(f"Step {number}:", timeout=60_000)
+            text = page.locator("#scenario-steps").inner_text()
+            assert "What it should show" in text and "dislike:" in text and "SID" in text
+            expect(page.locator("#scenario-next")).to_be_disabled(timeout=10_000)
+            Path("test-results").mkdir(exist_ok=True)
+            page.screenshot(path="test-results/demo-tab.png", full_page=True)
+            browser.close()
+    finally:
+        demo.close()
