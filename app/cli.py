@@ -185,13 +185,32 @@ def app_command(
     from engine.checkpoint import CheckpointMismatch
     from engine.engine import Engine
 
+    baseline = _sasrec_ranker(data, checkpoint)
     try:
         engine = Engine(str(data), str(checkpoint), sessions_url=sessions_url, backend=backend, model_url=model_url)
-        demo = serve(engine, port=port, host=host)
+        demo = serve(engine, port=port, host=host, baseline=baseline)
     except (CheckpointMismatch, ServerMismatch, ConnectionError, ValueError) as error:
         fail(str(error))
     typer.echo(f"thinkrec app on http://{host}:{port} (Ctrl+C to stop)")
     demo.block_thread()
+
+
+def _sasrec_ranker(data: Path, checkpoint: Path):
+    """SASRec beside the checkpoint (trained first, about a minute, when missing) as the Compare
+    tab's ranker: (history, exclude, k) -> item ids."""
+    from training.sasrec import SASRecModel
+    from training.stages import BaselineArgs, run_baseline
+
+    path = checkpoint.parent / "sasrec.pt"
+    if not path.exists():
+        typer.echo(f"Training SASRec for the Compare tab -> {path} ...")
+        run_baseline(BaselineArgs(data=str(data), out=str(path)))
+    model = SASRecModel.load(path)
+
+    def rank(history: list[str], exclude: set[str], k: int) -> list[str]:
+        return [i for i in model.recommend_batch([list(history)], k + len(exclude))[0] if i not in exclude][:k]
+
+    return rank
 
 
 @app.command("bench")

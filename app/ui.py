@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from app.compare_tab import compare_tab, model_tab
 from app.demo_tab import demo_tab
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect
 
@@ -33,7 +34,9 @@ def _choices(items: list[dict]) -> list[tuple[str, str]]:
     return [(f"{i['rank']}. {i['title']}", i["item_id"]) for i in items]
 
 
-def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
+def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
+    """The app's Blocks. ``baseline(history, exclude, k) -> [item_id]``: a ranker to compare
+    against in the Compare tab (the CLI passes SASRec when it is trained)."""
     def history_markdown(session_id: str | None) -> str:
         if not session_id:
             return "_No session yet._"
@@ -201,6 +204,8 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
                 gr.Image(str(plot), label="SID code usage and prefix coherence", interactive=False)
 
         demo_tab(engine)
+        compare_tab(engine, dataset_users[:50], baseline)
+        model_tab(engine)
 
         outputs = [chatbot, session_state, history, items_table, item_choice, trace_state, message]
         start_button.click(start, [user_picker], [session_state, chatbot, history, items_table, item_choice, trace_state])
@@ -216,11 +221,11 @@ def build_app(engine, dataset_users: list[str]) -> gr.Blocks:
     return demo
 
 
-def serve(engine, port: int = 7860, host: str = "127.0.0.1"):
+def serve(engine, port: int = 7860, host: str = "127.0.0.1", baseline=None):
     """Launch the app on a built ``engine.engine.Engine``. The caller (the CLI) builds it, so this
     module imports only the engine's events and never torch (see pyproject's import contracts)."""
     users = list(engine.user_histories)[:200]
-    demo = build_app(engine, users)
+    demo = build_app(engine, users, baseline)
     demo.queue(default_concurrency_limit=10)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft())
     return demo

@@ -369,6 +369,28 @@ class Engine:
                                      num_beams=turn.num_beams, request=turn.info,
                                      max_reasoning_tokens=turn.budget if turn.thinking else 0))
 
+    def preview(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
+                num_beams: int = 20, budget: str | int = "full") -> tuple[list[ItemCard], RequestInfo, dict[str, str]]:
+        """What a turn would show now (items, the request as understood, the levels), saving
+        nothing: the side-by-side view asks the same turn in several modes."""
+        tokens = budget_tokens(budget)
+        thinking = bool(thinking) and tokens > 0
+        steps = self._read(self.sessions.get(session_id), message, thinking, k, num_beams, tokens)
+        try:
+            while True:
+                next(steps)                                   # notices: not needed here
+        except StopIteration as done:
+            turn = done.value
+        if turn.info.available == 0:
+            return [], turn.info, {}
+        if thinking:
+            with self._model_lock:
+                for _ in self._reason(turn):
+                    pass
+        with self._model_lock:
+            result = self._rank(turn)
+        return self._cards(result.items)[0][:turn.k], turn.info, dict(turn.levels)
+
     def _remember(self, key: tuple, reasoning_ids: list[int]) -> None:
         with self._think_guard:
             self._think_cache[key] = list(reasoning_ids)

@@ -204,8 +204,13 @@ def run(args: EvalArgs) -> dict:
                     {**extra, "follow_weight": weight, "follow_share": share, "reasoning": reasoning})
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
+    report["date"] = time.strftime("%Y-%m-%d %H:%M")
     if args.json:
         write_report(report, Path(args.json))
+    # The checkpoint keeps its latest eval of each split beside it: the app's Model tab shows it.
+    for folder in checkpoints.values():
+        if Path(folder).is_dir():
+            (Path(folder) / f"eval_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))
     return report
 
