@@ -32,6 +32,9 @@ train_app = typer.Typer(help="Train checkpoints: pretrain (perception), sft (rea
 app.add_typer(data_app, name="data")
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(train_app, name="train")
+trace_app = typer.Typer(help="List stored sessions and export their turns' traces (md, json, html).",
+                        no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
 
 DataDir = Annotated[Path, typer.Option("--data", help="Dataset artifact folder (from `thinkrec data build`).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -159,6 +162,81 @@ def catalog_lookup(
         print_items([item], "item", details=True)
         if neighbours:
             print_items(neighbours, f"nearest to {item.title}")
+
+
+SessionsUrl = Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for sessions (default: sessions.db beside the catalog).")]
+
+
+def _open_sessions(data: Path, sessions_url: Optional[str]):
+    """The session store alone (no model, no catalog); a missing default database is an error,
+    not a new empty one."""
+    from data.catalog_db import sqlite_url
+    from engine.sessions import SessionStore
+
+    if sessions_url is None:
+        path = data / "sessions.db"
+        if not path.exists():
+            fail(f"no sessions database at {path} (give --data or --sessions-url)")
+        sessions_url = sqlite_url(path)
+    return SessionStore(sessions_url)
+
+
+@trace_app.command("export")
+def trace_export_command(
+    session_id: Annotated[str, typer.Argument(help="The session's id (see `thinkrec trace list`).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md, json or html (one self-contained file).")] = "md",
+    out: Annotated[Optional[Path], typer.Option(help="Write here instead of printing.")] = None,
+    data: DataDir = Path("artifacts/ml-100k"),
+    sessions_url: SessionsUrl = None,
+) -> None:
+    """Export a stored session with every turn's trace: reasoning levels, items, beams, request, latency."""
+    from engine.trace_export import FORMATS, catalog_lookup, export_session
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
+    store = _open_sessions(data, sessions_url)
+    try:
+        session = store.get(session_id)
+    except KeyError as error:
+        fail(f"{error.args[0]} in {store.engine.url.render_as_string(hide_password=True)}")
+
+    def lookup(item_ids: list[str]) -> dict[str, dict]:
+        # Titles for history items (and turns stored without their cards), only when asked for.
+        if not (data / "manifest.json").exists():
+            return {}
+        from data.catalog import Catalog
+
+        return catalog_lookup(Catalog(data))(item_ids)
+
+    text = export_session(session, fmt, lookup=lookup)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    typer.echo(f"session {session.id} ({len(session.turns)} turns) -> {out}")
+
+
+@trace_app.command("list")
+def trace_list_command(
+    data: DataDir = Path("artifacts/ml-100k"),
+    sessions_url: SessionsUrl = None,
+    limit: Annotated[int, typer.Option(help="How many sessions, most recently updated first.")] = 20,
+    as_json: AsJson = False,
+) -> None:
+    """Recent sessions: id, user, stored turns, last update."""
+    summaries = _open_sessions(data, sessions_url).recent(limit)
+    rows = [{"id": s.id, "user_id": s.user_id, "turns": s.turns,
+             "updated_at": s.updated_at.isoformat(timespec="seconds") if s.updated_at else None} for s in summaries]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no sessions yet")
+        return
+    typer.echo(f"{'session':36}  {'user':>12}  {'turns':>5}  updated")
+    for row in rows:
+        typer.echo(f"{row['id']:36}  {row['user_id'] or 'fresh':>12}  {row['turns']:>5}  {row['updated_at'] or ''}")
 
 
 @app.command("app")

@@ -14,11 +14,16 @@ API: ``recommend(message, user_id, thinking, session_id)`` -> {"reply", "reasoni
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import gradio as gr
 
 from app.compare_tab import compare_tab, model_tab
 from app.demo_tab import demo_tab
+from app.openai_api import openai_routes
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect
+from engine.trace_export import FORMATS, build_export, catalog_lookup, export_session
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
                 "evolution": "2 · Evolution — how they move in time",
@@ -132,6 +137,28 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     def beam_rows(trace: dict) -> list[list]:
         return [[n + 1, b["title"], b["sid"], b["score"]] for n, b in enumerate(trace.get("beams", []))]
 
+    export_dir = Path(tempfile.mkdtemp(prefix="thinkrec-traces-"))
+
+    def export_trace(session_id: str | None, fmt: str) -> str:
+        """The session with every stored turn's trace as one file (md, json or self-contained html)."""
+        if not session_id:
+            raise gr.Error("Start a session and send a message first.")
+        text = export_session(engine.sessions.get(session_id), fmt, lookup=catalog_lookup(engine.catalog))
+        path = Path(tempfile.mkdtemp(dir=export_dir)) / f"thinkrec-session-{session_id[:8]}.{fmt}"
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def stored_turns(session_id: str | None):
+        """The session's stored turns that have a trace, newest selected."""
+        turns = build_export(engine.sessions.get(session_id)).turns if session_id else []
+        choices = [(f"Turn {t.number}: {(t.user_text or '(no text)')[:60]}", str(t.number)) for t in turns if t.trace]
+        return gr.update(choices=choices, value=choices[-1][1] if choices else None)
+
+    def show_stored(session_id: str | None, number: str | None):
+        turns = build_export(engine.sessions.get(session_id)).turns if session_id and number else []
+        trace = next((t.trace.model_dump() for t in turns if str(t.number) == str(number) and t.trace), {})
+        return trace_summary(trace), beam_rows(trace), trace
+
     def search(query: str):
         if not query.strip():
             return []
@@ -187,10 +214,17 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
                 like = gr.Button("Like", elem_id="like")
                 dislike = gr.Button("Not interested", elem_id="dislike")
             feedback_note = gr.Markdown(elem_id="feedback-note")
-        with gr.Tab("Trace"):
+        with gr.Tab("Trace") as trace_tab:
+            stored_turn = gr.Dropdown([], label="Stored turn of this session (the last one shows after each turn)",
+                                      elem_id="trace-turn", interactive=True)
             trace_text = gr.Markdown("_No turn yet._", elem_id="trace-summary")
             beam_table = gr.Dataframe(headers=["#", "title", "SID", "score"], label="Beam candidates", interactive=False)
             trace_json = gr.JSON(label="Full trace (prompt, beams, latency)")
+            with gr.Row():
+                export_format = gr.Radio(list(FORMATS), value="html", label="Export format", elem_id="export-format")
+                export_button = gr.Button("Export session", elem_id="export-session")
+            export_file = gr.File(label="Exported session (every turn's trace; html opens offline)",
+                                  elem_id="trace-file", interactive=False)
         with gr.Tab("Catalog"):
             query = gr.Textbox(label="Search by title, free text or SID", elem_id="catalog-query")
             results = gr.Dataframe(headers=["item_id", "title", "year", "categories", "SID", "popularity", "score",
@@ -215,6 +249,10 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         like.click(lambda item, s: feedback("like", item, s), [item_choice, session_state], [history, feedback_note])
         dislike.click(lambda item, s: feedback("dislike", item, s), [item_choice, session_state], [history, feedback_note])
         trace_state.change(lambda t: (trace_summary(t), beam_rows(t), t), [trace_state], [trace_text, beam_table, trace_json])
+        trace_state.change(stored_turns, [session_state], [stored_turn])
+        trace_tab.select(stored_turns, [session_state], [stored_turn])
+        stored_turn.input(show_stored, [session_state, stored_turn], [trace_text, beam_table, trace_json])
+        export_button.click(export_trace, [session_state, export_format], [export_file], api_visibility="private")
         query.submit(search, [query], [results])
         gr.api(recommend, api_name="recommend")
         gr.api(give_feedback, api_name="feedback")
@@ -227,5 +265,7 @@ def serve(engine, port: int = 7860, host: str = "127.0.0.1", baseline=None):
     users = list(engine.user_histories)[:200]
     demo = build_app(engine, users, baseline)
     demo.queue(default_concurrency_limit=10)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft())
+    # The OpenAI-compatible endpoint (app/openai_api.py) is served on the same port, under /v1.
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft(),
+                app_kwargs={"routes": openai_routes(engine)})
     return demo

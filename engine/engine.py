@@ -329,12 +329,17 @@ class Engine:
                           prompt=self.recommender.prompt_ids(session.history, text or None, earlier, thinking))
 
     def _refuse(self, turn: _TurnState) -> Iterator[Event]:
-        """Nothing satisfies the constraints: the request is kept, the error says how to get out."""
-        self.sessions.add_exchange(turn.session.id, [turn.user_turn()], turn.constraints)
+        """Nothing satisfies the constraints: the request is kept, the error says how to get out.
+        The trace is stored on the user turn (there is no assistant turn to pair it with)."""
+        trace = Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=turn.thinking,
+                      backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info,
+                      latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
+        user = turn.user_turn()
+        user.trace = trace.model_dump(mode="json")
+        self.sessions.add_exchange(turn.session.id, [user], turn.constraints)
         yield ErrorEvent(message=f"No item you have not seen satisfies: {turn.info.active}. Change or lift a "
                                  "constraint (\"any decade\", \"horror is fine\", \"start over\").")
-        yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=turn.thinking,
-                                     backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info))
+        yield TraceEvent(trace=trace)
 
     def _rank(self, turn: _TurnState):
         """Step 3: the items, through the same ``recommend`` as eval and RL, after the reasoning."""
@@ -347,7 +352,8 @@ class Engine:
         return result
 
     def _answer(self, turn: _TurnState, result) -> Iterator[Event]:
-        """Step 4: cards, the reply, the exchange saved with the session, and the trace."""
+        """Step 4: cards, the reply, the exchange saved with the session (the trace, and the cards
+        shown, stored on the assistant turn, in the same transaction), and the trace."""
         cards, beams = self._cards(result.items)
         cards = cards[:turn.k]
         if not cards:
@@ -357,17 +363,20 @@ class Engine:
         reply = self._reply(cards, turn.text, turn.info)
         yield ReplyDelta(text=reply)
         turn.timings["total_ms"] = (time.perf_counter() - turn.started) * 1000
-        self.sessions.add_exchange(turn.session.id, [turn.user_turn(), Turn("assistant", reply,
-                                                                            [c.item_id for c in cards], turn.levels)],
-                                   turn.constraints)
         item_prompt = self.recommender.item_prompt(turn.prompt, turn.reasoning_ids) if turn.thinking else turn.prompt
-        yield TraceEvent(trace=Trace(turn_id=str(uuid.uuid4()), prompt=self.tokenizer.decode(item_prompt),
-                                     prompt_tokens=len(turn.prompt), thinking=turn.thinking,
-                                     reasoning_tokens=len(turn.reasoning_ids), cache_hit=turn.cache_hit,
-                                     backend=self.backend.name, levels=turn.levels, beams=beams,
-                                     latency_ms={name: round(v, 1) for name, v in turn.timings.items()}, k=turn.k,
-                                     num_beams=turn.num_beams, request=turn.info,
-                                     max_reasoning_tokens=turn.budget if turn.thinking else 0))
+        trace = Trace(turn_id=str(uuid.uuid4()), prompt=self.tokenizer.decode(item_prompt),
+                      prompt_tokens=len(turn.prompt), thinking=turn.thinking,
+                      reasoning_tokens=len(turn.reasoning_ids), cache_hit=turn.cache_hit,
+                      backend=self.backend.name, levels=turn.levels, beams=beams,
+                      latency_ms={name: round(v, 1) for name, v in turn.timings.items()}, k=turn.k,
+                      num_beams=turn.num_beams, request=turn.info,
+                      max_reasoning_tokens=turn.budget if turn.thinking else 0)
+        stored = trace.model_dump(mode="json") | {"items": [c.model_dump(mode="json") for c in cards]}
+        self.sessions.add_exchange(turn.session.id, [turn.user_turn(), Turn("assistant", reply,
+                                                                            [c.item_id for c in cards], turn.levels,
+                                                                            trace=stored)],
+                                   turn.constraints)
+        yield TraceEvent(trace=trace)
 
     def preview(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
                 num_beams: int = 20, budget: str | int = "full") -> tuple[list[ItemCard], RequestInfo, dict[str, str]]:

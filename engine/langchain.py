@@ -27,8 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict
 
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
-
-LEVEL_NAMES = {"derivation": "Derivation", "evolution": "Evolution", "recommendation": "Recommendation"}
+from engine.messages import item_lines, level_header, replay_messages
 
 
 def _items_of(message: AIMessage) -> list[str]:
@@ -50,19 +49,10 @@ class ThinkrecChatModel(BaseChatModel):
         return "thinkrec"
 
     def _session(self, messages: list[BaseMessage]) -> tuple[str, str]:
-        """The session to answer in, and this turn's text."""
-        humans = [n for n, m in enumerate(messages) if isinstance(m, HumanMessage)]
-        text = messages[humans[-1]].text if humans else ""
-        if self.session_id:
-            return self.session_id, text
-        session_id = self.engine.start_session(user_id=self.user_id).id
-        # Replay every earlier exchange: a human message and the AI messages that answered it.
-        for position, index in enumerate(humans[:-1]):
-            following = messages[index + 1:humans[position + 1]]
-            answers = [m for m in following if isinstance(m, AIMessage)]
-            items = [i for m in answers for i in _items_of(m)]
-            self.engine.replay(session_id, messages[index].text, items, answers[-1].text if answers else "")
-        return session_id, text
+        """The session to answer in, and this turn's text (engine/messages.py replays the rest)."""
+        turns = [("user", m.text, []) if isinstance(m, HumanMessage) else ("assistant", m.text, _items_of(m))
+                 for m in messages if isinstance(m, (HumanMessage, AIMessage))]
+        return replay_messages(self.engine, turns, user_id=self.user_id, session_id=self.session_id)
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None, run_manager=None,
                 **kwargs: Any) -> Iterator[ChatGenerationChunk]:
@@ -74,7 +64,7 @@ class ThinkrecChatModel(BaseChatModel):
             if isinstance(event, ReasoningDelta):
                 if not event.text:
                     continue
-                header = "" if event.level == level else ("\n" if level else "") + f"{LEVEL_NAMES[event.level]}: "
+                header = level_header(event.level, level)
                 level = event.level
                 chunk = ChatGenerationChunk(message=AIMessageChunk(
                     content=[{"type": "reasoning", "reasoning": header + event.text}]))
@@ -91,8 +81,7 @@ class ThinkrecChatModel(BaseChatModel):
                 notices.append(event.text)
             elif isinstance(event, ErrorEvent):
                 notices.append(f"Error: {event.message}")
-        lines = [reply] + [f"{c['rank']}. {c['title']}" + (f" ({c['year']})" if c["year"] else "") + f" {c['sid']}"
-                           for c in items] + notices
+        lines = [reply] + item_lines(items) + notices
         body = "\n".join(line for line in lines if line)
         yield ChatGenerationChunk(message=AIMessageChunk(
             content=[{"type": "text", "text": ("\n" if level else "") + body}],

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, event, inspect, select, text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, event, func, inspect, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from data.catalog_db import make_engine
@@ -54,6 +54,9 @@ class TurnRow(SessionBase):
     items: Mapped[list] = mapped_column(JSON, default=list)
     reasoning: Mapped[dict] = mapped_column(JSON, default=dict)
     request: Mapped[dict] = mapped_column(JSON, default=dict)        # user turns: the parsed request
+    # The turn's trace (engine.events.Trace as JSON, plus the item cards shown): on the assistant
+    # turn of an answered exchange, on the user turn of a refused one (nothing satisfied it).
+    trace: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -73,6 +76,18 @@ class Turn:
     items: list[str] = field(default_factory=list)
     reasoning: dict = field(default_factory=dict)
     request: dict = field(default_factory=dict)
+    trace: dict = field(default_factory=dict)      # see TurnRow.trace; {} for turns stored without one
+    created_at: datetime | None = None             # set by the store
+
+
+@dataclass
+class SessionSummary:
+    """One line of ``SessionStore.recent()``."""
+    id: str
+    user_id: str | None
+    turns: int
+    created_at: datetime | None
+    updated_at: datetime | None
 
 
 @dataclass
@@ -83,6 +98,8 @@ class ChatSession:
     excluded: list[str]
     turns: list[Turn]
     constraints: Constraints = field(default_factory=Constraints)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
 
     def shown(self) -> list[str]:
         """Every item this session's answers have shown, oldest first."""
@@ -139,9 +156,21 @@ class SessionStore:
                 raise KeyError(f"no session '{session_id}'")
             turns = db.scalars(select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.id))
             return ChatSession(row.id, row.user_id, list(row.history), list(row.excluded),
-                               [Turn(t.role, t.text, list(t.items), dict(t.reasoning or {}), dict(t.request or {}))
+                               [Turn(t.role, t.text, list(t.items), dict(t.reasoning or {}), dict(t.request or {}),
+                                     dict(t.trace or {}), t.created_at)
                                 for t in turns],
-                               Constraints.model_validate(row.constraints or {}))
+                               Constraints.model_validate(row.constraints or {}), row.created_at, row.updated_at)
+
+    def recent(self, limit: int = 20) -> list[SessionSummary]:
+        """The sessions updated last, newest first, with their number of stored turns."""
+        with Session(self.engine) as db:
+            counts = (select(TurnRow.session_id, func.count(TurnRow.id).label("turns"))
+                      .group_by(TurnRow.session_id).subquery())
+            rows = db.execute(select(SessionRow, func.coalesce(counts.c.turns, 0))
+                              .outerjoin(counts, counts.c.session_id == SessionRow.id)
+                              .order_by(SessionRow.updated_at.desc(), SessionRow.id).limit(max(1, limit)))
+            return [SessionSummary(row.id, row.user_id, int(turns), row.created_at, row.updated_at)
+                    for row, turns in rows]
 
     def _locked_row(self, db: Session, session_id: str) -> SessionRow:
         row = db.scalars(select(SessionRow).where(SessionRow.id == session_id).with_for_update()).first()
@@ -158,7 +187,8 @@ class SessionStore:
             row = self._locked_row(db, session_id)
             for turn in turns:
                 db.add(TurnRow(session_id=session_id, role=turn.role, text=turn.text, items=list(turn.items),
-                               reasoning=dict(turn.reasoning), request=dict(turn.request)))
+                               reasoning=dict(turn.reasoning), request=dict(turn.request),
+                               trace=dict(turn.trace) or None))
             if constraints is not None:
                 row.constraints = constraints.model_dump()
             row.updated_at = _now()
