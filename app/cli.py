@@ -396,6 +396,10 @@ def _register_training_commands() -> None:
 
     add_dataclass_command(app, "serve-model", ServeArgs, serve_model,
                           "Serve a checkpoint with vLLM (own environment, SID trie as a logits processor).")
+    from training.budget_curve import BudgetArgs, run_budget_curve
+
+    add_dataclass_command(app, "bench-budget", BudgetArgs, run_budget_curve,
+                          "Reasoning budget: accuracy (valid) against turn latency at off / short / full.")
     add_dataclass_command(app, "eval", EvalArgs, run_eval,
                           "Leave-one-out evaluation: popularity, SASRec, thinkrec, thinkrec-think side by side.")
 

@@ -105,6 +105,22 @@ def parse_checkpoints(spec: str) -> dict[str, str]:
     return labelled
 
 
+def _recommend_with_progress(recommender, histories: list, desc: str, batch_size: int, reasoning=None, **options):
+    """``recommender.recommend`` over the users in chunks of whole batches, with a progress bar
+    (a thinking row on every user of a split takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
+    chunk = max(1, batch_size) * 4
+    answers = []
+    with tqdm(total=len(histories), desc=desc, unit="user", leave=False, dynamic_ncols=True) as bar:
+        for start in range(0, len(histories), chunk):
+            part = histories[start:start + chunk]
+            answers += recommender.recommend(part, reasoning=None if reasoning is None else reasoning[start:start + chunk],
+                                             **options)
+            bar.update(len(part))
+    return answers
+
+
 def run(args: EvalArgs) -> dict:
     import torch
 
@@ -170,11 +186,12 @@ def run(args: EvalArgs) -> dict:
                 name += f" @{budget}"
             rank = ThinkRank(THINKING_ROWS[method]) if THINKING_ROWS.get(method) else default_rank
             started = time.perf_counter()
-            answers = recommender.recommend(histories, k=k, num_beams=max(args.num_beams, k), thinking=thinking,
-                                            max_reasoning_tokens=budget,
-                                            batch_size=args.batch_size, follow_weight=args.follow_weight,
-                                            follow_share=args.follow_share, shown=10,
-                                            think_rank=rank, reasoning=reasoned.get(budget) if thinking else None)
+            answers = _recommend_with_progress(recommender, histories, name, args.batch_size,
+                                               reasoning=reasoned.get(budget) if thinking else None,
+                                               k=k, num_beams=max(args.num_beams, k), thinking=thinking,
+                                               max_reasoning_tokens=budget, batch_size=args.batch_size,
+                                               follow_weight=args.follow_weight, follow_share=args.follow_share,
+                                               shown=10, think_rank=rank)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}
