@@ -105,12 +105,12 @@ def parse_checkpoints(spec: str) -> dict[str, str]:
     return labelled
 
 
-def _recommend_with_progress(recommender, histories: list, desc: str, batch_size: int, reasoning=None, **options):
+def _recommend_with_progress(recommender, histories: list, desc: str, reasoning=None, **options):
     """``recommender.recommend`` over the users in chunks of whole batches, with a progress bar
     (a thinking row on every user of a split takes minutes on a CPU)."""
     from tqdm.auto import tqdm
 
-    chunk = max(1, batch_size) * 4
+    chunk = max(1, options.get("batch_size", 16)) * 4
     answers = []
     with tqdm(total=len(histories), desc=desc, unit="user", leave=False, dynamic_ncols=True) as bar:
         for start in range(0, len(histories), chunk):
@@ -186,7 +186,7 @@ def run(args: EvalArgs) -> dict:
                 name += f" @{budget}"
             rank = ThinkRank(THINKING_ROWS[method]) if THINKING_ROWS.get(method) else default_rank
             started = time.perf_counter()
-            answers = _recommend_with_progress(recommender, histories, name, args.batch_size,
+            answers = _recommend_with_progress(recommender, histories, name,
                                                reasoning=reasoned.get(budget) if thinking else None,
                                                k=k, num_beams=max(args.num_beams, k), thinking=thinking,
                                                max_reasoning_tokens=budget, batch_size=args.batch_size,
