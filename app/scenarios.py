@@ -16,7 +16,8 @@ sentence on what it should show. They are plain YAML or JSON files, so anyone ca
 Placeholders in ``say`` and ``expect`` are filled from the chosen user and the catalog, so a scenario
 also reads on another dataset: ``{long_interest}`` (the user's most frequent category),
 ``{recent_interest}`` (the most frequent among their latest items), ``{new_category}`` (a common
-catalog category the user's latest items lack), ``{decade}`` (the catalog's second-largest decade).
+catalog category the user's latest items lack), ``{decade}`` (the catalog's second-largest decade);
+the last two are picked so that the requests they make still leave a full answer the user has not seen.
 
 ``play`` runs a scenario on a built engine and yields each step's outcome; ``thinkrec demo
 --scenario FILE`` runs one headless and writes its transcript. The module reads engine events only,
@@ -155,17 +156,38 @@ def pick_user(engine, choice: str) -> str | None:
     return str(choice)
 
 
-def placeholders(engine, history: list[str]) -> dict[str, str]:
+SHOWN = 10        # a step's answer: the genre keeps 4 answers' worth of unseen items, genre + decade 2
+
+
+def placeholders(engine, history: list[str], shown: int = SHOWN) -> dict[str, str]:
+    """Values for a scenario's placeholders, from the user and the catalog. ``new_category`` and
+    ``decade`` are picked so that the request they make ("a {new_category} please", then "from the
+    {decade}") still leaves a full answer of items the user has not seen."""
     facets = engine.facets
     recent = history[-_recent_size(history):] if history else []
     common = facets.vocabulary                                  # categories, most items first
-    lacking = {c for i in recent for c in facets.categories_of(i)}
-    decades = [d for d, _ in Counter((y // 10) * 10 for y in map(facets.year_of, facets.item_ids) if y).most_common()]
+    in_recent = Counter(c for i in recent for c in facets.categories_of(i))
+    seen = set(history)
+    unseen = [(set(facets.categories_of(i)), facets.year_of(i)) for i in facets.item_ids if i not in seen]
+
+    def available(category: str, decade: int | None = None) -> int:
+        return sum(category in cats and (decade is None or (year is not None and year // 10 * 10 == decade))
+                   for cats, year in unseen)
+
     first = common[0] if common else ""
+    # A genre the latest items lack; a user whose latest items touch every genre gets the one
+    # they touch least (catalog order breaks ties), among those with enough items left.
+    fresh = sorted(common, key=lambda c: in_recent[c]) or [first]
+    new_category = next((c for c in fresh if available(c) >= 4 * shown), fresh[0])
+    decades = [d for d, _ in Counter((y // 10) * 10 for y in map(facets.year_of, facets.item_ids) if y).most_common()]
+    # The catalog's second-largest decade reads as a change of era; failing that, the next ones.
+    order = decades[1:] + decades[:1]
+    decade = next((d for d in order if available(new_category, d) >= 2 * shown),
+                  max(order, key=lambda d: available(new_category, d), default=None))
     return {"long_interest": (_top_category(engine, history) or first).lower(),
             "recent_interest": (_top_category(engine, recent) or first).lower(),
-            "new_category": next((c for c in common if c not in lacking), first).lower(),
-            "decade": f"{decades[min(1, len(decades) - 1)]}s" if decades else ""}
+            "new_category": new_category.lower(),
+            "decade": f"{decade}s" if decade is not None else ""}
 
 
 def _fill(text: str, values: dict[str, str]) -> str:

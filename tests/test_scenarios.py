@@ -4,12 +4,13 @@ on the tiny engine does what its steps say (the request moves the items, a disli
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from app.scenarios import Scenario, bundled, load_scenario, pick_user, play, transcript_markdown
+from app.scenarios import Scenario, bundled, load_scenario, pick_user, placeholders, play, transcript_markdown
 
 
 def test_every_bundled_scenario_loads():
@@ -118,3 +119,31 @@ def test_a_scenario_plays_in_the_browser(engine):
             browser.close()
     finally:
         demo.close()
+
+
+def test_placeholders_leave_answers_to_give_for_a_user_who_watched_every_genre(engine):
+    """A user whose latest items touch every genre: the new genre is the one they touch least among
+    those with enough unseen items, and the decade leaves items of it (the steer-genre-decade
+    scenario does not run dry on a heavy user)."""
+    facets = engine.facets
+    cover = list(dict.fromkeys(next(i for i in facets.item_ids if c in facets.categories_of(i))
+                               for c in facets.vocabulary))
+    history = cover * 5                       # "recent" is the latest fifth: exactly ``cover``
+    touched = Counter(c for i in cover for c in facets.categories_of(i))
+    assert set(touched) == set(facets.vocabulary)
+    unseen = [i for i in facets.item_ids if i not in cover]
+
+    def available(category: str, decade: int | None = None) -> int:
+        return sum(category in facets.categories_of(i) and (decade is None or (facets.year_of(i) or 0) // 10 * 10 == decade)
+                   for i in unseen)
+
+    shown = 1                                 # the tiny catalog has a few items a genre
+    enough = [c for c in sorted(facets.vocabulary, key=lambda c: touched[c]) if available(c) >= 4 * shown]
+    assert enough and touched[enough[0]] < max(touched.values())       # a real choice to make
+    values = placeholders(engine, history, shown=shown)
+    category = next(c for c in facets.vocabulary if c.lower() == values["new_category"])
+    assert category == enough[0]
+    decade = int(values["decade"].rstrip("s"))
+    best = max(available(category, (facets.year_of(i) or 0) // 10 * 10) for i in unseen
+               if category in facets.categories_of(i))
+    assert available(category, decade) >= min(2 * shown, best) > 0
