@@ -16,7 +16,7 @@ from engine.backends import BatchedBackend
 from engine.events import ReasoningDelta
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
@@ -38,7 +38,7 @@ def _concurrent(engine, users: list[str], concurrent: int, message: str, rounds:
         results = list(pool.map(lambda n: _turn(engine, users[n % len(users)], True, message)[0],
                                 range(concurrent * rounds)))
         wall = time.perf_counter() - started
-    return {"p50_s": round(statistics.median(results), 3), "p95_s": round(_percentile(results, 0.95), 3),
+    return {"p50_s": round(statistics.median(results), 3), "p95_s": round(percentile(results, 0.95), 3),
             "turns": len(results), "wall_s": round(wall, 2), "turns_per_s": round(len(results) / wall, 3)}
 
 
@@ -56,11 +56,11 @@ def run_bench(engine, users: list[str], turns: int = 30, concurrent: int = 10, s
             if first is not None:
                 firsts.append(first)
         name = "thinking" if thinking else "non_thinking"
-        report[name] = {"p50_s": round(statistics.median(totals), 3), "p95_s": round(_percentile(totals, 0.95), 3),
+        report[name] = {"p50_s": round(statistics.median(totals), 3), "p95_s": round(percentile(totals, 0.95), 3),
                         "turns_per_s": round(len(totals) / sum(totals), 3)}
         if firsts:
             report["first_reasoning_token"] = {"p50_ms": round(1000 * statistics.median(firsts), 1),
-                                               "p95_ms": round(1000 * _percentile(firsts, 0.95), 1)}
+                                               "p95_ms": round(1000 * percentile(firsts, 0.95), 1)}
     key = f"{concurrent}_concurrent_thinking"
     fresh = users[turns:-1] or users        # not yet asked: no turn below is a Think-Ahead replay
     report[key] = _concurrent(engine, fresh, concurrent, message)

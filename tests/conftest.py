@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import zipfile
 from pathlib import Path
 
@@ -106,6 +107,13 @@ def write_grouplens_100k(path: Path) -> Path:
         archive.writestr("ml-100k/u.genre", "\n".join(f"{g}|{i}" for i, g in enumerate(GENRES)) + "\n\n")
         archive.writestr("ml-100k/u.user", "10|24|M|technician|85711\n20|53|F|other|94043\n")
     return path
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.browser
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -29,9 +30,7 @@ def app_url(engine):
 
     demo = build_app(engine, ["u1", "u2"])
     demo.queue(default_concurrency_limit=10)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
@@ -60,6 +59,18 @@ def item_titles(page) -> list[str]:
     return [row[1] for row in item_rows(page)]
 
 
+def send_first_message(page, message: str) -> list[str]:
+    """Send the session's first message; once its reasoning and items show, the item titles."""
+    from playwright.sync_api import expect
+
+    page.locator("#message textarea").fill(message)
+    page.locator("#send").click()
+    expect(page.locator("#chat")).to_contain_text("Reasoning", timeout=60_000)
+    expect(page.locator("#items")).to_contain_text("<a_", timeout=60_000)
+    page.wait_for_timeout(500)
+    return item_titles(page)
+
+
 def test_chat_like_and_next_turn(app_url):
     from playwright.sync_api import expect, sync_playwright
 
@@ -67,12 +78,7 @@ def test_chat_like_and_next_turn(app_url):
     with sync_playwright() as p:
         browser, page = fresh_session(p, app_url)
 
-        page.locator("#message textarea").fill("something with spaceships please")
-        page.locator("#send").click()
-        expect(page.locator("#chat")).to_contain_text("Reasoning", timeout=60_000)
-        expect(page.locator("#items")).to_contain_text("<a_", timeout=60_000)
-        page.wait_for_timeout(500)
-        first_titles = item_titles(page)
+        first_titles = send_first_message(page, "something with spaceships please")
         assert len(first_titles) == 10 and all(first_titles)
         page.screenshot(path=str(SHOTS / "chat.png"), full_page=True)
 

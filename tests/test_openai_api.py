@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,14 +13,9 @@ import pytest
 from gradio_client import Client
 
 from engine.backends import BackendUnavailable
+from tests.conftest import free_port
 
 HEADERS = ("Derivation:", "Evolution:", "Recommendation:")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

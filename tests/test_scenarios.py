@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.scenarios import Scenario, bundled, load_scenario, pick_user, placeholders, play, transcript_markdown
+from tests.conftest import free_port
 
 
 def test_every_bundled_scenario_loads():
@@ -86,15 +87,11 @@ def test_a_scenario_plays_in_the_browser(engine):
     from playwright.sync_api import expect, sync_playwright
 
     from tests.test_browser import CHROMIUM_ARGS, chromium_path
-    import socket
-
     from app.ui import build_app
 
     demo = build_app(engine, ["u1"])
     demo.queue(default_concurrency_limit=4)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         with sync_playwright() as playwright:

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from tests.test_browser import CHROMIUM_ARGS, SHOTS, app_url, chromium_path, fresh_session, item_titles  # noqa: F401
+from tests.test_browser import SHOTS, app_url, fresh_session, send_first_message  # noqa: F401 (app_url: a fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -20,12 +20,7 @@ def test_export_the_session_as_html_and_open_it_offline(app_url, tmp_path):  # n
     with sync_playwright() as p:
         browser, page = fresh_session(p, app_url)
         page.locator("#thinking input").check()
-        page.locator("#message textarea").fill("something with spaceships please")
-        page.locator("#send").click()
-        expect(page.locator("#chat")).to_contain_text("Reasoning", timeout=60_000)
-        expect(page.locator("#items")).to_contain_text("<a_", timeout=60_000)
-        page.wait_for_timeout(500)
-        titles = item_titles(page)
+        titles = send_first_message(page, "something with spaceships please")
         assert titles and all(titles)
 
         page.get_by_role("tab", name="Trace").click()

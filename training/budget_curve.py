@@ -57,14 +57,10 @@ def parse_budgets(spec: str) -> list[tuple[str, int]]:
     return budgets
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
 def measure_latency(engine, users: list[str], budgets: list[tuple[str, int]], turns: int, message: str) -> dict:
     """Per budget: p50/p95 of whole turns and the mean reasoning tokens, one turn at a time, each
     for a user no earlier turn used (no Think-Ahead replay)."""
+    from engine.bench import percentile
     from engine.events import ErrorEvent, TraceEvent
 
     if len(users) < turns * len(budgets) + 1:
@@ -85,7 +81,7 @@ def measure_latency(engine, users: list[str], budgets: list[tuple[str, int]], tu
                     written.append(event.trace.reasoning_tokens)
             seconds.append(time.perf_counter() - started)
         report[name] = {"tokens": tokens, "turns": len(seconds), "p50_s": round(statistics.median(seconds), 3),
-                        "p95_s": round(_percentile(seconds, 0.95), 3),
+                        "p95_s": round(percentile(seconds, 0.95), 3),
                         "mean_reasoning_tokens": round(statistics.fmean(written), 1) if written else 0.0}
     return report
 
