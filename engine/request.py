@@ -240,7 +240,7 @@ class RequestParser:
             (rf"\b(?:before|pre|older than|earlier than) {decade}", lambda m: setr(None, decade_at(m[1])[0] - 1)),
             (rf"\b(?:after|post|newer than|later than) {decade}", lambda m: setr(decade_at(m[1])[1] + 1, None)),
             (rf"\bsince {decade}", lambda m: setr(decade_at(m[1])[0], None)),
-            (rf"\b{decade}(?= |$)", lambda m: setr(*decade_at(m[1]))),
+            (rf"\b{decade}(?![0-9a-z])", lambda m: setr(*decade_at(m[1]))),      # "1980s," too
             (rf"\b(?:from|in|of|released in|made in)? ?{year}\b", lambda m: setr(int(m[1]), int(m[1]))),
         ]
         for pattern, handle in patterns:

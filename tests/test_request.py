@@ -82,6 +82,14 @@ def test_recent_and_classic_are_sized_by_the_catalog(parser, facets):
     assert classic.year_max == parser.classic_until < recent.year_min
 
 
+def test_a_decade_before_clause_punctuation_is_read(parser):
+    """ "from the 1980s, no drama": the comma ends the decade, it does not hide it."""
+    for text in ("something from the 1980s, no drama", "the 80s; no drama", "an 80s film. no drama"):
+        request = parser.parse(text)
+        assert (request.year_min, request.year_max) == (1980, 1989), text
+        assert "Drama" in request.avoid and request.unparsed == [], text
+
+
 def test_more_like_resolves_a_catalog_title(parser):
     request = parser.parse("more like Alien but from the 80s")
     assert request.like_item == "4" and request.like_categories == ["Horror", "Sci-Fi"]
