@@ -263,9 +263,10 @@ def app_command(
     from engine.checkpoint import CheckpointMismatch
     from engine.engine import Engine
 
-    baseline = _sasrec_ranker(data, checkpoint)
     try:
         engine = Engine(str(data), str(checkpoint), sessions_url=sessions_url, backend=backend, model_url=model_url)
+        # The Compare tab's SASRec filters with the engine's own facets, as thinkrec's trie does.
+        baseline = _sasrec_ranker(data, checkpoint, engine.facets)
         demo = serve(engine, port=port, host=host, baseline=baseline)
     except (CheckpointMismatch, ServerMismatch, ConnectionError, ValueError) as error:
         fail(str(error))
@@ -273,9 +274,9 @@ def app_command(
     demo.block_thread()
 
 
-def _sasrec_ranker(data: Path, checkpoint: Path):
+def _sasrec_ranker(data: Path, checkpoint: Path, facets):
     """SASRec beside the checkpoint (trained first, about a minute, when missing) as the Compare
-    tab's ranker: (history, exclude, k) -> item ids."""
+    tab's ranker, under the turn's request filter (``filtered_sasrec_ranker``)."""
     from training.sasrec import SASRecModel
     from training.stages import BaselineArgs, run_baseline
 
@@ -283,10 +284,21 @@ def _sasrec_ranker(data: Path, checkpoint: Path):
     if not path.exists():
         typer.echo(f"Training SASRec for the Compare tab -> {path} ...")
         run_baseline(BaselineArgs(data=str(data), out=str(path)))
-    model = SASRecModel.load(path)
+    return filtered_sasrec_ranker(SASRecModel.load(path), facets)
 
-    def rank(history: list[str], exclude: set[str], k: int) -> list[str]:
-        return [i for i in model.recommend_batch([list(history)], k + len(exclude))[0] if i not in exclude][:k]
+
+def filtered_sasrec_ranker(model, facets):
+    """``rank(history, exclude, k, constraints) -> item ids``: SASRec's scores over the whole catalog
+    with the history, ``exclude`` and every item the active constraints rule out removed, top-k
+    (training/filtered.py). Thinkrec's trie gets the same filter, so the Compare tab compares rankers."""
+    from training.filtered import admissible_mask, facet_rows, filtered_top_k
+
+    rows = facet_rows(facets, model.item_ids)
+
+    def rank(history: list[str], exclude: set[str], k: int, constraints=None) -> list[str]:
+        scores = model.catalog_scores([list(history)])[0]
+        return filtered_top_k(scores, admissible_mask(facets, constraints, rows), set(history) | set(exclude), k,
+                              model.item_ids)
 
     return rank
 

@@ -1,14 +1,17 @@
 """The app's "Compare" and "Model" tabs.
 
 Compare: the same turn (a user and a request) answered three ways side by side: thinking,
-non-thinking and SASRec's top-K from the history alone. Each item is marked when another list has it
-too, and when it satisfies the active request. Nothing is saved to a session (``Engine.preview``).
+non-thinking and SASRec's top-K from the history under the same filter (the session's active
+constraints once the message is understood, as thinkrec's trie gets them). Each item is marked when
+another list has it too, and when it satisfies the active request. Nothing is saved to a session
+(``Engine.preview``).
 
 Model: the loaded checkpoint's latest eval table (``eval_<split>.json``, written by `thinkrec eval`
 beside the checkpoint), its loss and RL curves, and the catalog's SID usage.
 
 Both imports nothing heavy; the SASRec ranker comes from the CLI as a plain callable
-``baseline(history, exclude, k) -> [item_id, ...]``.
+``baseline(history, exclude, k, constraints) -> [item_id, ...]`` that ranks the whole catalog and
+keeps only what ``constraints`` (``Constraints`` or None) admits (app/cli.py ``filtered_sasrec_ranker``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gradio as gr
 from engine.constraints import Constraints
 
 MODES = ("thinking", "non-thinking", "SASRec")
+HEADINGS = {"SASRec": "SASRec + the same filter"}
 
 
 def side_by_side(engine, user_id: str | None, message: str, k: int = 10, baseline=None) -> dict:
@@ -31,13 +35,17 @@ def side_by_side(engine, user_id: str | None, message: str, k: int = 10, baselin
         cards, info, found = engine.preview(session.id, message, thinking=thinking, k=k)
         lists[mode] = [c.model_dump() for c in cards]
         levels = found if thinking else levels
+    active = Constraints.model_validate(info.constraints) if info and info.constraints else None
     if baseline is not None and session.history:          # SASRec reads a history; a fresh user has none
-        seen = set(session.history)
-        ids = [i for i in baseline(session.history, seen, k + len(seen)) if i not in seen][:k]
+        # What the engine's turn leaves out for this fresh session: the history, items turned down
+        # and a "more like" anchor; the active constraints filter the rest.
+        exclude = set(session.history)
+        if active is not None:
+            exclude |= set(active.turned_down) | ({active.like_item} if active.like_item else set())
+        ids = baseline(session.history, exclude, k, active)
         found = {i.item_id: i for i in engine.catalog.items(ids)}
         lists["SASRec"] = [{"rank": n + 1, "item_id": i, "title": found[i].title, "year": found[i].year,
                             "categories": found[i].categories, "sid": found[i].sid} for n, i in enumerate(ids)]
-    active = Constraints.model_validate(info.constraints) if info and info.constraints else None
     for mode, items in lists.items():
         others = {m: {i["item_id"] for i in lists[m]} for m in lists if m != mode}
         for item in items:
@@ -73,7 +81,8 @@ def compare_tab(engine, users: list[str], baseline=None) -> None:
         return [head, *tables, levels]
 
     with gr.Tab("Compare"):
-        gr.Markdown("The same turn answered three ways. ✓: satisfies the active request; "
+        gr.Markdown("The same turn answered three ways. SASRec ranks from the history and gets the same "
+                    "request filter as thinkrec. ✓: satisfies the active request; "
                     "“also in”: the other lists that hold the item. Nothing here is saved to a session.")
         with gr.Row():
             user = gr.Dropdown(["fresh user"] + users, value=users[0] if users else "fresh user",
@@ -86,7 +95,7 @@ def compare_tab(engine, users: list[str], baseline=None) -> None:
             columns = []
             for mode in MODES:
                 with gr.Column():
-                    gr.Markdown(f"### {mode}")
+                    gr.Markdown(f"### {HEADINGS.get(mode, mode)}")
                     columns.append(gr.Markdown(elem_id=f"compare-{mode.lower()}"))
         levels = gr.Markdown(elem_id="compare-levels")
         go.click(run, [user, message, k], [head, *columns, levels])

@@ -22,7 +22,7 @@ import gradio as gr
 from app.compare_tab import compare_tab, model_tab
 from app.demo_tab import demo_tab
 from app.openai_api import openai_routes
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect
+from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect, describe_ranking
 from engine.trace_export import FORMATS, build_export, catalog_lookup, export_session
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
@@ -40,8 +40,8 @@ def _choices(items: list[dict]) -> list[tuple[str, str]]:
 
 
 def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
-    """The app's Blocks. ``baseline(history, exclude, k) -> [item_id]``: a ranker to compare
-    against in the Compare tab (the CLI passes SASRec when it is trained)."""
+    """The app's Blocks. ``baseline(history, exclude, k, constraints) -> [item_id]``: a ranker to
+    compare against in the Compare tab, under the request's filter (the CLI passes SASRec)."""
     def history_markdown(session_id: str | None) -> str:
         if not session_id:
             return "_No session yet._"
@@ -119,6 +119,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
                 f"Think-Ahead cache {'**hit**' if trace['cache_hit'] else 'miss'} · prompt {trace['prompt_tokens']} "
                 f"tokens · reasoning {trace['reasoning_tokens']} tokens · K {trace['k']}, beams {trace['num_beams']} · "
                 f"backend {trace.get('backend', 'transformers')}\n\n"
+                f"**Ranking:** {describe_ranking(trace.get('ranking') or {})}\n\n"
                 f"**Latency:** {latency}\n\n"
                 + request_summary(trace.get("request") or {})
                 + "\n\n".join(f"**{LEVEL_TITLES[name]}:** {text}" for name, text in trace.get("levels", {}).items() if text))

@@ -18,7 +18,8 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Callable, Protocol
 
 from engine.constraints import Constraints
-from engine.decoding import RankedItem, beam_search_items, generate_reasoning, score_paths, stream_reasoning
+from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, score_paths, score_trees,
+                             stream_reasoning)
 from engine.scheduler import BatchScheduler, wait_all
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
@@ -42,8 +43,9 @@ class Backend(Protocol):
         """Many users' reasoning at once (evaluation, RL rollouts); ``cites`` one per prompt."""
 
     def score_paths(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]],
-                    batch_size: int = 16) -> list[list[float]]:
-        """Summed log-probability of each prompt's candidate SID paths (the beams' own scale)."""
+                    batch_size: int = 16, head_weight: float = 0.0) -> list[list[float]]:
+        """Summed log-probability of each prompt's candidate SID paths (the beams' own scale), plus
+        ``head_weight`` × the item head's log-probability where the backend has a head."""
 
     def beam_search(self, prompts: Sequence[Sequence[int]], excludes: Sequence[set[Hashable]],
                     k: int, num_beams: int | None = None, batch_size: int = 16,
@@ -80,8 +82,28 @@ class TransformersBackend:
                                   do_sample=sample, temperature=temperature, batch_size=batch_size, stop_ids=stop_ids,
                                   cites=cites, slots=self.slots)
 
-    def score_paths(self, prompts, paths, batch_size=16):
-        return score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size)
+    def score_paths(self, prompts, paths, batch_size=16, head_weight=0.0):
+        return score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size, self.head, head_weight,
+                           self._items_of(paths) if head_weight else None)
+
+    @property
+    def head(self):
+        from engine.item_head import head_of
+
+        return head_of(self.model)
+
+    def _items_of(self, paths):
+        return [[self.trie.lookup(tuple(p)) for p in cands] for cands in paths]
+
+    def score_trees(self, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTree], head_weight: float = 0.0,
+                    batch_size: int = 16) -> list[list[float]]:
+        """Every admissible item's score (full SID log-probability + ``head_weight`` × the item head's),
+        ``trees[u]``'s items in order: exact ranking (engine/decoding.py, score_trees)."""
+        out = []
+        for start in range(0, len(prompts), batch_size):
+            out += score_trees(self.model, prompts[start:start + batch_size], trees[start:start + batch_size],
+                               self.tokenizer.pad_id, self.head, head_weight)
+        return out
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
@@ -109,8 +131,13 @@ class BatchedBackend(TransformersBackend):
         return self.scheduler.call(super().generate_reasoning, prompts, excludes, max_new_tokens, sample,
                                    temperature, batch_size, stop_ids, cites)
 
-    def score_paths(self, prompts, paths, batch_size=16):
+    def score_paths(self, prompts, paths, batch_size=16, head_weight=0.0):
+        if head_weight and self.head is not None:      # the head needs the prompt's hidden state
+            return self.scheduler.call(super().score_paths, prompts, paths, batch_size, head_weight)
         return self.scheduler.score(prompts, paths)
+
+    def score_trees(self, prompts, trees, head_weight=0.0, batch_size=16):
+        return self.scheduler.call(super().score_trees, prompts, trees, head_weight, batch_size)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else [None] * len(prompts)
@@ -248,7 +275,7 @@ class VLLMBackend:
             tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
         return tops
 
-    def score_paths(self, prompts, paths, batch_size=16):
+    def score_paths(self, prompts, paths, batch_size=16, head_weight=0.0):
         """Teacher-forced scores from the server, on the beams' own scale: each step is one request
         per distinct prefix of the candidates, restricted (``thinkrec_cite``) to the candidates, so
         the server's processor returns log-probabilities of exactly the tokens needed."""

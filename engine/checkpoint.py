@@ -85,6 +85,11 @@ def load_checkpoint(checkpoint: str | Path, data: str | Path, device: str | None
 
     tokenizer, meta = load_checked(checkpoint, data)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from data.catalog import Catalog
+    from engine.item_head import ItemHead, attach
+
     model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=dtype, local_files_only=True).to(device)
+    # The item-ID head, when the checkpoint has one, must score exactly this catalog's items.
+    attach(model, ItemHead.load(checkpoint, expected_items=list(Catalog(data).sid_codes())))
     model.eval()
     return model, tokenizer, meta

@@ -207,12 +207,20 @@ def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
 
 @torch.no_grad()
 def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]], pad_id: int,
-                batch_size: int = 16) -> list[list[float]]:
+                batch_size: int = 16, head=None, head_weight: float = 0.0,
+                items: Sequence[Sequence[Hashable]] | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate token path after its prompt (teacher forcing):
     ``paths[u]`` are user ``u``'s candidates (SIDs, ending where an item ends). The numbers are
     the ones beam search ranks by, so beams and re-scored candidates compare directly. Each
-    prompt is encoded once; its cache is copied to its candidates for the path tokens."""
+    prompt is encoded once; its cache is copied to its candidates for the path tokens.
+    With an item ``head`` and ``head_weight``, each candidate (``items[u]``, parallel to ``paths``)
+    also gets ``head_weight`` × the head's log-probability: the scale :func:`score_trees` ranks by."""
+    from engine.item_head import last_hidden
+
     device = next(model.parameters()).device
+    with_head = head is not None and bool(head_weight)
+    if with_head and items is None:
+        raise ValueError("score_paths: the item head needs the candidates' item ids")
     was_training = model.training
     model.eval()
     out_scores: list[list[float]] = []
@@ -221,15 +229,20 @@ def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequenc
             chunk, chunk_paths = prompts[start:start + batch_size], paths[start:start + batch_size]
             ids, attention = _left_pad(chunk, pad_id, device)
             positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
-            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            hidden, out = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions,
+                                      use_cache=True)
+            first = torch.log_softmax(model.get_output_embeddings()(hidden[:, -1]).float(), dim=-1)
+            head_lp = head.log_probs(hidden[:, -1]) if with_head else None
             owners = [u for u, cands in enumerate(chunk_paths) for _ in cands]
             flat = [list(p) for cands in chunk_paths for p in cands]
+            flat_items = [i for cands in items[start:start + batch_size] for i in cands] if with_head else []
             scores = [0.0] * len(flat)
             if flat:
                 depth = max(len(p) for p in flat)
                 for row, (u, path) in enumerate(zip(owners, flat)):
                     scores[row] = first[u, path[0]].item()
+                    if with_head:
+                        scores[row] += head_weight * head_lp[u, head.row_of[str(flat_items[row])]].item()
                 if depth > 1:
                     cache = cache_of(out)
                     index = torch.tensor(owners, device=device)
@@ -332,3 +345,151 @@ def stream_reasoning(model, tokenizer, prompt: Sequence[int], trie: SIDTrie, exc
         sequence = torch.cat([sequence, step], dim=1)
         out = model(input_ids=step, **with_cache(model, cache), use_cache=True)
         cache = cache_of(out)
+
+
+# -- exact ranking of the admissible catalog ----------------------------------------------------
+
+@dataclass
+class ItemTree:
+    """The admissible items of one request (unseen, inside its filter) as a prefix tree: ``levels[d]``
+    lists the distinct non-leaf prefixes of length ``d + 1``, each needing one forward step to give
+    its children's log-probabilities; ``items`` and ``paths`` every admissible item and its SID."""
+    items: list
+    paths: list[tuple[int, ...]]
+    levels: list[list[tuple[int, ...]]]
+
+    @property
+    def steps(self) -> int:
+        return sum(len(level) for level in self.levels)
+
+
+def admissible_tree(trie: SIDTrie, exclude: set[Hashable], restrict: TrieFilter | None,
+                    max_steps: int) -> ItemTree | None:
+    """The admissible items' tree, or None when it needs more than ``max_steps`` forward steps (the
+    walk stops there, so the check costs at most that much)."""
+    items, paths, levels = [], [], []
+    frontier = [trie.cursor(exclude=exclude, restrict=restrict)]
+    steps, depth = 0, 0
+    while frontier:
+        deeper = []
+        for cursor in frontier:
+            for token in cursor.allowed():
+                child = cursor.clone()
+                child.accept(token)
+                if child.done():
+                    items.append(child.item)
+                    paths.append(tuple(child.prefix))
+                else:
+                    deeper.append(child)
+        if deeper:
+            steps += len(deeper)
+            if steps > max_steps:
+                return None
+            levels.append([tuple(c.prefix) for c in deeper])
+        frontier, depth = deeper, depth + 1
+    return ItemTree(items, paths, levels)
+
+
+def _tree_chunk_mask(attention: torch.Tensor, ancestors: torch.Tensor, cached: int, width: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """Additive 4-D mask for ``width`` tree tokens after ``cached`` cached positions: each token sees
+    its row's real prompt tokens (``attention``), its ancestors' cached positions (``ancestors``,
+    (B, width, depth), -1 for none) and itself; nothing else (not its siblings)."""
+    rows = attention.shape[0]
+    allowed = torch.zeros(rows, width, cached + width, dtype=torch.bool, device=attention.device)
+    allowed[:, :, :attention.shape[1]] = attention.bool()[:, None, :]
+    if ancestors.shape[-1]:
+        index = ancestors.clamp(min=0)
+        allowed.scatter_(2, index, ancestors >= 0)
+        allowed[:, :, 0] |= attention.bool()[:, 0:1].expand(rows, width)   # undo a scatter of False at 0
+    diagonal = torch.arange(width, device=attention.device)
+    allowed[:, diagonal, cached + diagonal] = True
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=attention.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+@torch.no_grad()
+def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTree], pad_id: int,
+                head=None, head_weight: float = 0.0, max_mask_cells: int = 1 << 25) -> list[list[float]]:
+    """Every admissible item's full SID log-probability after its prompt (each prompt ends with
+    ``<|item_begin|>``), plus ``head_weight`` × the item head's log-probability when there is a head.
+
+    One forward over the prompts; then one forward per tree level for all prompts at once, each
+    distinct prefix one token that attends to its prompt's cached keys and values and to its own
+    ancestors (tree attention through a 4-D mask), so no prompt cache is copied. The deepest level
+    is not kept in the cache (nothing attends to it); levels wider than the mask budget go in chunks.
+    """
+    from engine.item_head import last_hidden
+
+    device = next(model.parameters()).device
+    lm_head = model.get_output_embeddings()
+    ids, attention = _left_pad(prompts, pad_id, device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    hidden, out = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
+    cache = cache_of(out)
+    first = torch.log_softmax(lm_head(hidden[:, -1]).float(), dim=-1)
+    scores = [[first[u, path[0]].item() for path in tree.paths] for u, tree in enumerate(trees)]
+    if head is not None and head_weight:
+        head_lp = head.log_probs(hidden[:, -1])
+        for u, tree in enumerate(trees):
+            rows = torch.tensor([head.row_of[str(i)] for i in tree.items], dtype=torch.long, device=device)
+            extra = (head_weight * head_lp[u, rows]).tolist() if len(rows) else []
+            scores[u] = [s + e for s, e in zip(scores[u], extra)]
+    num_levels = max((len(t.levels) for t in trees), default=0)
+    where: list[dict[tuple, int]] = [dict() for _ in trees]      # prefix -> its cached position
+    users = len(trees)
+    last_position = positions[:, -1]
+    for depth in range(num_levels):
+        level = [t.levels[depth] if depth < len(t.levels) else [] for t in trees]
+        width = max(len(nodes) for nodes in level)
+        if not width:
+            break
+        keep = depth + 1 < num_levels
+        # Which item's score each node's children feed: (user, item index, node column, child token).
+        feeds = [[] for _ in range(users)]
+        column_of = [{prefix: n for n, prefix in enumerate(nodes)} for nodes in level]
+        for u, tree in enumerate(trees):
+            for n, path in enumerate(tree.paths):
+                if len(path) > depth + 1:
+                    feeds[u].append((n, column_of[u][path[:depth + 1]], path[depth + 1]))
+        chunk = max(1, min(width, max_mask_cells // max(1, users * (cache.get_seq_length() + width))))
+        for start in range(0, width, chunk):
+            stop = min(width, start + chunk)
+            cached = cache.get_seq_length()
+            tokens = torch.full((users, stop - start), pad_id, dtype=torch.long, device=device)
+            ancestors = torch.full((users, stop - start, max(depth, 0)), -1, dtype=torch.long, device=device)
+            for u, nodes in enumerate(level):
+                for c, prefix in enumerate(nodes[start:stop]):
+                    tokens[u, c] = prefix[-1]
+                    for d in range(depth):
+                        ancestors[u, c, d] = where[u][prefix[:d + 1]]
+            mask = _tree_chunk_mask(attention, ancestors, cached, stop - start, hidden.dtype)
+            node_positions = (last_position + depth + 1)[:, None].expand(users, stop - start)
+            step_hidden, step_out = last_hidden(model, input_ids=tokens, attention_mask=mask, position_ids=node_positions,
+                                                use_cache=True, **with_cache(base_decoder(model), cache))
+            cache = cache_of(step_out)
+            logprobs = torch.log_softmax(lm_head(step_hidden).float(), dim=-1)
+            for u in range(users):
+                picked = [(n, c - start, t) for n, c, t in feeds[u] if start <= c < stop]
+                if picked:
+                    cols = torch.tensor([c for _, c, _ in picked], device=device)
+                    toks = torch.tensor([t for _, _, t in picked], device=device)
+                    for (n, _, _), lp in zip(picked, logprobs[u, cols, toks].tolist()):
+                        scores[u][n] += lp
+            if keep:
+                for u, nodes in enumerate(level):
+                    for c, prefix in enumerate(nodes[start:stop]):
+                        where[u][prefix] = cached + c
+                # Later levels attend over these cached columns: the mask's prompt part keeps its width.
+                attention = torch.cat([attention, torch.zeros(users, stop - start, dtype=attention.dtype,
+                                                              device=device)], dim=1)
+            else:
+                cache.crop(-(stop - start))       # a negative count drops that many (transformers 5)
+    return scores
+
+
+def base_decoder(model):
+    from engine.item_head import base_of
+
+    return base_of(model).get_decoder()

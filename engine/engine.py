@@ -370,7 +370,7 @@ class Engine:
                       backend=self.backend.name, levels=turn.levels, beams=beams,
                       latency_ms={name: round(v, 1) for name, v in turn.timings.items()}, k=turn.k,
                       num_beams=turn.num_beams, request=turn.info,
-                      max_reasoning_tokens=turn.budget if turn.thinking else 0)
+                      max_reasoning_tokens=turn.budget if turn.thinking else 0, ranking=result.ranking)
         stored = trace.model_dump(mode="json") | {"items": [c.model_dump(mode="json") for c in cards]}
         self.sessions.add_exchange(turn.session.id, [turn.user_turn(), Turn("assistant", reply,
                                                                             [c.item_id for c in cards], turn.levels,

@@ -53,6 +53,21 @@ class Trace(BaseModel):
     num_beams: int
     request: RequestInfo = RequestInfo()
     max_reasoning_tokens: int = 0    # the turn's reasoning budget (0: no reasoning)
+    # How the items were ranked: method "exact" (every admissible item scored by its full SID
+    # log-probability + the item head's) or "beam" (the admissible tree exceeded the budget), with
+    # admissible, steps, budget and head_weight (engine.recommender.Recommender.rank_items).
+    ranking: dict = {}
+
+
+def describe_ranking(ranking: dict) -> str:
+    """One line for people: how a turn's items were ranked."""
+    if not ranking:
+        return "beam search"
+    head = f", item head weight {ranking['head_weight']:g}" if ranking.get("head_weight") else ", SID only"
+    if ranking.get("method") == "exact":
+        return (f"exact: all {ranking.get('admissible')} admissible items scored ({ranking.get('steps')} forward steps, "
+                f"budget {ranking.get('budget')}){head}")
+    return f"beam search (the admissible items need more than {ranking.get('budget')} forward steps){head}"
 
 
 class ReasoningDelta(BaseModel):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
-from engine.decoding import RankedItem, build_token_trie
+from engine.decoding import RankedItem, admissible_tree, build_token_trie
 from engine.slots import SlotGrammar
 from engine.prompt import (NEXT_ITEM, NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
                            fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement,
@@ -35,6 +35,9 @@ class Recommendation:
     # Thinking mode: every candidate in the model's order before level 3's prior re-ranks them
     # (``items`` is the top ``k`` after it); evaluation re-ranks these for other prior weights.
     candidates: list[RankedItem] = field(default_factory=list)
+    # How the items were ranked (Recommender.rank_items): "exact" (every admissible item scored) or
+    # "beam", the admissible count, the forward steps exact ranking needed, the budget, the head weight.
+    ranking: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,14 @@ class ReasoningPlan:
     required_ends: bool = False   # the required pieces end the list (a decade, or no room for more)
 
 
+# Weight of the item head's log-probability beside the SID path's (chosen on ML-100K valid, docs/RESULTS.md
+# issue 25), and the compute budget of exact ranking in forward steps (one per distinct admissible
+# prefix): a 1.7k-item catalog needs ~1k, so it is ranked exactly; a 10^5-item one falls back to
+# beam search unless a request narrows it.
+DEFAULT_HEAD_WEIGHT = 1.0
+DEFAULT_EXACT_STEPS = 4096
+
+
 class Recommender:
     """``model`` decodes in this process; with ``model_url`` a ``thinkrec serve-model`` server does
     (``model`` is then None and ``meta`` the checkpoint's metadata, which the server must match).
@@ -103,7 +114,8 @@ class Recommender:
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
                  filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
                  follow_share: float = 0.8, think_rank: ThinkRank | None = None,
-                 same_item: dict[str, str] | None = None, recent_view: int = 0, recent_weight: float = 0.5):
+                 same_item: dict[str, str] | None = None, recent_view: int = 0, recent_weight: float = 0.5,
+                 head_weight: float = DEFAULT_HEAD_WEIGHT, exact_steps: int = DEFAULT_EXACT_STEPS):
         self.model, self.tokenizer = model, tokenizer
         # Ids the catalog lists twice for one film (Catalog.duplicates): the reasoning cites only one.
         self.same_item = same_item or {}
@@ -121,6 +133,14 @@ class Recommender:
         # log p(i | history) + recent_weight * log p(i | latest items). See rank_direct.
         self.recent_view, self.recent_weight = recent_view, recent_weight
         self.think_rank = think_rank or ThinkRank()  # how thinking mode ranks its candidates (see rank_thinking)
+        # Ranking (rank_items): score = log p(SID path) + head_weight * log p_head(item), the item-ID
+        # head's memorisation beside the SID's generalisation (0: SID only, or no head); every
+        # admissible item is scored exactly when its prefix tree needs at most exact_steps forward steps.
+        from engine.item_head import head_of
+
+        self.head = head_of(model) if model is not None else None
+        self.head_weight = head_weight if self.head is not None else 0.0
+        self.exact_steps = exact_steps
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
         # Where the reasoning names interests, trends and attributes, only the catalog's words
@@ -433,8 +453,10 @@ class Recommender:
                       for i in range(n)]
             ranked = self.rank_direct(prompts, recent, excludes, constraints, k, num_beams, batch_size)
         else:
-            ranked = self.backend.beam_search(item_prompts, excludes, k=num_beams if thinking else k,
-                                              num_beams=num_beams, batch_size=batch_size, constraints=constraints)
+            ranked, how = self.rank_items(item_prompts, excludes, constraints, k=num_beams if thinking else k,
+                                          num_beams=num_beams, batch_size=batch_size)
+            for result, info in zip(results, how):
+                result.ranking = info
         if thinking:
             direct = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], False) for i in range(n)]
             ranked = self.rank_thinking(think_rank or self.think_rank, ranked, direct, item_prompts,
@@ -452,6 +474,42 @@ class Recommender:
             result.seconds["items"] = share
         return results
 
+    def rank_items(self, prompts: list[list[int]], excludes: Sequence[set], constraints: Sequence[Constraints | None],
+                   k: int, num_beams: int, batch_size: int) -> tuple[list[list[RankedItem]], list[dict]]:
+        """Top ``k`` admissible items per prompt (each prompt ends with ``<|item_begin|>``), ranked by
+        ``log p(SID path) + head_weight * log p_head(item)``, and how each list was made.
+
+        Exact when the admissible items' prefix tree needs at most ``exact_steps`` forward steps
+        (and the backend scores trees): every admissible item gets its full score, nothing is
+        pruned. Otherwise beam search over the SID steps, its beams re-scored with the head."""
+        filters = [self.filter_for(c) for c in constraints]
+        can_exact = self.exact_steps > 0 and hasattr(self.backend, "score_trees")
+        trees = [admissible_tree(self.trie, e, f, self.exact_steps) if can_exact else None
+                 for e, f in zip(excludes, filters)]
+        ranked: list[list[RankedItem]] = [[] for _ in prompts]
+        info = [{"method": "exact" if t is not None else "beam", "budget": self.exact_steps,
+                 "head_weight": self.head_weight, "steps": t.steps if t is not None else None,
+                 "admissible": len(t.items) if t is not None else None} for t in trees]
+        exact = [i for i, t in enumerate(trees) if t is not None]
+        if exact:
+            scored = self.backend.score_trees([prompts[i] for i in exact], [trees[i] for i in exact],
+                                              self.head_weight, batch_size)
+            for i, scores in zip(exact, scored):
+                tree = trees[i]
+                order = sorted(range(len(scores)), key=lambda n: -scores[n])[:k]
+                ranked[i] = [RankedItem(tree.items[n], float(scores[n]), tree.paths[n]) for n in order]
+        rest = [i for i, t in enumerate(trees) if t is None]
+        if rest:
+            beams = self.backend.beam_search([prompts[i] for i in rest], [excludes[i] for i in rest],
+                                             k=max(k, num_beams) if self.head_weight else k, num_beams=num_beams,
+                                             batch_size=batch_size, constraints=[constraints[i] for i in rest])
+            if self.head_weight:
+                beams = [pool[:k] for pool in self._score_pools(beams, [([prompts[i] for i in rest], 1.0,
+                                                                        self.head_weight)], batch_size)]
+            for i, items in zip(rest, beams):
+                ranked[i] = items
+        return ranked, info
+
     def rank_direct(self, prompts: list[list[int]], recent: list[list[int]], excludes, constraints, k: int,
                     num_beams: int, batch_size: int) -> list[list[RankedItem]]:
         """Non-thinking top ``k`` from two views: the beams of the full prompt and of the latest
@@ -462,18 +520,19 @@ class Recommender:
                                         constraints=constraints)
         short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
                                          constraints=constraints)
-        views = [(prompts, 1.0), (recent, self.recent_weight)]
+        views = [(prompts, 1.0, 0.0), (recent, self.recent_weight, 0.0)]
         return [ranked[:k] for ranked in self._score_pools(_union(full, short), views, batch_size)]
 
-    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float]],
+    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float, float]],
                      batch_size: int) -> list[list[RankedItem]]:
         """Each user's candidates scored as the weighted sum of their teacher-forced
-        log-probabilities under each view (prompts, weight), best first."""
+        log-probabilities under each view (prompts, weight, item-head weight), best first."""
         paths = [[list(i.token_ids) for i in pool] for pool in pools]
         totals = [[0.0] * len(pool) for pool in pools]
-        for prompts, weight in views:
+        for prompts, weight, head_weight in views:
             if weight:
-                for total, scores in zip(totals, self.backend.score_paths(prompts, paths, batch_size)):
+                extra = {"head_weight": head_weight / weight} if head_weight else {}
+                for total, scores in zip(totals, self.backend.score_paths(prompts, paths, batch_size, **extra)):
                     total[:] = [t + weight * x for t, x in zip(total, scores)]
         out = []
         for pool, total in zip(pools, totals):
@@ -490,14 +549,14 @@ class Recommender:
         and constraints."""
         if how.mode == "reasoned":
             return [list(beams) for beams in reasoned]
-        direct = self.backend.beam_search(direct_prompts, excludes, k=num_beams, num_beams=num_beams,
-                                          batch_size=batch_size, constraints=constraints)
+        direct, _ = self.rank_items(direct_prompts, excludes, constraints, k=num_beams, num_beams=num_beams,
+                                    batch_size=batch_size)
         if how.mode == "race":
             return [race(a, b, len(a) + len(b)) for a, b in zip(reasoned, direct)]
-        views = [(direct_prompts, 1.0), (reasoned_prompts, how.weight)]
+        views = [(direct_prompts, 1.0, self.head_weight), (reasoned_prompts, how.weight, 0.0)]
         if how.contrast:
             empty = self.prompt_ids([], thinking=True)
-            views.append(([self.item_prompt(empty, r) for r in reasoning], -how.contrast))
+            views.append(([self.item_prompt(empty, r) for r in reasoning], -how.contrast, 0.0))
         return self._score_pools(_union(reasoned, direct), views, batch_size)
 
     def follow(self, items: list[RankedItem], recommendation: str, weight: float = 0.0, share: float = 0.0,

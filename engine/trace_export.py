@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from engine.events import Trace
+from engine.events import Trace, describe_ranking
 from engine.messages import LEVEL_NAMES
 
 SCHEMA_VERSION = 1
@@ -172,7 +172,8 @@ def _facts(trace: Trace) -> list[tuple[str, str]]:
             ("reasoning", f"{trace.reasoning_tokens} tokens (budget {trace.max_reasoning_tokens})"),
             ("Think-Ahead cache", "hit" if trace.cache_hit else "miss"),
             ("prompt", f"{trace.prompt_tokens} tokens"), ("K / beams", f"{trace.k} / {trace.num_beams}"),
-            ("backend", trace.backend), ("latency", _latency(trace) or "-")]
+            ("backend", trace.backend), ("ranking", describe_ranking(trace.ranking)),
+            ("latency", _latency(trace) or "-")]
 
 
 def _request_lines(trace: Trace) -> list[tuple[str, str]]:

@@ -31,10 +31,14 @@ def load_parent(init: str | Path, view) -> tuple[CheckpointMeta, ThinkrecTokeniz
 
 
 def load_model(path: str | Path):
-    """A saved checkpoint's model, ready to train further (local files only, never a model hub)."""
+    """A saved checkpoint's model, ready to train further (local files only, never a model hub),
+    with its item head attached when it has one."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    from engine.item_head import ItemHead, attach
+
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+    return attach(model, ItemHead.load(path))
 
 
 def finished_stage(out: str | Path) -> str | None:
@@ -99,13 +103,21 @@ def save_checkpoint(model, tokenizer: ThinkrecTokenizer, meta: CheckpointMeta, o
     model loads in transformers as an ordinary one."""
     from peft import PeftModel
 
+    from engine.item_head import ITEM_HEAD_FILE, attach, detached_for_saving
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel):
         model = model.merge_and_unload()
     model.generation_config.pad_token_id = tokenizer.pad_id
     model.generation_config.eos_token_id = tokenizer.end_id
+    # The item head is written beside the weights, so they stay a plain causal LM (transformers, vLLM).
+    model, head = detached_for_saving(model)
     model.save_pretrained(str(out))
+    (out / ITEM_HEAD_FILE).unlink(missing_ok=True)
+    if head is not None:
+        head.save(out)
+        attach(model, head)
     tokenizer.save(out)
     meta.save(out)
     shutil.rmtree(out / STATE_DIR, ignore_errors=True)

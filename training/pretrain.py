@@ -39,6 +39,8 @@ class PretrainArgs:
     history_items: int = 20             # latest history items a prompt lists (recorded in the checkpoint; later stages and the engine use it)
     sequence_passes: int = 0            # passes over every user sequence (SequenceWindows) per epoch of the perception tasks (0: sized by the data, see sequence_tokens)
     sequence_tokens: int = 1_500_000    # with sequence_passes 0: as many passes as make this many next-item tokens an epoch (at least 3, at most 40)
+    item_head: bool = True              # an item-ID head beside the SID tokens (engine/item_head.py), trained with full cross-entropy
+    head_loss_weight: float = 1.0       # its loss weight beside the token loss
 
 
 MIN_SEQUENCE_PASSES, MAX_SEQUENCE_PASSES = 3, 40
@@ -85,6 +87,7 @@ def make_tokenizer(view, teacher, args) -> ThinkrecTokenizer:
 def run(args: PretrainArgs) -> Path:
     from training.checkpointing import first_meta, save_checkpoint
     from training.dataset_view import DatasetView
+    from training.item_targets import ItemTargets
     from training.model_setup import make_model
     from training.teacher import DeterministicTeacher
     from training.trainer import stage_train_args, summary_line, train
@@ -97,10 +100,13 @@ def run(args: PretrainArgs) -> Path:
     args = replace(args, sequence_passes=passes)      # the checkpoint records what was run
     print(f"pretrain: {len(examples):,} examples, {sum(len(e.ids) for e in examples):,} tokens, "
           f"{passes} passes over the user sequences an epoch, vocab {len(tokenizer):,}")
+    item_ids = list(view.codes) if args.item_head else None
     model = make_model(tokenizer, args.preset, args.base_model, args.lora, args.lora_rank, args.seed,
-                       args.gradient_checkpointing)
+                       args.gradient_checkpointing, item_ids=item_ids)
     train_args = stage_train_args(args)
-    summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="pretrain")
+    targets = ItemTargets(tokenizer, view.codes, item_ids) if item_ids else None
+    summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="pretrain",
+                    item_targets=targets)
     meta = first_meta(view.manifest, "pretrain", asdict(args), summary, preset=None if args.base_model else args.preset,
                       base_model=args.base_model, lora=args.lora, history_items=args.history_items)
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))

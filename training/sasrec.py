@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,6 +128,20 @@ class SASRecModel:
     def encode(self, histories: list[list[str]]) -> torch.Tensor:
         """Left-padded rows of each history's last max_len known items."""
         return encode_histories(histories, self.item_row, self.config.max_len).to(self.device)
+
+    @torch.no_grad()
+    def catalog_scores(self, histories: list[list[str]], batch_size: int = 256) -> np.ndarray:
+        """(len(histories), len(item_ids)) scores of every catalog item (item_ids order), nothing
+        masked: callers that filter (training/filtered.py) rank the whole catalog themselves."""
+        was_training = self.network.training
+        self.network.eval()
+        scores = np.zeros((len(histories), len(self.item_ids)), dtype=np.float32)
+        for start in range(0, len(histories), batch_size):
+            states = self.network(self.encode(histories[start:start + batch_size]))[:, -1]
+            # Column 0 is padding, not an item.
+            scores[start:start + len(states)] = self.network.item_scores(states)[:, 1:].float().cpu().numpy()
+        self.network.train(was_training)
+        return scores
 
     @torch.no_grad()
     def recommend_batch(self, histories: list[list[str]], k: int, batch_size: int = 256) -> list[list[str]]:

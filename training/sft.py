@@ -41,6 +41,7 @@ class SFTArgs:
     seed: int = 0                       # seed for data order, initialisation and sampling
     save_every: int = 200               # optimizer steps between resumable checkpoints (0: never)
     max_steps: int = 0
+    head_loss_weight: float = 1.0       # the item head's loss weight (when the init checkpoint has one)
 
 
 def load_teacher(spec: str | None, view):
@@ -108,7 +109,12 @@ def run(args: SFTArgs) -> Path:
         counts[e.task] = counts.get(e.task, 0) + 1
     print(f"sft: {len(examples):,} examples ({counts}), {sum(len(e.ids) for e in examples):,} tokens")
     train_args = stage_train_args(args, warmup_steps=20)
-    summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="sft")
+    from engine.item_head import head_of
+    from training.item_targets import ItemTargets
+
+    head = head_of(model)
+    targets = ItemTargets(tokenizer, view.codes, head.item_ids) if head is not None else None
+    summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="sft", item_targets=targets)
     meta = child_meta(parent, args.init, "sft", asdict(args), summary, lora=args.lora)
     if isinstance(teacher, LangChainTeacher):     # how often the chat model's words were unusable
         meta.args["teacher_fallbacks"] = dict(teacher.fallbacks)

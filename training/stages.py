@@ -27,6 +27,8 @@ class AllArgs:
     history_items: int = 20             # latest history items a prompt lists
     precision: str = "auto"             # auto (bf16 where native), fp32 or bf16
     seed: int = 0                       # seed for data order, initialisation and sampling
+    item_head: bool = True              # an item-ID head beside the SID tokens (engine/item_head.py)
+    head_loss_weight: float = 1.0       # the item head's loss weight beside the token loss
 
 
 @dataclass
@@ -85,9 +87,11 @@ def run_all(args: AllArgs):
     pre = PretrainArgs(data=args.data, out=str(out / "pretrain"), preset=args.preset, base_model=args.base_model,
                        lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed,
                        sequence_passes=args.sequence_passes, sequence_tokens=args.sequence_tokens,
-                       history_items=args.history_items)
+                       history_items=args.history_items, item_head=args.item_head,
+                       head_loss_weight=args.head_loss_weight)
     sft = SFTArgs(data=args.data, init=str(out / "pretrain"), out=str(out / "sft"), lora=args.lora,
-                  epochs=args.sft_epochs, precision=args.precision, seed=args.seed)
+                  epochs=args.sft_epochs, precision=args.precision, seed=args.seed,
+                  head_loss_weight=args.head_loss_weight)
     run_pretrain(pre)
     return run_sft(sft)
 

@@ -17,6 +17,12 @@ with the title, and for dataset users NDCG@10 of the held-out target with the re
 the neutral message; requests for dataset users are built consistent with their target (its
 category, its decade, a category it lacks), so the target satisfies them. Two-turn NDCG is of the
 second answer, over users whose target the first answer did not already show.
+
+Beside thinkrec's modes, the fair anchor: ``sasrec+filter`` and ``markov+filter`` rank the whole
+catalog for the same users, keep what the same parsed request admits (the facets check thinkrec's
+trie filter uses), drop the history and the same exclusions, and take the top 10
+(``filtered_records``, training/filtered.py); their neutral row is the unfiltered ranking. Each
+thinkrec row states its NDCG@10 over sasrec+filter's on the same consistent requests.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.constraints import Constraints
+from training.metrics import hit_ndcg
 
 KINDS = ("genre", "decade", "genre+decade", "avoid", "more-like", "two-turn")
+BASELINES = ("sasrec+filter", "markov+filter")     # rows beside thinkrec's modes (filtered_records)
 HARD_KINDS = ("genre", "decade", "genre+decade", "avoid", "two-turn")
 
 
@@ -116,6 +124,53 @@ def compliance(items: list[str], meant: Constraints, facets) -> float | None:
     return sum(meant.allows(facets.categories_of(i), facets.year_of(i)) for i in items) / len(items)
 
 
+def _record(mode: str, case: UserCase, probe: Probe, state: Constraints, items: list[str], neutral: list[str],
+            shown_earlier: list[str], facets, k: int) -> dict:
+    """One answer scored: compliance with what the request meant, NDCG of the held-out target."""
+    record = {"mode": mode, "kind": probe.kind, "user": case.user, "fresh": not case.history, "texts": probe.texts,
+              "parsed": state.describe(), "items": items, "n_items": len(items),
+              "compliance": compliance(items, probe.meant, facets),
+              "neutral_compliance": compliance(neutral, probe.meant, facets)}
+    if case.target is not None:
+        record["ndcg"] = hit_ndcg([items], [case.target], (k,))[f"ndcg@{k}"]
+        record["neutral_ndcg"] = hit_ndcg([neutral], [case.target], (k,))[f"ndcg@{k}"]
+        record["target_satisfies"] = probe.meant.allows(facets.categories_of(case.target), facets.year_of(case.target))
+        # A target the first turn of a two-turn request already showed is excluded from the
+        # second: that user was served; the NDCG comparison leaves them out.
+        record["target_shown_earlier"] = case.target in shown_earlier
+    return record
+
+
+def filtered_records(method: str, item_ids: list[str], scores: list, cases: list[UserCase], parser, facets,
+                     k: int) -> list[dict]:
+    """A baseline's rows: per user its full ranking (``scores[n]`` over ``item_ids``: an array, or a
+    mapping of sort keys) restricted to what the parsed request admits, history and the same
+    exclusions as thinkrec's answer removed (a two-turn request's second answer leaves out the
+    baseline's own first answer), top-k. Its neutral answer is the unfiltered ranking."""
+    from engine.request import apply
+    from training.filtered import admissible_mask, facet_rows, filtered_top_k
+
+    rows = facet_rows(facets, item_ids)
+
+    def top(user_scores, history: list[str], constraints: Constraints | None, exclude: set[str]) -> list[str]:
+        return filtered_top_k(user_scores, admissible_mask(facets, constraints, rows), set(history) | exclude,
+                              k, item_ids)
+
+    records = []
+    for case, user_scores in zip(cases, scores):
+        neutral = top(user_scores, case.history, None, set())
+        for probe in case.probes:
+            state, shown = Constraints(), []
+            if len(probe.texts) > 1:
+                state = apply(Constraints(), parser.parse(probe.texts[0]))
+                shown = top(user_scores, case.history, state, set())
+            state = apply(state, parser.parse(probe.texts[-1]), shown)
+            exclude = set(shown) | ({probe.like_item} if probe.like_item else set())
+            items = top(user_scores, case.history, state, exclude)
+            records.append(_record(method, case, probe, state, items, neutral, shown, facets, k))
+    return records
+
+
 def run_steering(args) -> dict:
     import torch
 
@@ -125,7 +180,6 @@ def run_steering(args) -> dict:
     from engine.tokenizer import Message
     from training.dataset_view import DatasetView
     from training.evaluate import parse_checkpoints
-    from training.metrics import hit_ndcg
 
     torch.manual_seed(args.seed)
     view = DatasetView.load(args.data)
@@ -182,24 +236,28 @@ def run_steering(args) -> dict:
             states.append(apply(state, parser.parse(p.texts[-1]), shown))
         outs = answer(histories, texts, earlier, excludes, states, thinking)
         for (c, p), state, out in zip(jobs, states, outs):
-            items = [str(i.item_id) for i in out.items]
-            base = neutral_items[c.user]
-            record = {"mode": mode, "kind": p.kind, "user": c.user, "fresh": not c.history, "texts": p.texts,
-                      "parsed": state.describe(), "n_items": len(items),
-                      "compliance": compliance(items, p.meant, facets),
-                      "neutral_compliance": compliance(base, p.meant, facets)}
-            if c.target is not None:
-                record["ndcg"] = hit_ndcg([items], [c.target], (k,))[f"ndcg@{k}"]
-                record["neutral_ndcg"] = hit_ndcg([base], [c.target], (k,))[f"ndcg@{k}"]
-                record["target_satisfies"] = p.meant.allows(facets.categories_of(c.target), facets.year_of(c.target))
-                # A target the first turn of a two-turn request already showed is excluded from the
-                # second: that user was served; the NDCG comparison leaves them out.
-                record["target_shown_earlier"] = c.target in first_turns.get((c.user, p.kind), (None, []))[1]
-            records.append(record)
+            shown = first_turns.get((c.user, p.kind), (None, []))[1]
+            records.append(_record(mode, c, p, state, [str(i.item_id) for i in out.items], neutral_items[c.user],
+                                   shown, facets, k))
     seconds = time.perf_counter() - started
+
+    # The fair anchor: each baseline's full ranking under the same parsed constraints (training/filtered.py).
+    from training.evaluate import _sasrec
+    from training.transitions import TransitionRecommender, known_sequences
+
+    sasrec = _sasrec(view, args)
+    markov = TransitionRecommender().fit(known_sequences(view, args.split))
+    catalog_ids = list(view.items)
+    user_histories = [c.history for c in cases]
+    records += filtered_records("sasrec+filter", sasrec.item_ids, sasrec.catalog_scores(user_histories), cases,
+                                parser, facets, k)
+    records += filtered_records("markov+filter", catalog_ids,
+                                [markov.catalog_scores(h, catalog_ids) for h in user_histories], cases, parser,
+                                facets, k)
     summary = summarize(records)
     report = {"split": args.split, "dataset_users": len(sampled), "fresh_users": args.steering_fresh,
               "checkpoint": checkpoint, "stage": meta.stage, "seconds": round(seconds, 1),
+              "vs_sasrec_filter": {mode: ndcg_ratio(records, mode, "sasrec+filter") for mode, _ in modes},
               "summary": summary, "records": records}
     if args.json:
         write_steering(report, Path(args.json))
@@ -212,6 +270,24 @@ def _mean(values) -> float | None:
     return round(sum(values) / len(values), 4) if values else None
 
 
+def _consistent(record: dict) -> bool:
+    """A dataset user's request their target satisfies, and not already served by a first turn."""
+    return bool(record.get("target_satisfies")) and not record.get("target_shown_earlier")
+
+
+def ndcg_ratio(records: list[dict], mode: str, against: str, kind: str | None = None) -> float | None:
+    """Mean NDCG@10 of ``mode`` over that of ``against`` on the same consistent requests (a user and
+    kind both count as consistent), pooled over kinds unless ``kind`` is given."""
+    def by_request(name):
+        return {(r["user"], r["kind"]): r["ndcg"] for r in records
+                if r["mode"] == name and (kind is None or r["kind"] == kind) and _consistent(r)}
+
+    ours, theirs = by_request(mode), by_request(against)
+    pairs = ours.keys() & theirs.keys()
+    base = sum(theirs[p] for p in pairs)
+    return round(sum(ours[p] for p in pairs) / base, 3) if pairs and base > 0 else None
+
+
 def summarize(records: list[dict]) -> list[dict]:
     rows = []
     for mode in dict.fromkeys(r["mode"] for r in records):
@@ -219,7 +295,7 @@ def summarize(records: list[dict]) -> list[dict]:
             group = [r for r in records if r["mode"] == mode and r["kind"] == kind]
             if not group:
                 continue
-            consistent = [r for r in group if r.get("target_satisfies") and not r.get("target_shown_earlier")]
+            consistent = [r for r in group if _consistent(r)]
             rows.append({"mode": mode, "kind": kind, "n": len(group),
                          "compliance": _mean(r["compliance"] for r in group),
                          "neutral_compliance": _mean(r["neutral_compliance"] for r in group),
@@ -227,7 +303,9 @@ def summarize(records: list[dict]) -> list[dict]:
                          "short_lists": sum(r["n_items"] < 10 for r in group),
                          "ndcg": _mean(r["ndcg"] for r in consistent),
                          "neutral_ndcg": _mean(r["neutral_ndcg"] for r in consistent),
-                         "ndcg_users": len(consistent)})
+                         "ndcg_users": len(consistent),
+                         "vs_sasrec_filter": (None if mode in BASELINES
+                                              else ndcg_ratio(records, mode, "sasrec+filter", kind))})
     return rows
 
 
@@ -236,12 +314,20 @@ def steering_table(report: dict) -> str:
         return "–" if v is None else f"{v:.3f}"
 
     lines = [f"split `{report['split']}`, {report['dataset_users']} dataset users + {report['fresh_users']} fresh users, "
-             "top-10, compliance = share of items satisfying what the request meant", "",
-             "| mode | kind | n | compliance@10 | neutral | fresh users | lists < 10 | NDCG@10 (request) | NDCG@10 (neutral) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "top-10, compliance = share of items satisfying what the request meant; "
+             "`sasrec+filter` / `markov+filter`: the baseline's full ranking under the same parsed request "
+             "(neutral: unfiltered); NDCG ÷ sasrec+filter on the same consistent requests", "",
+             "| mode | kind | n | compliance@10 | neutral | fresh users | lists < 10 | NDCG@10 (request) | NDCG@10 (neutral) "
+             "| ÷ sasrec+filter |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["summary"]:
         lines.append(f"| {r['mode']} | {r['kind']} | {r['n']} | {fmt(r['compliance'])} | {fmt(r['neutral_compliance'])} | "
-                     f"{fmt(r['fresh_compliance'])} | {r['short_lists']} | {fmt(r['ndcg'])} | {fmt(r['neutral_ndcg'])} |")
+                     f"{fmt(r['fresh_compliance'])} | {r['short_lists']} | {fmt(r['ndcg'])} | {fmt(r['neutral_ndcg'])} | "
+                     f"{fmt(r.get('vs_sasrec_filter'))} |")
+    ratios = report.get("vs_sasrec_filter") or {}
+    if ratios:
+        lines += ["", "NDCG@10 of thinkrec ÷ sasrec+filter, all consistent requests: "
+                  + ", ".join(f"{mode} {fmt(ratio)}" for mode, ratio in ratios.items())]
     return "\n".join(lines)
 
 

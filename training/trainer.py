@@ -46,6 +46,7 @@ class TrainArgs:
     save_every: int = 200           # optimizer steps between resumable checkpoints (0: never)
     log_every: int = 10
     max_steps: int = 0              # stop early after this many optimizer steps (0: no limit)
+    head_loss_weight: float = 1.0   # weight of the item head's cross-entropy beside the token loss
 
 
 def stage_train_args(stage_args, **overrides) -> TrainArgs:
@@ -117,9 +118,26 @@ def _schedule(step: int, total: int, args: TrainArgs) -> float:
     return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def step_loss(model, batch: dict, item_targets=None, head_weight: float = 1.0) -> tuple[torch.Tensor, float | None]:
+    """The token loss, plus (when ``model`` carries an item head and ``item_targets`` finds spans)
+    ``head_weight`` × the head's cross-entropy at the trained item spans. Returns the loss and the
+    head's part (None without one). One forward through the wrapped model either way."""
+    from engine.item_head import head_of
+
+    head = head_of(model) if item_targets is not None else None
+    if head is None:
+        return model(**batch).loss, None
+    out = model(**batch, output_hidden_states=True)
+    head_loss = item_targets.loss(head, out.hidden_states[-1], batch["input_ids"], batch["labels"])
+    if head_loss is None:
+        return out.loss + 0.0 * head.bias.sum(), None
+    return out.loss + head_weight * head_loss, head_loss.item()
+
+
 def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: TrainArgs,
-          title: str = "training", on_log: Callable[[dict], None] | None = None) -> dict:
-    """Train ``model`` in place; returns a summary. Resumes from ``out/trainer_state`` if present."""
+          title: str = "training", on_log: Callable[[dict], None] | None = None, item_targets=None) -> dict:
+    """Train ``model`` in place; returns a summary. Resumes from ``out/trainer_state`` if present.
+    ``item_targets`` (training/item_targets.py): where a model with an item head trains it."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -145,6 +163,7 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
 
     model.train()
     started, tokens_seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
+    window_head, window_head_n = 0.0, 0
     bar = tqdm(total=total_steps, initial=step, desc=title, unit="step", disable=not accelerator.is_main_process)
     epoch_batches: dict[int, list[list[int]]] = {}
     while step < total_steps:
@@ -154,7 +173,9 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
         batch = collate([examples[i] for i in epoch_batches[epoch][position]], pad_id, args.max_len)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         with accelerator.accumulate(model):
-            loss = model(**batch).loss
+            loss, head_loss = step_loss(model, batch, item_targets, args.head_loss_weight)
+            if head_loss is not None:
+                window_head, window_head_n = window_head + head_loss, window_head_n + 1
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -172,6 +193,9 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
             elapsed = time.perf_counter() - started
             record = {"step": step, "loss": window_loss / window_n, "lr": scheduler.get_last_lr()[0],
                       "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "epoch": micro / batches_per_epoch}
+            if window_head_n:
+                record["head_loss"] = window_head / window_head_n
+            window_head, window_head_n = 0.0, 0
             log.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             window_loss, window_n = 0.0, 0

@@ -40,6 +40,18 @@ class TransitionRecommender:
                 votes[after] += count / lag
         return votes
 
+    def catalog_scores(self, history: Sequence[str], item_ids: Iterable[str]) -> dict[str, tuple[float, int]]:
+        """Every catalog item's sort key, as ``recommend`` ranks: (votes, popularity), so items no
+        recent item led to follow by popularity and a filtered top-k still fills (training/filtered.py)."""
+        votes = self.scores(history)
+        catalog = list(item_ids)
+        known = set(catalog)
+        # Key order = recommend's order among equal keys (a stable sort keeps it): voted items as
+        # counted, then by popularity, then items never seen in catalog order.
+        order = dict.fromkeys([i for i in votes if i in known] + [i for i in self._by_popularity if i in known]
+                              + catalog)
+        return {i: (votes.get(i, 0.0), self.popularity.get(i, 0)) for i in order}
+
     def recommend(self, history: Sequence[str], k: int) -> list[str]:
         seen = set(history)
         votes = self.scores(history)
