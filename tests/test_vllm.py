@@ -81,9 +81,19 @@ def both(built_dataset, tiny_checkpoint, vllm_url, tmp_path_factory):
     from engine.engine import Engine
 
     scratch = tmp_path_factory.mktemp("vllm-sessions")
-    return {backend: Engine(built_dataset, tiny_checkpoint, sessions_url=f"sqlite:///{scratch / backend}.db",
-                            backend=backend, model_url=vllm_url if backend == "vllm" else None)
-            for backend in ("transformers", "vllm")}
+    engines = {backend: Engine(built_dataset, tiny_checkpoint, sessions_url=f"sqlite:///{scratch / backend}.db",
+                               backend=backend, model_url=vllm_url if backend == "vllm" else None)
+               for backend in ("transformers", "vllm")}
+    sid_only(engines["transformers"].recommender)
+    return engines
+
+
+def sid_only(recommender):
+    """The vLLM backend ranks by the SID path alone, with beam search: the item head needs the
+    backbone's hidden state, which the server does not return, and exact ranking needs tree
+    attention in process. The in-process side is compared in the same mode."""
+    recommender.head_weight, recommender.exact_steps = 0.0, 0
+    return recommender
 
 
 def turn(engine, user, text, thinking):
@@ -224,6 +234,7 @@ def recommenders(built_dataset, tiny_checkpoint, vllm_url):
 
     codes = Catalog(built_dataset).sid_codes()
     local, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
+    sid_only(local)
     served, _ = open_recommender(tiny_checkpoint, built_dataset, codes, backend="vllm", model_url=vllm_url)
     return local, served
 
@@ -317,7 +328,7 @@ def test_eval_gives_the_same_metrics_on_both_backends(built_dataset, tiny_checkp
 
     common = dict(data=str(built_dataset), checkpoint=str(tiny_checkpoint), split="test",
                   methods="thinkrec,thinkrec-think", max_users=12)
-    local = run(EvalArgs(**common))["results"]
+    local = run(EvalArgs(**common, head_weight=0.0, exact_steps=0))["results"]
     served = run(EvalArgs(**common, backend="vllm", model_url=vllm_url))["results"]
     for method in ("thinkrec", "thinkrec-think"):
         assert served[method]["backend"] == "vllm"

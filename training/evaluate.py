@@ -52,6 +52,8 @@ class EvalArgs:
     contrast: float = 0.5               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
     recent_view: int = 0                # thinkrec rows: also rank from the latest N history items (0: one view)
     recent_weight: float = 0.5          # weight of that second view's log-probability
+    head_weight: float | None = None    # thinkrec rows: weight of the item head's log-probability beside the SID path's (None: the recommender's default; 0: SID only)
+    exact_steps: int | None = None      # thinkrec rows: forward-step budget of exact ranking (None: default; 0: always beam search)
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
@@ -177,6 +179,10 @@ def run(args: EvalArgs) -> dict:
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
         recommender.recent_view, recommender.recent_weight = args.recent_view, args.recent_weight
+        if args.head_weight is not None and recommender.head is not None:
+            recommender.head_weight = args.head_weight
+        if args.exact_steps is not None:
+            recommender.exact_steps = args.exact_steps
         # Thinking rows differ only in how beams become a ranking: the first row at a budget
         # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
         reasoned: dict[int, list[list[int]]] = {}
@@ -194,7 +200,9 @@ def run(args: EvalArgs) -> dict:
                                                shown=10, think_rank=rank)
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
-            extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend}
+            extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend,
+                     "head_weight": recommender.head_weight, "exact_steps": recommender.exact_steps,
+                     "exact_share": sum(a.ranking.get("method") == "exact" for a in answers) / max(len(answers), 1)}
             if thinking:
                 extra["think_rank"] = {"mode": rank.mode, "weight": rank.weight, "contrast": rank.contrast}
                 extra["max_reasoning_tokens"] = budget

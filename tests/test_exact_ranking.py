@@ -1,0 +1,155 @@
+"""Exact ranking of the admissible catalog (engine/decoding.py score_trees) and the item-ID head
+(engine/item_head.py, training/item_targets.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    """A random Qwen3 model and a 150-item trie of 3-level SIDs (a few items 4 levels deep)."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from engine.item_head import ItemHead, attach
+    from engine.sid import SIDTrie
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    config = Qwen3Config(vocab_size=140, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    model = Qwen3ForCausalLM(config).eval()
+    paths = set()
+    while len(paths) < 150:
+        paths.add((rng.randint(60, 69), rng.randint(70, 89), rng.randint(90, 119)))
+    paths = sorted(paths)
+    # Two prefixes get a fourth level: their items are 4 tokens long, the rest 3.
+    deep = [p + (120 + n,) for n, p in enumerate([(60, 70, 90), (60, 70, 91)] * 2)]
+    deep = sorted(set(deep))
+    paths = [p for p in paths if p[:3] not in {d[:3] for d in deep}] + deep
+    items = [f"i{n}" for n in range(len(paths))]
+    trie = SIDTrie(zip(items, paths))
+    attach(model, ItemHead(items, config.hidden_size, init_std=0.1))
+    prompts = [[rng.randint(1, 59) for _ in range(length)] for length in (7, 12, 3)]
+    return model, trie, items, prompts
+
+
+def test_exact_ranking_equals_brute_force_per_item_scoring(small_world):
+    from engine.decoding import admissible_tree, score_paths, score_trees
+    from engine.item_head import head_of
+
+    model, trie, items, prompts = small_world
+    excludes = [{"i0", "i5"}, set(), {"i3", "i7"}]
+    restricts = [None, trie.restrict_to(items[::3]), None]
+    trees = [admissible_tree(trie, e, r, 10**6) for e, r in zip(excludes, restricts)]
+    assert [len(t.items) for t in trees] == [len(items) - 2, len(items[::3]), len(items) - 2]
+    assert any(len(p) == 4 for p in trees[0].paths)                     # mixed SID lengths are covered
+    for head_weight in (0.0, 1.5):
+        # The whole mask at once, then a mask budget small enough to force chunks in every level.
+        for cells in (1 << 25, 2000):
+            exact = score_trees(model, prompts, trees, pad_id=0, head=head_of(model), head_weight=head_weight,
+                                max_mask_cells=cells)
+            brute = []                                       # one item at a time, no sharing at all
+            for prompt, tree in zip(prompts, trees):
+                brute.append([score_paths(model, [prompt], [[path]], pad_id=0, head=head_of(model),
+                                          head_weight=head_weight, items=[[item]])[0][0]
+                              for item, path in zip(tree.items, tree.paths)])
+            for ours, theirs, tree in zip(exact, brute, trees):
+                assert max(abs(a - b) for a, b in zip(ours, theirs)) < 1e-5
+                order = sorted(range(len(ours)), key=lambda n: -ours[n])
+                assert order == sorted(range(len(theirs)), key=lambda n: -theirs[n])
+
+
+def test_the_tree_walk_stops_at_the_budget(small_world):
+    from engine.decoding import admissible_tree
+
+    _, trie, items, _ = small_world
+    full = admissible_tree(trie, set(), None, 10**6)
+    assert full.steps == len({p[:1] for p in full.paths}) + len({p[:2] for p in full.paths}) + \
+        len({p[:3] for p in full.paths if len(p) == 4})
+    assert admissible_tree(trie, set(), None, full.steps) is not None
+    assert admissible_tree(trie, set(), None, full.steps - 1) is None
+    # A filter narrows the tree below the budget again.
+    assert admissible_tree(trie, set(), trie.restrict_to(items[:5]), 12) is not None
+
+
+def test_recommender_ranks_exactly_under_the_budget_and_by_beams_above(built_dataset, tiny_checkpoint):
+    from data.catalog import Catalog
+    from engine.constraints import Constraints, Facets
+    from engine.recommender import open_recommender
+
+    codes = Catalog(built_dataset).sid_codes()
+    recommender, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
+    assert recommender.head is not None and recommender.head_weight > 0
+    facets = Facets(*Catalog(built_dataset).attribute_table())
+    comedy = Constraints(want=[["Comedy"]])
+    allowed = set(facets.allowed_items(comedy))
+    history = ["1", "2", "13"]
+    exact = recommender.recommend([history, history], k=5, num_beams=8, constraints=[None, comedy])
+    assert [r.ranking["method"] for r in exact] == ["exact", "exact"]
+    assert exact[0].ranking["admissible"] == len(codes) - 3
+    assert {i.item_id for i in exact[1].items} <= allowed - set(history)
+    # Exact ranking scores every admissible item: its top 5 are the best of all of them.
+    scores = [i.score for i in exact[0].items]
+    assert scores == sorted(scores, reverse=True)
+    recommender.exact_steps = 1
+    beams = recommender.recommend([history], k=5, num_beams=8)[0]
+    assert beams.ranking["method"] == "beam"
+    assert len(beams.items) == 5 and not {i.item_id for i in beams.items} & set(history)
+    # On the same scale: beam search can only find items exact ranking scores no higher.
+    assert beams.items[0].score <= exact[0].items[0].score + 1e-4
+
+
+def test_item_targets_train_answers_and_history_but_not_citations():
+    from engine.tokenizer import ThinkrecTokenizer  # noqa: F401  (the ids below mirror its attributes)
+    from training.item_targets import ItemTargets
+
+    class Tok:
+        item_begin_id, item_end_id, think_id, think_end_id = 1, 2, 3, 4
+
+        @staticmethod
+        def sid_token_ids(codes):
+            return [10 + codes[0], 20 + codes[1]]
+
+    targets = ItemTargets(Tok(), {"a": (0, 0), "b": (1, 1)}, ["a", "b"])
+    # history span (trained) | <think> cited span </think> | answer span (trained) | untrained span
+    ids = torch.tensor([[1, 10, 20, 2, 3, 1, 11, 21, 2, 4, 1, 11, 21, 2, 1, 10, 20, 2]])
+    labels = ids.clone()
+    labels[0, 15:] = -100
+    rows, cols, items = targets.find(ids, labels)
+    assert cols.tolist() == [0, 10] and items.tolist() == [0, 1]
+
+
+def test_item_head_saves_beside_the_weights_and_refuses_another_catalog(tmp_path):
+    from engine.item_head import ItemHead
+
+    head = ItemHead(["x", "y", "z"], 8)
+    head.save(tmp_path)
+    again = ItemHead.load(tmp_path, expected_items=["z", "y", "x"])
+    assert again.item_ids == ["x", "y", "z"] and torch.equal(again.embedding, head.embedding)
+    with pytest.raises(ValueError, match="another dataset build"):
+        ItemHead.load(tmp_path, expected_items=["x", "y", "w"])
+    assert ItemHead.load(tmp_path / "nothing") is None
+    assert ItemHead.nbytes(10**6, 256) == 10**6 * 257 * 4
+
+
+def test_training_steps_move_the_item_head(built_dataset, tmp_path):
+    """Two optimizer steps of pre-training change the item head's table and log its loss."""
+    import json
+
+    from engine.item_head import ItemHead
+    from training.pretrain import PretrainArgs, run
+
+    out = tmp_path / "pretrain"
+    run(PretrainArgs(data=str(built_dataset), out=str(out), max_steps=2, vocab_size=600, batch_tokens=2048,
+                     save_every=0))
+    head = ItemHead.load(out)
+    torch.manual_seed(0)
+    fresh = ItemHead(head.item_ids, head.embedding.shape[1])
+    assert not torch.allclose(head.embedding, fresh.embedding)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all("head_loss" in r and r["head_loss"] > 0 for r in log)
+    assert (out / "model.safetensors").exists()
