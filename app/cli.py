@@ -398,6 +398,11 @@ def _register_training_commands() -> None:
 
     add_dataclass_command(app, "bench-catalog", CatalogBenchArgs, bench_catalog,
                           "Catalog-scale benchmark: SIDs, trie, FAISS and constrained decoding on N synthetic items.")
+    from engine.exact_bench import ExactBenchArgs
+    from engine.exact_bench import main as bench_exact
+
+    add_dataclass_command(app, "bench-exact", ExactBenchArgs, bench_exact,
+                          "Latency of exact ranking of the admissible catalog against beam search, by catalog size.")
     from app.loadtest import LoadArgs
     from app.loadtest import main as bench_load
 

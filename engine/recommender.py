@@ -141,6 +141,10 @@ class Recommender:
         self.head = head_of(model) if model is not None else None
         self.head_weight = head_weight if self.head is not None else 0.0
         self.exact_steps = exact_steps
+        # Decode-time prior from a second model (an option, off by default): ``prior(histories)`` gives
+        # each history a {item_id: log-probability} map, and ranking adds prior_weight times it. The
+        # engine cannot import the teachers (training/ sits above it): the caller hands the callable in.
+        self.prior, self.prior_weight, self.prior_name = None, 0.0, ""
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
         self.filter_for = ConstraintFilters(self.trie, facets, filter_cache_size, missing="this recommender has no catalog facets")
         # Where the reasoning names interests, trends and attributes, only the catalog's words
@@ -453,8 +457,9 @@ class Recommender:
                       for i in range(n)]
             ranked = self.rank_direct(prompts, recent, excludes, constraints, k, num_beams, batch_size)
         else:
+            priors = self.prior(histories) if self.prior is not None and self.prior_weight else None
             ranked, how = self.rank_items(item_prompts, excludes, constraints, k=num_beams if thinking else k,
-                                          num_beams=num_beams, batch_size=batch_size)
+                                          num_beams=num_beams, batch_size=batch_size, priors=priors)
             for result, info in zip(results, how):
                 result.ranking = info
         if thinking:
@@ -475,13 +480,15 @@ class Recommender:
         return results
 
     def rank_items(self, prompts: list[list[int]], excludes: Sequence[set], constraints: Sequence[Constraints | None],
-                   k: int, num_beams: int, batch_size: int) -> tuple[list[list[RankedItem]], list[dict]]:
+                   k: int, num_beams: int, batch_size: int,
+                   priors: Sequence[dict] | None = None) -> tuple[list[list[RankedItem]], list[dict]]:
         """Top ``k`` admissible items per prompt (each prompt ends with ``<|item_begin|>``), ranked by
         ``log p(SID path) + head_weight * log p_head(item)``, and how each list was made.
 
         Exact when the admissible items' prefix tree needs at most ``exact_steps`` forward steps
         (and the backend scores trees): every admissible item gets its full score, nothing is
-        pruned. Otherwise beam search over the SID steps, its beams re-scored with the head."""
+        pruned. Otherwise beam search over the SID steps, its beams re-scored with the head.
+        ``priors`` (one {item: log p} per prompt): a second model's prior, added with ``prior_weight``."""
         filters = [self.filter_for(c) for c in constraints]
         can_exact = self.exact_steps > 0 and hasattr(self.backend, "score_trees")
         trees = [admissible_tree(self.trie, e, f, self.exact_steps) if can_exact else None
@@ -490,24 +497,35 @@ class Recommender:
         info = [{"method": "exact" if t is not None else "beam", "budget": self.exact_steps,
                  "head_weight": self.head_weight, "steps": t.steps if t is not None else None,
                  "admissible": len(t.items) if t is not None else None} for t in trees]
+        if priors is not None:
+            for entry in info:
+                entry["prior"], entry["prior_weight"] = self.prior_name or "second model", self.prior_weight
+
+        def with_prior(i: int, pool: list[RankedItem]) -> list[RankedItem]:
+            if priors is None:
+                return pool
+            floor = min(priors[i].values(), default=0.0)
+            pool = [RankedItem(r.item_id, r.score + self.prior_weight * priors[i].get(str(r.item_id), floor), r.token_ids)
+                    for r in pool]
+            return sorted(pool, key=lambda r: -r.score)
         exact = [i for i, t in enumerate(trees) if t is not None]
         if exact:
             scored = self.backend.score_trees([prompts[i] for i in exact], [trees[i] for i in exact],
                                               self.head_weight, batch_size)
             for i, scores in zip(exact, scored):
                 tree = trees[i]
-                order = sorted(range(len(scores)), key=lambda n: -scores[n])[:k]
-                ranked[i] = [RankedItem(tree.items[n], float(scores[n]), tree.paths[n]) for n in order]
+                pool = [RankedItem(item, float(score), path) for item, score, path in zip(tree.items, scores, tree.paths)]
+                ranked[i] = with_prior(i, pool) if priors is not None else sorted(pool, key=lambda r: -r.score)
+                ranked[i] = ranked[i][:k]
         rest = [i for i, t in enumerate(trees) if t is None]
         if rest:
             beams = self.backend.beam_search([prompts[i] for i in rest], [excludes[i] for i in rest],
-                                             k=max(k, num_beams) if self.head_weight else k, num_beams=num_beams,
+                                             k=max(k, num_beams) if self.head_weight or priors is not None else k, num_beams=num_beams,
                                              batch_size=batch_size, constraints=[constraints[i] for i in rest])
             if self.head_weight:
-                beams = [pool[:k] for pool in self._score_pools(beams, [([prompts[i] for i in rest], 1.0,
-                                                                        self.head_weight)], batch_size)]
+                beams = self._score_pools(beams, [([prompts[i] for i in rest], 1.0, self.head_weight)], batch_size)
             for i, items in zip(rest, beams):
-                ranked[i] = items
+                ranked[i] = with_prior(i, items)[:k]
         return ranked, info
 
     def rank_direct(self, prompts: list[list[int]], recent: list[list[int]], excludes, constraints, k: int,

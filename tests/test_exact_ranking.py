@@ -153,3 +153,33 @@ def test_training_steps_move_the_item_head(built_dataset, tmp_path):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all("head_loss" in r and r["head_loss"] > 0 for r in log)
     assert (out / "model.safetensors").exists()
+
+
+def test_a_decode_time_prior_moves_items_and_says_so(built_dataset, tiny_checkpoint):
+    from data.catalog import Catalog
+    from engine.recommender import open_recommender
+
+    codes = Catalog(built_dataset).sid_codes()
+    recommender, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
+    history = ["1", "2", "13"]
+    plain = recommender.recommend([history], k=5, num_beams=8)[0]
+    last = [i for i in codes if i not in history][-1]
+    favourite = next(i for i in reversed(list(codes)) if i not in history and i not in {r.item_id for r in plain.items})
+    recommender.prior = lambda histories: [{i: (0.0 if i == favourite else -50.0) for i in codes} for _ in histories]
+    recommender.prior_weight, recommender.prior_name = 1.0, "test"
+    for steps in (4096, 1):                      # exact, then the beam fallback
+        recommender.exact_steps = steps
+        found = recommender.recommend([history], k=5, num_beams=len(codes))[0]
+        assert found.items[0].item_id == favourite and found.ranking["prior"] == "test"
+        assert not {i.item_id for i in found.items} & set(history)
+    assert last in codes
+
+
+def test_bench_exact_reports_both_ways_by_size():
+    from engine.exact_bench import ExactBenchArgs, markdown, run
+
+    report = run(ExactBenchArgs(items="300,2000", repeats=1, prompt_tokens=20, history=5), progress=lambda row: None)
+    small, large = report["rows"]
+    assert small["exact_steps"] < large["exact_steps"] and small["exact_by_default"]
+    assert small["exact_ms"] > 0 and small["beam_ms"] > 0 and large["head_mb"] > small["head_mb"]
+    assert "| 2,000 |" in markdown(report)

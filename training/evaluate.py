@@ -54,6 +54,8 @@ class EvalArgs:
     recent_weight: float = 0.5          # weight of that second view's log-probability
     head_weight: float | None = None    # thinkrec rows: weight of the item head's log-probability beside the SID path's (None: the recommender's default; 0: SID only)
     exact_steps: int | None = None      # thinkrec rows: forward-step budget of exact ranking (None: default; 0: always beam search)
+    prior: str = ""                     # thinkrec rows: a decode-time prior from a second model, sasrec or markov (empty: none)
+    prior_weight: float = 0.5           # with --prior: its log-probability's weight beside thinkrec's score
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
@@ -91,6 +93,42 @@ def _score(ranked: list[list[str]], rows: list[dict], seconds: float, catalog: s
             "seen_rate": seen / max(generated, 1), "seconds": round(seconds, 1),
             "users_per_s": round(len(rows) / max(seconds, 1e-9), 2),
             "items_per_s": round(generated / max(seconds, 1e-9), 1), **(extra or {})}
+
+
+def teacher_prior(view, args: EvalArgs):
+    """``histories -> [{item_id: log p}]`` from SASRec (log-softmax of its scores over the catalog) or
+    the transition counts (votes smoothed by popularity, normalised): the decode-time prior."""
+    import numpy as np
+
+    if args.prior == "sasrec":
+        model = _sasrec(view, args)
+
+        def sasrec_prior(histories):
+            scores = model.catalog_scores([list(h) for h in histories])
+            scores = scores - scores.max(axis=1, keepdims=True)
+            logp = scores - np.log(np.exp(scores).sum(axis=1, keepdims=True))
+            return [dict(zip(model.item_ids, row.tolist())) for row in logp]
+
+        return sasrec_prior
+    if args.prior == "markov":
+        from training.transitions import TransitionRecommender, known_sequences
+
+        counts = TransitionRecommender().fit(known_sequences(view, args.split))
+        total_pop = sum(counts.popularity.values()) or 1
+
+        def markov_prior(histories):
+            out = []
+            for history in histories:
+                votes = counts.scores(history)
+                mass = sum(votes.values())
+                # Votes where there are any, popularity as a small floor everywhere else (never log 0).
+                probs = {i: (votes.get(i, 0.0) + counts.popularity.get(i, 0) / total_pop + 1e-6) / (mass + 1 + 1e-6 * len(view.items))
+                         for i in view.items}
+                out.append({i: float(np.log(p)) for i, p in probs.items()})
+            return out
+
+        return markov_prior
+    raise ValueError(f"unknown prior '{args.prior}' (choose sasrec or markov)")
 
 
 def parse_checkpoints(spec: str) -> dict[str, str]:
@@ -183,6 +221,9 @@ def run(args: EvalArgs) -> dict:
             recommender.head_weight = args.head_weight
         if args.exact_steps is not None:
             recommender.exact_steps = args.exact_steps
+        if args.prior:
+            recommender.prior, recommender.prior_weight = teacher_prior(view, args), args.prior_weight
+            recommender.prior_name = args.prior
         # Thinking rows differ only in how beams become a ranking: the first row at a budget
         # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
         reasoned: dict[int, list[list[int]]] = {}
@@ -201,6 +242,7 @@ def run(args: EvalArgs) -> dict:
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend,
+                     "prior": args.prior, "prior_weight": args.prior_weight if args.prior else 0.0,
                      "head_weight": recommender.head_weight, "exact_steps": recommender.exact_steps,
                      "exact_share": sum(a.ranking.get("method") == "exact" for a in answers) / max(len(answers), 1)}
             if thinking:
