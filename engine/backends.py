@@ -18,8 +18,8 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Callable, Protocol
 
 from engine.constraints import Constraints
-from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, score_paths, score_trees,
-                             stream_reasoning)
+from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, head_top, score_paths,
+                             score_trees, stream_reasoning)
 from engine.scheduler import BatchScheduler, wait_all
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
@@ -105,6 +105,10 @@ class TransformersBackend:
                                self.tokenizer.pad_id, self.head, head_weight)
         return out
 
+    def head_candidates(self, prompts, admissible, n: int, batch_size: int = 16):
+        """The item head's ``n`` best admissible items per prompt (engine/decoding.py, head_top)."""
+        return head_top(self.model, prompts, self.head, admissible, n, self.tokenizer.pad_id, batch_size)
+
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
         return beam_search_items(self.model, prompts, self.trie, excludes, self.tokenizer.pad_id,
@@ -138,6 +142,9 @@ class BatchedBackend(TransformersBackend):
 
     def score_trees(self, prompts, trees, head_weight=0.0, batch_size=16):
         return self.scheduler.call(super().score_trees, prompts, trees, head_weight, batch_size)
+
+    def head_candidates(self, prompts, admissible, n, batch_size=16):
+        return self.scheduler.call(super().head_candidates, prompts, admissible, n, batch_size)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else [None] * len(prompts)

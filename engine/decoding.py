@@ -411,7 +411,8 @@ def _tree_chunk_mask(attention: torch.Tensor, ancestors: torch.Tensor, cached: i
 
 @torch.no_grad()
 def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTree], pad_id: int,
-                head=None, head_weight: float = 0.0, max_mask_cells: int = 1 << 25) -> list[list[float]]:
+                head=None, head_weight: float = 0.0, max_mask_cells: int = 1 << 25,
+                parts: bool = False) -> list[list[float]]:
     """Every admissible item's full SID log-probability after its prompt (each prompt ends with
     ``<|item_begin|>``), plus ``head_weight`` × the item head's log-probability when there is a head.
 
@@ -419,6 +420,7 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
     distinct prefix one token that attends to its prompt's cached keys and values and to its own
     ancestors (tree attention through a 4-D mask), so no prompt cache is copied. The deepest level
     is not kept in the cache (nothing attends to it); levels wider than the mask budget go in chunks.
+    ``parts``: return (SID scores, head log-probabilities) per prompt instead of their weighted sum.
     """
     from engine.item_head import last_hidden
 
@@ -430,12 +432,12 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
     cache = cache_of(out)
     first = torch.log_softmax(lm_head(hidden[:, -1]).float(), dim=-1)
     scores = [[first[u, path[0]].item() for path in tree.paths] for u, tree in enumerate(trees)]
-    if head is not None and head_weight:
+    head_scores = [[0.0] * len(tree.items) for tree in trees]
+    if head is not None and (head_weight or parts):
         head_lp = head.log_probs(hidden[:, -1])
         for u, tree in enumerate(trees):
             rows = torch.tensor([head.row_of[str(i)] for i in tree.items], dtype=torch.long, device=device)
-            extra = (head_weight * head_lp[u, rows]).tolist() if len(rows) else []
-            scores[u] = [s + e for s, e in zip(scores[u], extra)]
+            head_scores[u] = head_lp[u, rows].tolist() if len(rows) else []
     num_levels = max((len(t.levels) for t in trees), default=0)
     where: list[dict[tuple, int]] = [dict() for _ in trees]      # prefix -> its cached position
     users = len(trees)
@@ -486,10 +488,38 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
                                                               device=device)], dim=1)
             else:
                 cache.crop(-(stop - start))       # a negative count drops that many (transformers 5)
-    return scores
+    if parts:
+        return list(zip(scores, head_scores))
+    return [[s + head_weight * h for s, h in zip(sid, extra)] for sid, extra in zip(scores, head_scores)]
 
 
 def base_decoder(model):
     from engine.item_head import base_of
 
     return base_of(model).get_decoder()
+
+
+@torch.no_grad()
+def head_top(model, prompts: Sequence[Sequence[int]], head, admissible: Sequence, n: int, pad_id: int,
+             batch_size: int = 16) -> list[list[Hashable]]:
+    """Per prompt, the item head's ``n`` best items that ``admissible[u](item)`` accepts: the
+    memorised candidates beam search over SID prefixes can prune away."""
+    from engine.item_head import last_hidden
+
+    device = next(model.parameters()).device
+    out: list[list[Hashable]] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, attention = _left_pad(prompts[start:start + batch_size], pad_id, device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        hidden, _ = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions)
+        order = torch.argsort(head.logits(hidden[:, -1]), dim=-1, descending=True)
+        for u, row in enumerate(order.tolist()):
+            keep, ok = [], admissible[start + u]
+            for column in row:
+                item = head.item_ids[column]
+                if ok(item):
+                    keep.append(item)
+                    if len(keep) == n:
+                        break
+            out.append(keep)
+    return out

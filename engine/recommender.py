@@ -487,7 +487,8 @@ class Recommender:
 
         Exact when the admissible items' prefix tree needs at most ``exact_steps`` forward steps
         (and the backend scores trees): every admissible item gets its full score, nothing is
-        pruned. Otherwise beam search over the SID steps, its beams re-scored with the head.
+        pruned. Otherwise beam search over the SID steps; with a head, the head's ``num_beams`` best
+        admissible items join the beams and all are re-scored on the same scale.
         ``priors`` (one {item: log p} per prompt): a second model's prior, added with ``prior_weight``."""
         filters = [self.filter_for(c) for c in constraints]
         can_exact = self.exact_steps > 0 and hasattr(self.backend, "score_trees")
@@ -523,10 +524,21 @@ class Recommender:
                                              k=max(k, num_beams) if self.head_weight or priors is not None else k, num_beams=num_beams,
                                              batch_size=batch_size, constraints=[constraints[i] for i in rest])
             if self.head_weight:
-                beams = self._score_pools(beams, [([prompts[i] for i in rest], 1.0, self.head_weight)], batch_size)
+                # The head's own favourites join the beams (beam search may have pruned their prefixes).
+                sub = [prompts[i] for i in rest]
+                admissible = [self._admissible(excludes[i], filters[i]) for i in rest]
+                extra = self.backend.head_candidates(sub, admissible, num_beams, batch_size)
+                beams = [list({r.item_id: r for r in pool + [RankedItem(item, 0.0, tuple(self.trie.path(item)))
+                                                             for item in more]}.values())
+                         for pool, more in zip(beams, extra)]
+                beams = self._score_pools(beams, [(sub, 1.0, self.head_weight)], batch_size)
             for i, items in zip(rest, beams):
                 ranked[i] = with_prior(i, items)[:k]
         return ranked, info
+
+    def _admissible(self, exclude: set, restrict) -> callable:
+        """Whether an item may be recommended: unseen, known to the trie, inside the filter."""
+        return lambda item: item not in exclude and item in self.trie and (restrict is None or restrict.allows(item))
 
     def rank_direct(self, prompts: list[list[int]], recent: list[list[int]], excludes, constraints, k: int,
                     num_beams: int, batch_size: int) -> list[list[RankedItem]]:
