@@ -18,7 +18,7 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Callable, Protocol
 
 from engine.constraints import Constraints
-from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, head_top, score_paths,
+from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, score_paths,
                              score_trees, stream_reasoning)
 from engine.scheduler import BatchScheduler, wait_all
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
@@ -86,6 +86,15 @@ class TransformersBackend:
         return score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size, self.head, head_weight,
                            self._items_of(paths) if head_weight else None)
 
+    def score_with_head(self, prompts, pools, head_weight, admissible, extra, batch_size=16):
+        """Each prompt's candidate items (``pools``) plus the head's ``extra`` best admissible ones,
+        all scored ``log p(SID path) + head_weight · log p_head`` from one prompt pass: (items, paths, scores)."""
+        items = [list(pool) for pool in pools]
+        paths = [[list(self.trie.path(i)) for i in pool] for pool in items]
+        scores = score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size, self.head, head_weight,
+                             items, extra, admissible, self.trie.path)
+        return items, paths, scores
+
     @property
     def head(self):
         from engine.item_head import head_of
@@ -104,10 +113,6 @@ class TransformersBackend:
             out += score_trees(self.model, prompts[start:start + batch_size], trees[start:start + batch_size],
                                self.tokenizer.pad_id, self.head, head_weight)
         return out
-
-    def head_candidates(self, prompts, admissible, n: int, batch_size: int = 16):
-        """The item head's ``n`` best admissible items per prompt (engine/decoding.py, head_top)."""
-        return head_top(self.model, prompts, self.head, admissible, n, self.tokenizer.pad_id, batch_size)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else None
@@ -143,8 +148,8 @@ class BatchedBackend(TransformersBackend):
     def score_trees(self, prompts, trees, head_weight=0.0, batch_size=16):
         return self.scheduler.call(super().score_trees, prompts, trees, head_weight, batch_size)
 
-    def head_candidates(self, prompts, admissible, n, batch_size=16):
-        return self.scheduler.call(super().head_candidates, prompts, admissible, n, batch_size)
+    def score_with_head(self, prompts, pools, head_weight, admissible, extra, batch_size=16):
+        return self.scheduler.call(super().score_with_head, prompts, pools, head_weight, admissible, extra, batch_size)
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else [None] * len(prompts)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -208,13 +208,17 @@ def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
 @torch.no_grad()
 def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]], pad_id: int,
                 batch_size: int = 16, head=None, head_weight: float = 0.0,
-                items: Sequence[Sequence[Hashable]] | None = None) -> list[list[float]]:
+                items: Sequence[Sequence[Hashable]] | None = None, extra: int = 0, admissible: Sequence | None = None,
+                path_of: Callable | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate token path after its prompt (teacher forcing):
     ``paths[u]`` are user ``u``'s candidates (SIDs, ending where an item ends). The numbers are
     the ones beam search ranks by, so beams and re-scored candidates compare directly. Each
     prompt is encoded once; its cache is copied to its candidates for the path tokens.
     With an item ``head`` and ``head_weight``, each candidate (``items[u]``, parallel to ``paths``)
-    also gets ``head_weight`` × the head's log-probability: the scale :func:`score_trees` ranks by."""
+    also gets ``head_weight`` × the head's log-probability: the scale :func:`score_trees` ranks by.
+    ``extra`` > 0: from the same prompt pass, the head's ``extra`` best items that ``admissible[u]``
+    accepts and user ``u`` lacks are appended to ``items[u]`` and ``paths[u]`` (lists, changed in
+    place; ``path_of(item)`` gives the SID) and scored with the rest: one prompt forward, not two."""
     from engine.item_head import last_hidden
 
     device = next(model.parameters()).device
@@ -233,6 +237,18 @@ def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequenc
                                       use_cache=True)
             first = torch.log_softmax(model.get_output_embeddings()(hidden[:, -1]).float(), dim=-1)
             head_lp = head.log_probs(hidden[:, -1]) if with_head else None
+            if with_head and extra:
+                order = torch.argsort(head_lp, dim=-1, descending=True)
+                for u, row in enumerate(order.tolist()):
+                    have, ok, added = set(items[start + u]), admissible[start + u], 0
+                    for column in row:
+                        item = head.item_ids[column]
+                        if item not in have and ok(item):
+                            items[start + u].append(item)
+                            paths[start + u].append(list(path_of(item)))
+                            added += 1
+                            if added == extra:
+                                break
             owners = [u for u, cands in enumerate(chunk_paths) for _ in cands]
             flat = [list(p) for cands in chunk_paths for p in cands]
             flat_items = [i for cands in items[start:start + batch_size] for i in cands] if with_head else []
@@ -498,28 +514,3 @@ def base_decoder(model):
 
     return base_of(model).get_decoder()
 
-
-@torch.no_grad()
-def head_top(model, prompts: Sequence[Sequence[int]], head, admissible: Sequence, n: int, pad_id: int,
-             batch_size: int = 16) -> list[list[Hashable]]:
-    """Per prompt, the item head's ``n`` best items that ``admissible[u](item)`` accepts: the
-    memorised candidates beam search over SID prefixes can prune away."""
-    from engine.item_head import last_hidden
-
-    device = next(model.parameters()).device
-    out: list[list[Hashable]] = []
-    for start in range(0, len(prompts), batch_size):
-        ids, attention = _left_pad(prompts[start:start + batch_size], pad_id, device)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        hidden, _ = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions)
-        order = torch.argsort(head.logits(hidden[:, -1]), dim=-1, descending=True)
-        for u, row in enumerate(order.tolist()):
-            keep, ok = [], admissible[start + u]
-            for column in row:
-                item = head.item_ids[column]
-                if ok(item):
-                    keep.append(item)
-                    if len(keep) == n:
-                        break
-            out.append(keep)
-    return out

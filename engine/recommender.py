@@ -527,11 +527,10 @@ class Recommender:
                 # The head's own favourites join the beams (beam search may have pruned their prefixes).
                 sub = [prompts[i] for i in rest]
                 admissible = [self._admissible(excludes[i], filters[i]) for i in rest]
-                extra = self.backend.head_candidates(sub, admissible, num_beams, batch_size)
-                beams = [list({r.item_id: r for r in pool + [RankedItem(item, 0.0, tuple(self.trie.path(item)))
-                                                             for item in more]}.values())
-                         for pool, more in zip(beams, extra)]
-                beams = self._score_pools(beams, [(sub, 1.0, self.head_weight)], batch_size)
+                items, paths, scores = self.backend.score_with_head(sub, [[r.item_id for r in pool] for pool in beams],
+                                                                   self.head_weight, admissible, num_beams, batch_size)
+                beams = [sorted((RankedItem(i, float(x), tuple(p)) for i, p, x in zip(a, b, c)), key=lambda r: -r.score)
+                         for a, b, c in zip(items, paths, scores)]
             for i, items in zip(rest, beams):
                 ranked[i] = with_prior(i, items)[:k]
         return ranked, info
