@@ -89,11 +89,15 @@ class TransformersBackend:
     def score_with_head(self, prompts, pools, head_weight, admissible, extra, batch_size=16):
         """Each prompt's candidate items (``pools``) plus the head's ``extra`` best admissible ones,
         all scored ``log p(SID path) + head_weight · log p_head`` from one prompt pass: (items, paths, scores)."""
-        items = [list(pool) for pool in pools]
-        paths = [[list(self.trie.path(i)) for i in pool] for pool in items]
-        scores = score_paths(self.model, prompts, paths, self.tokenizer.pad_id, batch_size, self.head, head_weight,
-                             items, extra, admissible, self.trie.path)
-        return items, paths, scores
+        trees = [ItemTree.of(pool, [self.trie.path(i) for i in pool]) for pool in pools]
+        scores = []
+        for start in range(0, len(prompts), batch_size):
+            part = trees[start:start + batch_size]
+            scores += score_trees(self.model, prompts[start:start + batch_size], part, self.tokenizer.pad_id, self.head,
+                                  head_weight, extra=extra, admissible=admissible[start:start + batch_size],
+                                  path_of=self.trie.path)
+            trees[start:start + batch_size] = part
+        return [t.items for t in trees], [t.paths for t in trees], scores
 
     @property
     def head(self):

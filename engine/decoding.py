@@ -208,17 +208,13 @@ def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
 @torch.no_grad()
 def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]], pad_id: int,
                 batch_size: int = 16, head=None, head_weight: float = 0.0,
-                items: Sequence[Sequence[Hashable]] | None = None, extra: int = 0, admissible: Sequence | None = None,
-                path_of: Callable | None = None) -> list[list[float]]:
+                items: Sequence[Sequence[Hashable]] | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate token path after its prompt (teacher forcing):
     ``paths[u]`` are user ``u``'s candidates (SIDs, ending where an item ends). The numbers are
     the ones beam search ranks by, so beams and re-scored candidates compare directly. Each
     prompt is encoded once; its cache is copied to its candidates for the path tokens.
     With an item ``head`` and ``head_weight``, each candidate (``items[u]``, parallel to ``paths``)
-    also gets ``head_weight`` × the head's log-probability: the scale :func:`score_trees` ranks by.
-    ``extra`` > 0: from the same prompt pass, the head's ``extra`` best items that ``admissible[u]``
-    accepts and user ``u`` lacks are appended to ``items[u]`` and ``paths[u]`` (lists, changed in
-    place; ``path_of(item)`` gives the SID) and scored with the rest: one prompt forward, not two."""
+    also gets ``head_weight`` × the head's log-probability: the scale :func:`score_trees` ranks by."""
     from engine.item_head import last_hidden
 
     device = next(model.parameters()).device
@@ -237,18 +233,6 @@ def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequenc
                                       use_cache=True)
             first = torch.log_softmax(model.get_output_embeddings()(hidden[:, -1]).float(), dim=-1)
             head_lp = head.log_probs(hidden[:, -1]) if with_head else None
-            if with_head and extra:
-                order = torch.argsort(head_lp, dim=-1, descending=True)
-                for u, row in enumerate(order.tolist()):
-                    have, ok, added = set(items[start + u]), admissible[start + u], 0
-                    for column in row:
-                        item = head.item_ids[column]
-                        if item not in have and ok(item):
-                            items[start + u].append(item)
-                            paths[start + u].append(list(path_of(item)))
-                            added += 1
-                            if added == extra:
-                                break
             owners = [u for u, cands in enumerate(chunk_paths) for _ in cands]
             flat = [list(p) for cands in chunk_paths for p in cands]
             flat_items = [i for cands in items[start:start + batch_size] for i in cands] if with_head else []
@@ -378,6 +362,14 @@ class ItemTree:
     def steps(self) -> int:
         return sum(len(level) for level in self.levels)
 
+    @classmethod
+    def of(cls, items: Sequence, paths: Sequence[Sequence[int]]) -> ItemTree:
+        """The tree of just these items (candidates to score, not a whole admissible set)."""
+        paths = [tuple(p) for p in paths]
+        depth = max((len(p) for p in paths), default=0)
+        levels = [list(dict.fromkeys(p[:d] for p in paths if len(p) > d)) for d in range(1, depth)]
+        return cls(list(items), paths, [level for level in levels if level])
+
 
 def admissible_tree(trie: SIDTrie, exclude: set[Hashable], restrict: TrieFilter | None,
                     max_steps: int) -> ItemTree | None:
@@ -428,7 +420,8 @@ def _tree_chunk_mask(attention: torch.Tensor, ancestors: torch.Tensor, cached: i
 @torch.no_grad()
 def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTree], pad_id: int,
                 head=None, head_weight: float = 0.0, max_mask_cells: int = 1 << 25,
-                parts: bool = False) -> list[list[float]]:
+                parts: bool = False, extra: int = 0, admissible: Sequence | None = None,
+                path_of: Callable | None = None) -> list[list[float]]:
     """Every admissible item's full SID log-probability after its prompt (each prompt ends with
     ``<|item_begin|>``), plus ``head_weight`` × the item head's log-probability when there is a head.
 
@@ -437,6 +430,9 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
     ancestors (tree attention through a 4-D mask), so no prompt cache is copied. The deepest level
     is not kept in the cache (nothing attends to it); levels wider than the mask budget go in chunks.
     ``parts``: return (SID scores, head log-probabilities) per prompt instead of their weighted sum.
+    ``extra`` > 0 (with a head): from the same prompt pass, the head's ``extra`` best items that
+    ``admissible[u]`` accepts join tree ``u`` (``trees`` is a list, its entries replaced; ``path_of(item)``
+    gives a SID) and are scored with the rest.
     """
     from engine.item_head import last_hidden
 
@@ -447,6 +443,18 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
     hidden, out = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
     cache = cache_of(out)
     first = torch.log_softmax(lm_head(hidden[:, -1]).float(), dim=-1)
+    if head is not None and extra:
+        head_lp = head.log_probs(hidden[:, -1])
+        for u, row in enumerate(torch.argsort(head_lp, dim=-1, descending=True).tolist()):
+            tree, ok, picked = trees[u], admissible[u], []
+            have = set(tree.items)
+            for column in row:
+                item = head.item_ids[column]
+                if item not in have and ok(item):
+                    picked.append(item)
+                    if len(picked) == extra:
+                        break
+            trees[u] = ItemTree.of(tree.items + picked, tree.paths + [tuple(path_of(i)) for i in picked])
     scores = [[first[u, path[0]].item() for path in tree.paths] for u, tree in enumerate(trees)]
     head_scores = [[0.0] * len(tree.items) for tree in trees]
     if head is not None and (head_weight or parts):

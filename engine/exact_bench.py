@@ -51,7 +51,7 @@ def run(args: ExactBenchArgs, progress=print) -> dict:
 
     from engine.decoding import admissible_tree, beam_search_items, score_paths, score_trees
     from engine.item_head import ItemHead, attach
-    from engine.recommender import DEFAULT_EXACT_STEPS
+    from engine.recommender import EXACT_FACTOR
     from engine.scale_bench import bench_model_config
 
     torch.set_grad_enabled(False)
@@ -77,8 +77,8 @@ def run(args: ExactBenchArgs, progress=print) -> dict:
 
         walk_ms, tree = timed(lambda: admissible_tree(trie, exclude, None, args.exact_limit))
         row = {"items": items, "codebook_size": size, "exact_steps": tree.steps if tree else None,
-               "default_budget": DEFAULT_EXACT_STEPS,
-               "exact_by_default": tree is not None and tree.steps <= DEFAULT_EXACT_STEPS,
+               "default_budget": (budget := EXACT_FACTOR * args.num_beams * (args.levels - 1)),
+               "exact_by_default": tree is not None and tree.steps <= budget,
                "tree_walk_ms": round(walk_ms, 1),
                "head_mb": round(ItemHead.nbytes(items, model.config.hidden_size) / 2**20, 1),
                "head_mb_at_1e6": round(ItemHead.nbytes(10**6, model.config.hidden_size) / 2**20, 1)}
