@@ -561,18 +561,19 @@ class Recommender:
                                         constraints=constraints)
         short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
                                          constraints=constraints)
-        views = [(prompts, 1.0, 0.0), (recent, self.recent_weight, 0.0)]
+        views = [(prompts, 1.0, False), (recent, self.recent_weight, False)]
         return [ranked[:k] for ranked in self._score_pools(_union(full, short), views, batch_size)]
 
-    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float, float]],
+    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float, bool]],
                      batch_size: int) -> list[list[RankedItem]]:
         """Each user's candidates scored as the weighted sum of their teacher-forced
-        log-probabilities under each view (prompts, weight, item-head weight), best first."""
+        log-probabilities under each view (prompts, weight, whether the item head adds its
+        ``head_weight`` × log-probability there), best first."""
         paths = [[list(i.token_ids) for i in pool] for pool in pools]
         totals = [[0.0] * len(pool) for pool in pools]
-        for prompts, weight, head_weight in views:
+        for prompts, weight, with_head in views:
             if weight:
-                extra = {"head_weight": head_weight / weight} if head_weight else {}
+                extra = {"head_weight": self.head_weight} if with_head and self.head_weight else {}
                 for total, scores in zip(totals, self.backend.score_paths(prompts, paths, batch_size, **extra)):
                     total[:] = [t + weight * x for t, x in zip(total, scores)]
         out = []
@@ -594,10 +595,12 @@ class Recommender:
                                     batch_size=batch_size)
         if how.mode == "race":
             return [race(a, b, len(a) + len(b)) for a, b in zip(reasoned, direct)]
-        views = [(direct_prompts, 1.0, self.head_weight), (reasoned_prompts, how.weight, 0.0)]
+        # Each view scores as rank_items does (SID path + the head), so a row's score is the sum of the
+        # scores its views rank by.
+        views = [(direct_prompts, 1.0, True), (reasoned_prompts, how.weight, True)]
         if how.contrast:
             empty = self.prompt_ids([], thinking=True)
-            views.append(([self.item_prompt(empty, r) for r in reasoning], -how.contrast, 0.0))
+            views.append(([self.item_prompt(empty, r) for r in reasoning], -how.contrast, True))
         return self._score_pools(_union(reasoned, direct), views, batch_size)
 
     def follow(self, items: list[RankedItem], recommendation: str, weight: float = 0.0, share: float = 0.0,
