@@ -47,6 +47,13 @@ def _synthetic_trie(items: int, levels: int, rng: random.Random, base: int):
 
 def run(args: ExactBenchArgs, progress=print) -> dict:
     import torch
+
+    with torch.no_grad():           # locally: a library call must not switch autograd off for its caller
+        return _run(args, progress)
+
+
+def _run(args: ExactBenchArgs, progress) -> dict:
+    import torch
     from transformers import Qwen3ForCausalLM
 
     from engine.decoding import admissible_tree, beam_search_items, score_paths, score_trees
@@ -54,7 +61,6 @@ def run(args: ExactBenchArgs, progress=print) -> dict:
     from engine.recommender import EXACT_FACTOR
     from engine.scale_bench import bench_model_config
 
-    torch.set_grad_enabled(False)
     rows = []
     base = 16
     for items in [int(n) for n in args.items.split(",") if n.strip()]:

@@ -183,3 +183,10 @@ def test_bench_exact_reports_both_ways_by_size():
     assert small["exact_steps"] < large["exact_steps"] and small["exact_by_default"]
     assert small["exact_ms"] > 0 and small["beam_ms"] > 0 and large["head_mb"] > small["head_mb"]
     assert "| 2,000 |" in markdown(report)
+
+
+def test_the_benchmark_leaves_autograd_on():
+    from engine.exact_bench import ExactBenchArgs, run
+
+    run(ExactBenchArgs(items="100", repeats=1, prompt_tokens=8, history=2), progress=lambda row: None)
+    assert torch.is_grad_enabled()
