@@ -561,7 +561,7 @@ class Recommender:
                                         constraints=constraints)
         short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
                                          constraints=constraints)
-        views = [(prompts, 1.0, False), (recent, self.recent_weight, False)]
+        views = [(prompts, 1.0, True), (recent, self.recent_weight, True)]
         return [ranked[:k] for ranked in self._score_pools(_union(full, short), views, batch_size)]
 
     def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float, bool]],
