@@ -319,7 +319,8 @@ class SlotState:
             chosen = [self.names[self.number]] if self.number in self.names else list(dict.fromkeys(self.names.values()))
             if not chosen:
                 return         # level 1 named nothing (a fresh user): nothing to copy
-            self.cursor = SIDTrie((n, g.name_paths[n]) for n in chosen if n in g.name_paths).cursor()
+            paths = {n: g.name_paths[n] for n in chosen if n in g.name_paths}
+            self.cursor = SIDTrie(copyable(paths).items()).cursor()
         elif kind == "piece":
             kinds = [g.piece_kind[word] for word in self.stated]
             blocked = {key for key in g.pieces.items
@@ -403,3 +404,11 @@ class SlotState:
         if self.cursor is None:
             return None
         return self.cursor.allowed() or None
+
+
+def copyable(paths: dict[str, Sequence[int]]) -> dict[str, Sequence[int]]:
+    """Names level 3 may copy, as one trie can hold them: a name whose tokens begin another's
+    ("Comedy, 1980s" inside "Comedy, 1980s-1990s") cannot end where the other goes on, so only the
+    longer one is offered (a trie refuses a path that extends another)."""
+    return {n: p for n, p in paths.items()
+            if not any(len(q) > len(p) and tuple(q[:len(p)]) == tuple(p) for m, q in paths.items() if m != n)}

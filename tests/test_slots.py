@@ -236,3 +236,22 @@ def test_level_three_states_the_request_first(engine):
     levels = next(e.trace for e in events if e.type == "trace").levels
     categories, decade = stated_attributes(levels["recommendation"], rec.vocabulary)
     assert "Comedy" in categories and decade == 1990, levels["recommendation"]
+
+
+def test_level_three_copies_names_that_begin_one_another():
+    """Two interests named "Comedy, 1980s" and "Comedy, 1980s-1990s": the copy trie keeps the
+    longer name instead of failing the turn (a trie cannot hold a path and its extension)."""
+    import pytest
+
+    from engine.sid import SIDTrie
+    from engine.slots import copyable
+
+    paths = {"Comedy, 1980s": (5, 6, 7), "Comedy, 1980s-1990s": (5, 6, 7, 8, 9), "Drama, 1990s": (11, 12)}
+    kept = copyable(paths)
+    assert set(kept) == {"Comedy, 1980s-1990s", "Drama, 1990s"}
+    cursor = SIDTrie(kept.items()).cursor()
+    for token in (5, 6, 7, 8, 9):
+        assert cursor.accept(token)
+    assert cursor.item == "Comedy, 1980s-1990s"
+    with pytest.raises(ValueError, match="extends"):
+        SIDTrie(paths.items())
