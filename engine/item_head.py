@@ -7,8 +7,9 @@ head sits on the same backbone as the SID tokens and is trained beside them with
 cross-entropy over the catalog (``training/trainer.py``), and ranking adds its log-probability to
 the SID path's (``engine/decoding.py``, ``rank_items``).
 
-It is kept out of the Hugging Face weights (``item_head.safetensors`` beside them, with the item
-order in its metadata), so the checkpoint still loads as a plain causal LM in transformers and vLLM.
+It is kept out of the Hugging Face weights (``item_head/weights.safetensors`` in its own folder, with
+the item order in its metadata), so the checkpoint still loads as a plain causal LM in transformers
+and vLLM: vLLM reads every ``*.safetensors`` at the top of a model folder as model weights.
 Memory: ``num_items × (hidden + 1)`` floats, e.g. 10^6 items at hidden 256 is 1.03 GB in fp32
 (``ItemHead.nbytes``); at that scale its top candidates can come from a FAISS inner-product index
 over the same table.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ITEM_HEAD_FILE = "item_head.safetensors"
+ITEM_HEAD_FILE = "item_head/weights.safetensors"
 
 
 class ItemHead(nn.Module):
@@ -52,6 +53,7 @@ class ItemHead(nn.Module):
         from safetensors.torch import save_file
 
         path = Path(folder) / ITEM_HEAD_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"embedding": self.embedding.detach().float().cpu().contiguous(),
                    "bias": self.bias.detach().float().cpu().contiguous()}, str(path),
                   metadata={"item_ids": json.dumps(self.item_ids)})
