@@ -443,8 +443,9 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
     hidden, out = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
     cache = cache_of(out)
     first = torch.log_softmax(lm_head(hidden[:, -1]).float(), dim=-1)
-    if head is not None and extra:
-        head_lp = head.log_probs(hidden[:, -1])
+    # The head's log-probabilities, once: they pick the extra candidates and score every item.
+    head_lp = head.log_probs(hidden[:, -1]) if head is not None and (extra or head_weight or parts) else None
+    if head_lp is not None and extra:
         for u, row in enumerate(torch.argsort(head_lp, dim=-1, descending=True).tolist()):
             tree, ok, picked = trees[u], admissible[u], []
             have = set(tree.items)
@@ -457,8 +458,7 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
             trees[u] = ItemTree.of(tree.items + picked, tree.paths + [tuple(path_of(i)) for i in picked])
     scores = [[first[u, path[0]].item() for path in tree.paths] for u, tree in enumerate(trees)]
     head_scores = [[0.0] * len(tree.items) for tree in trees]
-    if head is not None and (head_weight or parts):
-        head_lp = head.log_probs(hidden[:, -1])
+    if head_lp is not None and (head_weight or parts):
         for u, tree in enumerate(trees):
             rows = torch.tensor([head.row_of[str(i)] for i in tree.items], dtype=torch.long, device=device)
             head_scores[u] = head_lp[u, rows].tolist() if len(rows) else []
