@@ -25,21 +25,39 @@ class ItemTargets:
         self.think, self.think_end = tokenizer.think_id, tokenizer.think_end_id
         self.max_depth = max((len(p) for p in self.row_of_path), default=0)
 
+    def _outside_think(self, input_ids: torch.Tensor) -> torch.Tensor:
+        inside = (input_ids == self.think).long().cumsum(1) > (input_ids == self.think_end).long().cumsum(1)
+        return (input_ids == self.begin) & ~inside
+
+    def _item_at(self, ids: list[int], col: int) -> int | None:
+        path = []
+        for token in ids[col + 1:col + 2 + self.max_depth]:
+            if token == self.end:
+                break
+            path.append(token)
+        return self.row_of_path.get(tuple(path))
+
+    def all_spans(self, input_ids: torch.Tensor) -> dict[int, list[tuple[int, int]]]:
+        """Every catalog item span outside think blocks, trained or not, per batch row in order:
+        ``{row: [(position of <|item_begin|>, head row of the item), ...]}``."""
+        rows, cols = torch.nonzero(self._outside_think(input_ids), as_tuple=True)
+        ids = input_ids.tolist()
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            item = self._item_at(ids[r], c)
+            if item is not None:
+                spans.setdefault(r, []).append((c, item))
+        return spans
+
     def find(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch rows, positions of ``<|item_begin|>``, head rows of the items) for every trained span."""
-        inside = (input_ids == self.think).long().cumsum(1) > (input_ids == self.think_end).long().cumsum(1)
         trained = torch.zeros_like(labels, dtype=torch.bool)
         trained[:, :-1] = labels[:, 1:] != -100
-        rows, cols = torch.nonzero((input_ids == self.begin) & trained & ~inside, as_tuple=True)
+        rows, cols = torch.nonzero(self._outside_think(input_ids) & trained, as_tuple=True)
         keep_r, keep_c, items = [], [], []
         ids = input_ids.tolist()
         for r, c in zip(rows.tolist(), cols.tolist()):
-            path = []
-            for token in ids[r][c + 1:c + 2 + self.max_depth]:
-                if token == self.end:
-                    break
-                path.append(token)
-            item = self.row_of_path.get(tuple(path))
+            item = self._item_at(ids[r], c)
             if item is not None:
                 keep_r.append(r)
                 keep_c.append(c)

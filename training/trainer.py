@@ -118,26 +118,45 @@ def _schedule(step: int, total: int, args: TrainArgs) -> float:
     return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def step_loss(model, batch: dict, item_targets=None, head_weight: float = 1.0) -> tuple[torch.Tensor, float | None]:
+def step_loss(model, batch: dict, item_targets=None, head_weight: float = 1.0, distiller=None,
+              rows_allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, float | None, float | None]:
     """The token loss, plus (when ``model`` carries an item head and ``item_targets`` finds spans)
-    ``head_weight`` × the head's cross-entropy at the trained item spans. Returns the loss and the
-    head's part (None without one). One forward through the wrapped model either way."""
+    ``head_weight`` × the head's cross-entropy at the trained item spans, plus (with a
+    ``distiller``, training/distill.py) the teacher's soft targets at the next-item spans of
+    ``rows_allowed``. Returns the loss, the head's part and the distillation part (None where
+    absent). One forward through the wrapped model either way."""
     from engine.item_head import head_of
 
     head = head_of(model) if item_targets is not None else None
-    if head is None:
-        return model(**batch).loss, None
+    if head is None and distiller is None:
+        return model(**batch).loss, None, None
     out = model(**batch, output_hidden_states=True)
-    head_loss = item_targets.loss(head, out.hidden_states[-1], batch["input_ids"], batch["labels"])
-    if head_loss is None:
-        return out.loss + 0.0 * head.bias.sum(), None
-    return out.loss + head_weight * head_loss, head_loss.item()
+    loss, head_part, distill_part = out.loss, None, None
+    hidden = out.hidden_states[-1]
+    if head is not None:
+        head_loss = item_targets.loss(head, hidden, batch["input_ids"], batch["labels"])
+        if head_loss is None:
+            loss = loss + 0.0 * head.bias.sum()
+        else:
+            loss, head_part = loss + head_weight * head_loss, head_loss.item()
+    if distiller is not None:
+        allowed = rows_allowed if rows_allowed is not None else torch.ones(len(batch["input_ids"]), dtype=torch.bool)
+        soft = distiller.loss(item_targets, out.logits, hidden, batch["input_ids"], batch["labels"], allowed,
+                              head=head)
+        if soft is not None:
+            loss, distill_part = loss + soft, soft.item()
+    return loss, head_part, distill_part
 
 
 def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: TrainArgs,
-          title: str = "training", on_log: Callable[[dict], None] | None = None, item_targets=None) -> dict:
+          title: str = "training", on_log: Callable[[dict], None] | None = None, item_targets=None,
+          distiller=None) -> dict:
     """Train ``model`` in place; returns a summary. Resumes from ``out/trainer_state`` if present.
-    ``item_targets`` (training/item_targets.py): where a model with an item head trains it."""
+    ``item_targets`` (training/item_targets.py): where a model with an item head trains it.
+    ``distiller`` (training/distill.py): a teacher's soft targets at the next-item spans of the
+    examples whose task it distils (needs ``item_targets``)."""
+    if distiller is not None and item_targets is None:
+        raise ValueError("distillation needs item_targets to find the item spans")
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -164,18 +183,25 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
     model.train()
     started, tokens_seen, window_loss, window_n = time.perf_counter(), 0, 0.0, 0
     window_head, window_head_n = 0.0, 0
+    window_distill, window_distill_n = 0.0, 0
     bar = tqdm(total=total_steps, initial=step, desc=title, unit="step", disable=not accelerator.is_main_process)
     epoch_batches: dict[int, list[list[int]]] = {}
     while step < total_steps:
         epoch, position = divmod(micro, batches_per_epoch)
         if epoch not in epoch_batches:
             epoch_batches = {epoch: make_batches(examples, args.batch_tokens, args.max_len, args.seed, epoch)}
-        batch = collate([examples[i] for i in epoch_batches[epoch][position]], pad_id, args.max_len)
+        chosen = [examples[i] for i in epoch_batches[epoch][position]]
+        batch = collate(chosen, pad_id, args.max_len)
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        rows_allowed = (torch.tensor([e.task in distiller.tasks for e in chosen], dtype=torch.bool)
+                        if distiller is not None else None)
         with accelerator.accumulate(model):
-            loss, head_loss = step_loss(model, batch, item_targets, args.head_loss_weight)
+            loss, head_loss, distill_loss = step_loss(model, batch, item_targets, args.head_loss_weight,
+                                                      distiller, rows_allowed)
             if head_loss is not None:
                 window_head, window_head_n = window_head + head_loss, window_head_n + 1
+            if distill_loss is not None:
+                window_distill, window_distill_n = window_distill + distill_loss, window_distill_n + 1
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
@@ -195,7 +221,10 @@ def train(model, examples: Sequence[Example], pad_id: int, out: Path, args: Trai
                       "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "epoch": micro / batches_per_epoch}
             if window_head_n:
                 record["head_loss"] = window_head / window_head_n
+            if window_distill_n:
+                record["distill_loss"] = window_distill / window_distill_n
             window_head, window_head_n = 0.0, 0
+            window_distill, window_distill_n = 0.0, 0
             log.append(record)
             bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
             window_loss, window_n = 0.0, 0
