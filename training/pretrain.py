@@ -41,6 +41,9 @@ class PretrainArgs:
     sequence_tokens: int = 1_500_000    # with sequence_passes 0: as many passes as make this many next-item tokens an epoch (at least 3, at most 40)
     item_head: bool = True              # an item-ID head beside the SID tokens (engine/item_head.py), trained with full cross-entropy
     head_loss_weight: float = 1.0       # its loss weight beside the token loss
+    distill_weight: float = 0.0         # weight of a SASRec teacher's soft targets at next-item spans (0: none; training/distill.py)
+    distill_temperature: float = 1.0    # the teacher's softmax temperature
+    teacher: str | None = None          # a saved SASRec (thinkrec train baseline) to distil from
 
 
 MIN_SEQUENCE_PASSES, MAX_SEQUENCE_PASSES = 3, 40
@@ -104,9 +107,20 @@ def run(args: PretrainArgs) -> Path:
     model = make_model(tokenizer, args.preset, args.base_model, args.lora, args.lora_rank, args.seed,
                        args.gradient_checkpointing, item_ids=item_ids)
     train_args = stage_train_args(args)
-    targets = ItemTargets(tokenizer, view.codes, item_ids) if item_ids else None
+    distiller = None
+    if args.distill_weight > 0:
+        from training.distill import Distiller
+        from training.sasrec import SASRecModel
+
+        if not args.teacher or not Path(args.teacher).exists():
+            raise FileNotFoundError(f"distillation needs a saved SASRec teacher (--teacher), not {args.teacher!r}: "
+                                    "train one with thinkrec train baseline")
+        distiller = Distiller(tokenizer, view.codes, list(view.codes), SASRecModel.load(args.teacher),
+                              args.distill_weight, args.distill_temperature)
+    targets = (ItemTargets(tokenizer, view.codes, item_ids or list(view.codes))
+               if item_ids or distiller is not None else None)
     summary = train(model, examples, tokenizer.pad_id, Path(args.out), train_args, title="pretrain",
-                    item_targets=targets)
+                    item_targets=targets, distiller=distiller)
     meta = first_meta(view.manifest, "pretrain", asdict(args), summary, preset=None if args.base_model else args.preset,
                       base_model=args.base_model, lora=args.lora, history_items=args.history_items)
     save_checkpoint(summary["model"], tokenizer, meta, Path(args.out))

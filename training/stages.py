@@ -29,6 +29,8 @@ class AllArgs:
     seed: int = 0                       # seed for data order, initialisation and sampling
     item_head: bool = True              # an item-ID head beside the SID tokens (engine/item_head.py)
     head_loss_weight: float = 1.0       # the item head's loss weight beside the token loss
+    distill_weight: float = 0.0         # pre-training distils SASRec's soft targets at this weight (0: off); SASRec is trained first
+    distill_temperature: float = 1.0    # the teacher's softmax temperature
 
 
 @dataclass
@@ -88,7 +90,13 @@ def run_all(args: AllArgs):
                        lora=args.lora, epochs=args.pretrain_epochs, precision=args.precision, seed=args.seed,
                        sequence_passes=args.sequence_passes, sequence_tokens=args.sequence_tokens,
                        history_items=args.history_items, item_head=args.item_head,
-                       head_loss_weight=args.head_loss_weight)
+                       head_loss_weight=args.head_loss_weight, distill_weight=args.distill_weight,
+                       distill_temperature=args.distill_temperature)
+    if args.distill_weight > 0:
+        # The teacher first: it is also the SASRec that eval and the Compare tab use.
+        pre.teacher = str(out / "sasrec.pt")
+        if not Path(pre.teacher).exists():
+            run_baseline(BaselineArgs(data=args.data, out=pre.teacher, seed=args.seed))
     sft = SFTArgs(data=args.data, init=str(out / "pretrain"), out=str(out / "sft"), lora=args.lora,
                   epochs=args.sft_epochs, precision=args.precision, seed=args.seed,
                   head_loss_weight=args.head_loss_weight)
