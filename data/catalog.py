@@ -114,6 +114,16 @@ class Catalog:
         first: dict[tuple, str] = {}
         return {item_id: first.setdefault((title, year), item_id) for item_id, title, year in rows}
 
+    def attribute_keys(self) -> set[str]:
+        """Attribute names the catalog's items carry (genre, decade, price, language, ...)."""
+        with Session(self.engine) as session:
+            keys = set(session.scalars(select(AttributeRow.key).distinct()))
+        extra = set()
+        with Session(self.engine) as session:
+            for row in session.scalars(select(ItemRow.extra).limit(50)):
+                extra |= set((row or {}).keys())
+        return keys | extra
+
     def with_attribute(self, key: str, value: str) -> list[str]:
         """Item ids having attribute key=value (e.g. genre=Comedy, decade=1990s)."""
         with Session(self.engine) as session:
@@ -157,6 +167,39 @@ class Catalog:
         items = {i.row: i for i in self.by_rows([row for row, _ in best])}
         return [items[row].model_copy(update={"score": round(s / 100.0, 4), "match": m})
                 for row, (s, m) in best if row in items]
+
+    def item_vectors(self) -> np.ndarray:
+        """Every item's text embedding, in catalog row order (memory-mapped)."""
+        return np.load(self.folder / EMBEDDINGS, mmap_mode="r")
+
+    def id_title_table(self) -> tuple[list[str], list[str]]:
+        """Every item's id and title, in catalog row order."""
+        return [self.items_by_row[r][0] for r in range(len(self.items_by_row))], \
+               [self.items_by_row[r][1] for r in range(len(self.items_by_row))]
+
+    @cached_property
+    def items_by_row(self) -> dict[int, tuple[str, str]]:
+        with Session(self.engine) as session:
+            return {r: (i, t) for r, i, t in session.execute(select(ItemRow.row, ItemRow.item_id, ItemRow.title))}
+
+    def search_vectors(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, rows) of the ``k`` items nearest to one query vector."""
+        from data.index import search
+
+        scores, rows = search(self.index, query, k)
+        return scores[0], rows[0]
+
+    def same_title(self, title: str) -> list[CatalogItem]:
+        """Items whose normalized title equals ``title``'s, one per (title, year) (catalog
+        duplicates of one film count once): more than one means the title is ambiguous."""
+        wanted = _normalize(title)
+        rows = [row for row, norm in self._normalized_titles.items() if norm == wanted]
+        seen, out = set(), []
+        for item in self.by_rows(rows):
+            if (item.title, item.year) not in seen:
+                seen.add((item.title, item.year))
+                out.append(item)
+        return out
 
     def embed_query(self, text: str) -> np.ndarray:
         from data.embed import encode

@@ -60,11 +60,24 @@ class Constraints(BaseModel):
     like_title: str | None = None
     like_categories: list[str] = Field(default_factory=list)   # an item must share one of these with the anchor
     turned_down: list[str] = Field(default_factory=list)        # items the user said "not that" to
+    # A plain content request ("movies about dinosaurs"): only these items (the index's matches).
+    among: list[str] = Field(default_factory=list)
+    among_label: str | None = None
+    # Soft parts: they re-rank the admissible items and never exclude one (engine.understanding).
+    prefer: list[str] = Field(default_factory=list)          # categories leaned toward
+    prefer_not: list[str] = Field(default_factory=list)      # categories leaned away from
+    boost: list[str] = Field(default_factory=list)           # items matching a content wish
+    boost_label: str | None = None
+    # A question the last turn asked instead of answering, with what each answer would do.
+    pending: dict | None = None
 
     def is_hard(self) -> bool:
         """True when the constraint narrows the catalog (turned-down items are plain exclusions)."""
         return bool(self.want or self.avoid or self.year_min is not None or self.year_max is not None
-                    or self.like_categories)
+                    or self.like_categories or self.among)
+
+    def is_soft(self) -> bool:
+        return bool(self.prefer or self.prefer_not or self.boost)
 
     def allows(self, categories: Sequence[str], year: int | None) -> bool:
         """Whether one item satisfies the constraint (what compliance is measured with)."""
@@ -81,6 +94,10 @@ class Constraints(BaseModel):
             return False
         return True
 
+    def allows_item(self, item_id: str, categories: Sequence[str], year: int | None) -> bool:
+        """``allows`` plus the item-level part (a content request's "among these")."""
+        return (not self.among or str(item_id) in self.among) and self.allows(categories, year)
+
     def describe(self) -> str:
         """One line, the way the recommendation level and the trace state it:
         'Comedy from the 1990s, no Drama'. Empty when nothing is asked."""
@@ -89,15 +106,29 @@ class Constraints(BaseModel):
         if self.want or years:
             what = " and ".join(" or ".join(group) for group in self.want) or "something"
             parts.append(what + (f" {years}" if years else ""))
+        if self.among:
+            parts.append(f"about {self.among_label}" if self.among_label else f"among {len(self.among)} matching items")
         if self.like_title:
             parts.append(f"more like {self.like_title}")
         if self.avoid:
             parts.append("no " + " or ".join(self.avoid))
         return ", ".join(parts)
 
+    def describe_soft(self) -> str:
+        """The soft parts, for the trace: 'leaning to Horror; boost: items about time travel'."""
+        parts = []
+        if self.prefer:
+            parts.append("leaning to " + " or ".join(self.prefer))
+        if self.prefer_not:
+            parts.append("leaning away from " + " or ".join(self.prefer_not))
+        if self.boost:
+            parts.append(f"a boost for {len(self.boost)} items matching '{self.boost_label}'" if self.boost_label
+                         else f"a boost for {len(self.boost)} items")
+        return "; ".join(parts)
+
     def key(self) -> str:
-        """A stable key for caches (filters, reasoning)."""
-        return self.model_dump_json()
+        """A stable key for caches (filters, reasoning): the hard parts only."""
+        return self.model_dump_json(exclude={"prefer", "prefer_not", "boost", "boost_label", "pending"})
 
 
 class Facets:
@@ -160,6 +191,11 @@ class Facets:
             allowed &= self.years >= constraints.year_min
         if constraints.year_max is not None:
             allowed &= (self.years <= constraints.year_max) & (self.years != NO_YEAR)
+        if constraints.among:
+            rows = [self.row_of[i] for i in constraints.among if i in self.row_of]
+            among = np.zeros(len(self.item_ids), dtype=bool)
+            among[rows] = True
+            allowed &= among
         return allowed
 
     def allowed_items(self, constraints: Constraints) -> list[str]:

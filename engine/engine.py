@@ -39,7 +39,8 @@ from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEven
                            ReplyDelta, RequestInfo, Trace, TraceEvent)
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
 from engine.recommender import open_recommender
-from engine.request import Request, RequestParser
+from engine.request import Request
+from engine.understanding import apply_answer, catalog_parser, resolve_answer, soft_rerank
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
@@ -112,7 +113,7 @@ class Engine:
         self.data, self.checkpoint = Path(data), Path(checkpoint)
         self.catalog = Catalog(self.data)
         self.facets = Facets(*self.catalog.attribute_table())
-        self.parser = RequestParser(self.facets, find_title=self.catalog.search_titles)
+        self.parser = catalog_parser(self.catalog, self.facets)
         self.recommender, self.meta = open_recommender(self.checkpoint, self.data, self.catalog.sid_codes(), backend,
                                                        model_url, device, history_items, facets=self.facets)
         self.model, self.tokenizer = self.recommender.model, self.recommender.tokenizer
@@ -196,10 +197,49 @@ class Engine:
             return lock
 
     def understand(self, session: ChatSession, text: str) -> tuple[Request, Constraints]:
-        """Parse the message and merge it into the session's active constraints."""
-        request = self.parser.parse(text)
-        last_items = next((t.items for t in reversed(session.turns) if t.role == "assistant"), [])
+        """Parse the message and merge it into the session's active constraints. When the last
+        turn asked a question and this message answers it, the answer is applied instead."""
+        pending = session.constraints.pending
+        if pending:
+            option = resolve_answer(pending, text)
+            if option is not None:
+                request = Request(text=text, answered=True, notes=[f"Understood as your answer: {option['label']}."])
+                return request, apply_answer(session.constraints, option)
+        last_items = next((t.items for t in reversed(session.turns) if t.role == "assistant" and t.items), [])
+        request = self.parser.parse(text, last_years=[y for y in map(self.facets.year_of, last_items) if y is not None])
         return request, apply_request(session.constraints, request, last_items)
+
+    def _question(self, request: Request, constraints: Constraints, available: int | None, k: int) -> dict | None:
+        """A question to ask instead of answering: the parser's (a title two items share, a
+        request that contradicts itself), or, when this message narrowed the catalog below ``k``
+        items, whether to show those few or widen."""
+        if request.question:
+            return {"question": request.question, "options": request.options}
+        if request.answered or available is None or not 0 < available < k or not constraints.is_hard():
+            return None
+        narrowed = request.years_set or request.want or request.content_hard
+        if not narrowed:
+            return None
+        show = {"label": f"show the {available}", "answer": ["show", "those", "them", "these", "fine"], "patch": {}}
+        wider = constraints.model_copy(deep=True)
+        if request.years_set and (constraints.year_min is not None or constraints.year_max is not None):
+            # One decade more on each bounded side ("1950s westerns" -> 1940-1969).
+            wider.year_min = constraints.year_min - 10 if constraints.year_min is not None else None
+            wider.year_max = constraints.year_max + 10 if constraints.year_max is not None else None
+            patch = {"year_min": wider.year_min, "year_max": wider.year_max}
+        elif len(constraints.want) > 1:
+            wider.want = constraints.want[:-1]
+            patch = {"want": wider.want}
+        else:
+            return None
+        more = self.recommender.available(wider, set())
+        if not more or more <= available:
+            return None
+        label = wider.describe()
+        return {"question": f"Only {available} item{'s' * (available != 1)} you have not seen satisfy {constraints.describe()}: "
+                            f"show {'those' if available != 1 else 'it'}, or widen to {label}?",
+                "options": [show, {"label": f"widen to {label}", "answer": ["widen", "wider", "widening", "expand", "broaden",
+                                                                             "more", "bigger", "relax"], "patch": patch}]}
 
     def _stream_levels(self, tokens: Iterator[int]) -> Iterator[tuple[str, str, int]]:
         """(level, text delta, token) while reasoning streams; the prompt opened the first level."""
@@ -289,6 +329,9 @@ class Engine:
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int,
               budget: int) -> Iterator[Event]:
         turn = yield from self._read(self.sessions.get(session_id), message, thinking, k, num_beams, budget)
+        if turn.info.question:
+            yield from self._ask(turn)
+            return
         if turn.info.available == 0:
             yield from self._refuse(turn)
             return
@@ -316,10 +359,17 @@ class Engine:
         # Seen, disliked, already shown, turned down, and the title a "more like" names.
         exclude = (set(session.history) | set(session.excluded) | set(session.shown()) | set(constraints.turned_down)
                    | ({constraints.like_item} if constraints.like_item else set()))
+        for reading in request.readings:
+            yield NoticeEvent(text="Read by meaning: " + reading + ".")
         info = RequestInfo(understood=request.understood(), active=constraints.describe(),
                            constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
-                           available=self.recommender.available(constraints, exclude))
-        if info.available is not None and 0 < info.available < k:
+                           available=self.recommender.available(constraints, exclude),
+                           readings=request.readings, soft=constraints.describe_soft(), unknown=request.unknown)
+        asked = self._question(request, constraints, info.available, k)
+        if asked is not None:
+            info.question = asked["question"]
+            constraints = constraints.model_copy(update={"pending": asked})
+        elif info.available is not None and 0 < info.available < k:
             yield NoticeEvent(text=f"Only {info.available} item{'s' * (info.available != 1)} satisfy "
                                    f"{info.active}: showing all of them.")
         earlier = self._earlier_turns(session)
@@ -327,6 +377,18 @@ class Engine:
                           exclude=exclude, thinking=thinking, k=k, num_beams=max(k, int(num_beams or k)),
                           budget=budget, earlier=earlier, started=time.perf_counter(),
                           prompt=self.recommender.prompt_ids(session.history, text or None, earlier, thinking))
+
+    def _ask(self, turn: _TurnState) -> Iterator[Event]:
+        """One short question instead of a guess; the next message's answer is read against it
+        (``understand``). The question is the reply, so every client shows it as the answer."""
+        trace = Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=turn.thinking,
+                      backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info,
+                      latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
+        yield ReplyDelta(text=turn.info.question)
+        self.sessions.add_exchange(turn.session.id, [turn.user_turn(),
+                                                     Turn("assistant", turn.info.question, [],
+                                                          trace=trace.model_dump(mode="json"))], turn.constraints)
+        yield TraceEvent(trace=trace)
 
     def _refuse(self, turn: _TurnState) -> Iterator[Event]:
         """Nothing satisfies the constraints: the request is kept, the error says how to get out.
@@ -348,6 +410,8 @@ class Engine:
             [turn.session.history], k=turn.num_beams, num_beams=turn.num_beams, shown=turn.k, thinking=turn.thinking,
             user_texts=[turn.text or None], earlier_turns=[turn.earlier], exclude=[turn.exclude],
             constraints=[turn.constraints], reasoning=[turn.reasoning_ids] if turn.thinking else None)
+        if turn.constraints.is_soft():
+            result.items = soft_rerank(result.items, turn.constraints, self.facets)
         turn.timings["items_ms"] = (time.perf_counter() - started) * 1000
         return result
 
@@ -390,7 +454,7 @@ class Engine:
                 next(steps)                                   # notices: not needed here
         except StopIteration as done:
             turn = done.value
-        if turn.info.available == 0:
+        if turn.info.available == 0 or turn.info.question:
             return [], turn.info, {}
         if thinking:
             with self._model_lock:

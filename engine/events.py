@@ -36,6 +36,10 @@ class RequestInfo(BaseModel):
     unparsed: list[str] = []          # words not used as a filter (left to the model)
     notes: list[str] = []
     available: int | None = None      # items the constraints leave for this user (None: unconstrained)
+    readings: list[str] = []          # free phrases read by meaning ("'aliens' read as Sci-Fi (z=3.3)")
+    soft: str = ""                    # soft leanings that re-rank ("leaning to Horror")
+    unknown: list[str] = []           # facets asked for that this catalog lacks (length, language, ...)
+    question: str | None = None       # asked instead of answering (the reply); the next message answers it
 
 
 class Trace(BaseModel):

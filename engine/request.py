@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from pydantic import BaseModel, Field
 
 from engine.constraints import Constraints, Facets
@@ -81,7 +83,46 @@ watch watching tonight today now next movie movies film films item items thing t
 what which how maybe perhaps really very quite just also too so thanks thank mood feel feeling in
 again actually instead then let lets ok okay yes yeah good great nice well more most bit little lot
 from since until till after before between up year years decade decades era released made old new
-s mind fine with that this these those other else different another seen them""".split())
+s mind fine with that this these those other else different another seen them about featuring involving
+lots plenty hey hi hello recommendations recommendation ideas idea loved liked enjoyed adored dug
+awesome cool stuff got have has had something someone somebody there here""".split())
+
+
+# Titles named anywhere: the words before a title say whether it was liked or turned down.
+LIKED_BEFORE = re.compile(r"\b(?:loved|liked|enjoyed|adored|love|like|likes|fan of|into|more of|a lot of|really dug|dug|"
+                          r"reminds me of|such as|same vibe as|vibe as|vibes of|the style of|the spirit of)\s*$")
+DISLIKED_BEFORE = re.compile(r"\b(?:hated|hate|disliked|dislike|didnt like|dont like|did not like|do not like|couldnt stand|"
+                             r"cant stand|not another|no more|sick of|tired of|bored of|anything but|not like|unlike|"
+                             r"except|not|no|nothing like|avoid|skip)\s*$")
+TITLE_SMALL_WORDS = {"of", "the", "a", "an", "and", "in", "on", "to", "for", "with", "at", "from", "vs", "&", "de", "la", "le"}
+# Numbers that are not years: ages, counts, durations (cut out before years are read).
+AGE = re.compile(r"\b(?:my |our |a |an )?(\d{1,2})[ -]?(?:years?|yrs?|yo)[ -]?olds?\b|\b(?:aged?|ages) (\d{1,2})(?: ?(?:to|-|and) ?\d{1,2})?\b"
+                 r"|\b(\d{1,2}) ?(?:yo|y o)\b")
+COUNT = re.compile(r"\b(?:top|best|give me|show me|list|just|only)? ?\d{1,3} (?:movies?|films?|items?|picks?|products?|"
+                   r"recommendations?|options?|suggestions?|things?|ideas?|titles?|ones?)\b|\btop \d{1,3}\b")
+# Facets a catalog may lack; the key is the attribute name a catalog would need to answer it.
+FACETS = {
+    "length": re.compile(r"\b(?:under|over|less than|more than|at most|at least|about|around|no longer than|"
+                         r"shorter than|longer than)? ?\d+(?:\.\d+)? ?(?:and a half )?(?:hours?|hrs?|h|minutes?|mins?)(?: long)?\b"
+                         r"|\b(?:runtime|running time|run time)\b"),
+    "language": re.compile(r"\b(?:in|with) (?:french|spanish|german|italian|japanese|chinese|mandarin|cantonese|korean|hindi|"
+                           r"russian|swedish|portuguese|english) ?(?:audio|subtitles|language)?\b"
+                           r"|\b(?:french|spanish|german|italian|japanese|korean|chinese|hindi|foreign|english)[ -]language\b"
+                           r"|\bsubtitle[sd]?\b|\bdubbed\b"),
+    "cast": re.compile(r"\b(?:starring|stars|with actor|with actress|played by|acted by|featuring actor)\b(?: [a-z]+){0,2}"),
+    "director": re.compile(r"\b(?:directed by|director)\b(?: [a-z]+){0,2}"),
+    "price": re.compile(r"(?:\$|£|€) ?\d+(?:\.\d+)?|\b\d+ (?:dollars|bucks|euros?|pounds)\b|\b(?:cheap|cheaper|affordable|"
+                        r"inexpensive|pricey|expensive|on sale|discount(?:ed)?|price[ds]?|budget friendly)\b"),
+}
+FACET_WORDS = {"length": "running time", "language": "language", "cast": "cast", "director": "director", "price": "price"}
+NEGATED_YEAR = (r"\b(?:nothing|not|no|never|none)(?: (?:movies?|films?|anything|something|stuff|items?|products?|ones?|made|"
+                r"released|produced|from|thats|that|is|are|was|were|any|really|too|much|way|at all)){0,3} ")
+FEW = {"few": 5, "couple": 2, "couple of": 2, "several": 5, "two": 2, "three": 3, "four": 4, "five": 5, "ten": 10}
+RELATIVE_OLDER = {"older", "earlier", "older ones", "less recent"}
+RELATIVE_NEWER = {"newer", "more recent", "later", "more modern", "less old", "newer ones"}
+CONTENT_CUE = re.compile(r"\b(?:about|featuring|involving|set in|set on|based on|where|in which|that has|that have|with)\s+(.+)$")
+PLAIN_CONTENT = re.compile(r"\b(?:movies?|films?|items?|something|anything|ones?|stories|story|products?|stuff|books?|shows?)"
+                           r" (?:about|featuring|involving|set in|set on|based on)\b|^(?:about|featuring) ")
 
 
 def normalize(text: str) -> str:
@@ -121,6 +162,19 @@ class Request(BaseModel):
     not_that: bool = False
     unparsed: list[str] = Field(default_factory=list)      # words it could not place (left to the model)
     notes: list[str] = Field(default_factory=list)         # what the user should know about the parse
+    # Read by meaning (engine.understanding): soft leanings, content matches, turned-down titles.
+    prefer: list[str] = Field(default_factory=list)
+    prefer_not: list[str] = Field(default_factory=list)
+    content_phrase: str | None = None
+    content_items: list[str] = Field(default_factory=list)
+    content_hard: bool = False
+    dislike_items: list[str] = Field(default_factory=list)
+    dislike_titles: list[str] = Field(default_factory=list)
+    readings: list[str] = Field(default_factory=list)      # how each free phrase was read, for the trace
+    unknown: list[str] = Field(default_factory=list)       # facets asked for that the catalog lacks
+    question: str | None = None                           # ask this instead of guessing
+    options: list[dict] = Field(default_factory=list)      # what each answer to the question means
+    answered: bool = False                                 # this message answered the last question
 
     def understood(self) -> str:
         """What was understood, for the trace ("wants Comedy; 1990s; avoids Drama")."""
@@ -138,6 +192,15 @@ class Request(BaseModel):
             parts.append("allows " + ", ".join(self.lift) + " again")
         if self.like_title:
             parts.append(f"more like {self.like_title}")
+        if self.dislike_titles:
+            parts.append("turns down " + ", ".join(self.dislike_titles))
+        if self.content_items:
+            parts.append(("only items about " if self.content_hard else "a boost for items about ")
+                         + f"'{self.content_phrase}'")
+        if self.prefer:
+            parts.append("leaning to " + " or ".join(self.prefer))
+        if self.prefer_not:
+            parts.append("leaning away from " + " or ".join(self.prefer_not))
         if self.not_that:
             parts.append("turns down the last items")
         if self.clear_want:
@@ -151,9 +214,13 @@ TitleFinder = Callable[[str], Sequence]   # query -> catalog items (best first) 
 
 
 class RequestParser:
-    def __init__(self, facets: Facets, find_title: TitleFinder | None = None, max_ngram: int = 5):
+    def __init__(self, facets: Facets, find_title: TitleFinder | None = None, max_ngram: int = 5,
+                 reader=None, same_title: Callable | None = None, known_facets: Sequence[str] = ()):
         self.facets = facets
         self.find_title = find_title
+        self.reader = reader                     # engine.understanding.SemanticReader, or None
+        self.same_title = same_title             # title -> items sharing it (for "which one?")
+        self.known_facets = set(known_facets)
         self.phrases: dict[str, list[str]] = {}     # normalized phrase -> categories it names
         by_form: dict[str, str] = {}
         for category in facets.vocabulary:
@@ -209,8 +276,9 @@ class RequestParser:
         start = candidates[counts.index(max(counts))] if max(counts) else candidates[-1 if two_digits < 30 else 0]
         return start, start + 9
 
-    def _years(self, text: str, request: Request) -> str:
-        """Year ranges; returns the text with them blanked out."""
+    def _years(self, text: str, request: Request, last_years: Sequence[int] = ()) -> str:
+        """Year ranges; returns the text with them blanked out. ``last_years``: the years of the
+        last answer's items, against which "older" and "more recent" are read."""
         def setr(low, high):
             request.year_min, request.year_max, request.years_set = low, high, True
 
@@ -226,7 +294,25 @@ class RequestParser:
 
         year = r"(1[5-9]\d\d|20\d\d)"
         decade = r"(?:the )?((?:1[5-9]\d0|20\d0)s|\d0s|" + "|".join(WORD_DECADES) + ")"
+        def last(m):
+            span = m[1] or ("1" if m[2] == "year" else "few")
+            n = int(span) if span.isdigit() else FEW.get(span, 5)
+            n = n * 10 if m[2].startswith("decade") else n
+            if self.last_year is not None:
+                setr(self.last_year - max(1, n) + 1, None)
+
         patterns = [
+            # A negated comparison bounds the other side: "nothing older than 1990" is 1990 on.
+            (rf"{NEGATED_YEAR}(?:older than|before|earlier than|prior to|pre) {year}\b", lambda m: setr(int(m[1]), None)),
+            (rf"{NEGATED_YEAR}(?:newer than|after|later than|more recent than|past|beyond) {year}\b",
+             lambda m: setr(None, int(m[1]))),
+            (rf"{NEGATED_YEAR}(?:older than|before|earlier than|prior to|pre) {decade}",
+             lambda m: setr(decade_at(m[1])[0], None)),
+            (rf"{NEGATED_YEAR}(?:newer than|after|later than|more recent than|past|beyond) {decade}",
+             lambda m: setr(None, decade_at(m[1])[1])),
+            (r"\b(?:the |these )?(?:last|past|previous) (?:(few|couple of|couple|several|\d{1,2}|two|three|four|five|ten) )?"
+             r"(years?|decades?)\b", last),
+            (rf"\b{year} or (?:older|earlier|before)\b", lambda m: setr(None, int(m[1]))),
             (rf"\bbetween {year} and {year}\b", lambda m: setr(int(m[1]), int(m[2]))),
             (rf"\b(?:from )?{year} (?:to|until|till|through) {year}\b", lambda m: setr(int(m[1]), int(m[2]))),
             (rf"\b{year} {year}\b", lambda m: setr(min(int(m[1]), int(m[2])), max(int(m[1]), int(m[2])))),
@@ -250,6 +336,19 @@ class RequestParser:
                 text = text[:match.start()] + " " + text[match.end():]
                 break
         words = set(text.split())
+        known = [y for y in last_years if y is not None]
+        if not request.years_set and known:
+            # A comparative against the items just shown: "older" is older than most of them.
+            middle = int(np.median(known))
+            if re.search(r"\b(?:older|earlier|less recent|more classic)\b", text):
+                setr(None, middle - 1)
+                text = re.sub(r"\b(?:older|earlier|less recent|more classic)\b", " ", text)
+                request.readings.append(f"'older' read against the last answer (median year {middle}): before {middle}")
+            elif re.search(r"\b(?:newer|more recent|more modern|later|less old)\b", text):
+                setr(middle + 1, None)
+                text = re.sub(r"\b(?:newer|more recent|more modern|later|less old)\b", " ", text)
+                request.readings.append(f"'more recent' read against the last answer (median year {middle}): after {middle}")
+            words = set(text.split())
         if not request.years_set and words & RECENT and self.recent_from is not None:
             setr(self.recent_from, None)
             text = " ".join(w for w in text.split() if w not in RECENT)
@@ -264,12 +363,22 @@ class RequestParser:
                                      "none fits that year range.")
         return text
 
-    def _categories(self, text: str, request: Request) -> list[str]:
-        """Category mentions, each wanted, avoided or lifted by its clause; returns leftover words."""
+    def _lemma(self, word: str) -> list[str] | None:
+        """A comparative of a known word ("scarier" -> scary, "funnier" -> funny, "darker" -> dark)."""
+        for stem in ([word[:-3] + "y"] if word.endswith("ier") else []) + \
+                    ([word[:-2], word[:-3], word[:-1]] if word.endswith("er") and len(word) > 4 else []):
+            if stem in self.phrases:
+                return self.phrases[stem]
+        return None
+
+    def _categories(self, text: str, request: Request, clauses: list | None = None) -> list[str]:
+        """Category mentions, each wanted, avoided or lifted by its clause; returns leftover words.
+        ``clauses`` (when given) receives each clause's leftover words and whether it was negated."""
         leftover = []
         for clause in re.split(r"[,;.!?]+|\bbut\b(?! not)", text):
             words = clause.split()
             negated, or_pending, position = False, False, 0
+            here: list[str] = []
             while position < len(words):
                 for n in range(min(self.max_ngram, len(words) - position), 0, -1):
                     phrase = " ".join(words[position:position + n])
@@ -277,7 +386,7 @@ class RequestParser:
                     if categories:
                         break
                 else:
-                    categories, n = None, 1
+                    categories, n = self._lemma(words[position]), 1
                 word = words[position]
                 if categories is None:
                     if word in NEGATIONS or word in ("nor",):
@@ -286,6 +395,7 @@ class RequestParser:
                         or_pending = True
                     elif word not in FILLER and not word.isdigit():
                         leftover.append(word)
+                        here.append(word)
                     position += 1
                     continue
                 before = " ".join(words[:position]) + " "
@@ -300,9 +410,131 @@ class RequestParser:
                     request.want.append(list(categories))
                 or_pending = False
                 position += n
-        # A category both wanted and avoided in one message: the avoidance wins.
-        request.want = [kept for kept in ([c for c in g if c not in request.avoid] for g in request.want) if kept]
+            if clauses is not None and here:
+                clauses.append((here, negated))
         return leftover
+
+    def _numbers(self, text: str, request: Request) -> str:
+        """Ages, counts and durations are not years; facets the catalog lacks are said to be unknown.
+        Returns the text with them cut out."""
+        for match in list(AGE.finditer(text)):
+            age = int(next(g for g in match.groups() if g))
+            request.notes.append(f'"{match.group(0).strip()}" was read as an age ({age}), not a year.')
+            if age <= 12:
+                kids = self.phrases.get("kids")
+                if kids:
+                    request.prefer += [c for c in kids if c not in request.prefer]
+        text = AGE.sub(" ", text)
+        text = COUNT.sub(" ", text)
+        for facet, pattern in FACETS.items():
+            match = pattern.search(text)
+            if match and facet not in self.known_facets:
+                request.unknown.append(facet)
+                request.notes.append(f'This catalog has no {FACET_WORDS[facet]} information, so "{match.group(0).strip()}" '
+                                     "could not be used.")
+                text = pattern.sub(" ", text)
+        return text
+
+    def _titles(self, message: str, text: str, request: Request) -> str:
+        """Catalog titles named anywhere ("I loved Scream", "not another Toy Story"): capitalised or
+        quoted spans of the message, and the words after a liking or disliking cue. The words before
+        a title say whether it was liked or turned down. Returns the text with the titles cut out."""
+        if self.find_title is None:
+            return text
+        candidates: list[tuple[str, float]] = []
+        for quoted in re.findall(r"[\"\u201c]([^\"\u201d]{2,80})[\"\u201d]", message):
+            candidates.append((quoted, 0.85))
+        words = re.findall(r"[\w'&:.-]+", message)
+        run: list[str] = []
+        for word in words + [""]:
+            capital = word[:1].isupper() or (word[:1].isdigit() and run)
+            if capital or (run and word.lower() in TITLE_SMALL_WORDS):
+                run.append(word)
+                continue
+            while run and run[-1].lower() in TITLE_SMALL_WORDS:
+                run.pop()
+            if run:
+                for start in range(len(run)):
+                    candidates.append((" ".join(run[start:start + MAX_TITLE_WORDS]), 0.95))
+            run = []
+        lowered = normalize(text)
+        tokens = lowered.split()
+        for position in range(1, len(tokens)):
+            before = " ".join(tokens[:position])
+            if LIKED_BEFORE.search(before) or DISLIKED_BEFORE.search(before):
+                for n in range(min(MAX_TITLE_WORDS, len(tokens) - position), 0, -1):
+                    candidates.append((" ".join(tokens[position:position + n]), 0.9))
+        tried: set[str] = set()
+        for span, floor in candidates:
+            key = normalize(span)
+            if not key or key in tried or all(w in FILLER or w in NEGATIONS for w in key.split()):
+                continue
+            tried.add(key)
+            if key in self.phrases or key in WORD_DECADES or re.fullmatch(r"\d+s?", key):
+                continue
+            hits = self.find_title(span)
+            if not hits or (getattr(hits[0], "score", None) or 0) < floor:
+                continue
+            found = hits[0]
+            if normalize(found.title) in tried and key != normalize(found.title):
+                continue
+            where = lowered.find(key)
+            before = lowered[:where] if where >= 0 else ""
+            disliked = bool(DISLIKED_BEFORE.search(before.strip())) and not LIKED_BEFORE.search(before.strip())
+            same = self.same_title(found.title) if self.same_title is not None else []
+            if len(same) > 1:
+                labels = [f"{i.title} ({i.year})" if i.year else f"{i.title} [{i.item_id}]" for i in same]
+                request.question = f"Which {found.title} do you mean: " + ", ".join(labels[:-1]) + f" or {labels[-1]}?"
+                request.options = [{"label": label, "answer": [str(i.year)] if i.year else [str(i.item_id)],
+                                    "item_id": str(i.item_id), "title": i.title, "categories": list(i.categories),
+                                    "disliked": disliked} for label, i in zip(labels, same)]
+            elif disliked:
+                request.dislike_items.append(str(found.item_id))
+                request.dislike_titles.append(found.title)
+            elif request.like_item is None:
+                request.like_item, request.like_title = str(found.item_id), found.title
+                request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
+            text = re.sub(rf"\b{re.escape(key)}\b", " ", normalize(text)) if key in normalize(text) else text
+            lowered = normalize(text)
+            tried.add(normalize(found.title))
+        return text
+
+    def _meaning(self, clauses: list, message: str, request: Request) -> list[str]:
+        """Leftover phrases read by meaning: categories (hard, soft or unused), else a content
+        search. Returns the words still not used."""
+        unused: list[str] = []
+        plain = bool(PLAIN_CONTENT.search(message))
+        for words, negated in clauses:
+            content = [w for w in words if len(w) > 2 and w not in NEGATIONS]
+            phrase = " ".join(words)
+            if not content:
+                continue
+            reading = self.reader.categories(phrase)
+            if reading.level == "hard" and not (plain and not negated):
+                request.readings.append(reading.describe())
+                if negated:
+                    request.avoid += [c for c in reading.categories if c not in request.avoid]
+                elif reading.categories not in request.want:
+                    request.want.append(list(reading.categories))
+                continue
+            if reading.level in ("hard", "soft"):
+                request.readings.append(reading.describe().replace(" read as ", " leaning to ") if reading.level == "hard"
+                                        else reading.describe())
+                side = request.prefer_not if negated else request.prefer
+                side += [c for c in reading.categories if c not in side]
+            if negated:
+                if reading.level == "unused":
+                    unused += words
+                continue
+            found = self.reader.content(phrase, plain=plain)
+            if found.level != "unused" and not request.content_items:
+                request.content_phrase = phrase
+                request.content_items = [i for i, _, _ in found.items]
+                request.content_hard = found.level == "hard"
+                request.readings.append(found.describe())
+            elif reading.level == "unused":
+                unused += words
+        return unused
 
     @staticmethod
     def _flag(text: str, request: Request, *rules) -> str:
@@ -314,7 +546,8 @@ class RequestParser:
         return text
 
     # -- the whole message -------------------------------------------------------------------
-    def parse(self, message: str | None) -> Request:
+    def parse(self, message: str | None, last_years: Sequence[int] = ()) -> Request:
+        """``last_years``: years of the items last shown, for "older" and "more recent"."""
         request = Request(text=message or "")
         text = (message or "").lower().replace("\u2019", "'")
         text = re.sub(r"\b(\w+)n't\b", r"\1nt", text)          # don't -> dont, isn't -> isnt
@@ -322,12 +555,29 @@ class RequestParser:
         text = re.sub(r"\bno more\b|\bnot in the mood for\b|\bdont want\b|\bdo not want\b", " not ", text)
         text = self._flag(text, request, (RESET, "reset"), (NOT_THAT, "not_that"))
         text = self._like(text, request)
+        if request.like_item is None:
+            text = self._titles(message or "", text, request)
         text = self._flag(text, request, (ANY_CATEGORY, "clear_want"), (ANY_YEAR, "clear_years"))
+        text = self._numbers(text, request)
         # Keep clause punctuation, normalize the rest ("sci-fi" -> "sci fi", "'80s" -> "80s").
         text = re.sub(r"'", "", text)
         text = re.sub(r"[^0-9a-z,;.!?]+", " ", text)
-        text = self._years(text, request)
-        leftover = self._categories(text, request)
+        text = self._years(text, request, last_years)
+        clauses: list = []
+        wanted_before = len(request.want)
+        leftover = self._categories(text, request, clauses)
+        if self.reader is not None and clauses:
+            leftover = self._meaning(clauses, normalize(message or ""), request)
+        # Stated both ways in one message ("a horror movie but nothing scary"): ask, do not guess.
+        both = [c for g in request.want[wanted_before:] for c in g if c in request.avoid]
+        if request.question is None and both:
+            request.question = (f"You asked for {both[0]} and also to avoid it: should I include {both[0]} or leave it out?")
+            request.options = [{"label": f"include {both[0]}", "answer": ["include", "yes", "keep", "with"],
+                                "patch": {"want_add": both[0]}},
+                               {"label": f"leave {both[0]} out", "answer": ["leave", "out", "no", "without", "exclude", "avoid"],
+                                "patch": {"avoid_add": both[0]}}]
+        request.want = [kept for kept in ([c for c in g if c not in request.avoid] for g in request.want) if kept]
+        request.prefer = [c for c in request.prefer if c not in request.avoid and not any(c in g for g in request.want)]
         request.unparsed = list(dict.fromkeys(leftover))
         return request
 
@@ -359,4 +609,18 @@ def apply(constraints: Constraints, request: Request, last_items: Sequence[str] 
         current.like_categories = list(request.like_categories)
     if request.not_that:
         current.turned_down = list(dict.fromkeys(current.turned_down + [str(i) for i in last_items]))
+    if request.dislike_items:
+        current.turned_down = list(dict.fromkeys(current.turned_down + request.dislike_items))
+    # Soft leanings follow the latest message that speaks of categories at all.
+    if request.want or request.avoid or request.prefer or request.prefer_not or request.clear_want:
+        current.prefer, current.prefer_not = list(request.prefer), list(request.prefer_not)
+    if request.clear_want:
+        current.among, current.among_label = [], None
+    if request.content_items:
+        if request.content_hard:
+            current.among, current.among_label = list(request.content_items), request.content_phrase
+            current.boost, current.boost_label = [], None
+        else:
+            current.boost, current.boost_label = list(request.content_items), request.content_phrase
+    current.pending = None
     return current
