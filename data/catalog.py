@@ -51,7 +51,8 @@ def _item(row: ItemRow, **extra) -> CatalogItem:
 
 def _normalize(title: str) -> str:
     """Lower case, punctuation to spaces, no leading article: 'The Usual Suspects' ~ 'usual suspects'."""
-    text = re.sub(r"[^0-9a-z]+", " ", title.lower()).strip()
+    title = re.sub(r",\s*(the|a|an)(\s*\(|$)", r"\2", title.strip(), flags=re.IGNORECASE)   # 'Usual Suspects, The'
+    text = re.sub(r"[^0-9a-z]+", " ", title.lower().replace("'", "").replace("\u2019", "")).strip()
     return re.sub(r"^(the|a|an) ", "", text)
 
 
@@ -146,6 +147,19 @@ class Catalog:
     @cached_property
     def _normalized_titles(self) -> dict[int, str]:
         return {row: _normalize(title) for row, title in self._titles}
+
+    @cached_property
+    def _rows_by_title(self) -> dict[str, list[int]]:
+        rows: dict[str, list[int]] = {}
+        for row, norm in self._normalized_titles.items():
+            rows.setdefault(norm, []).append(row)
+        return rows
+
+    def exact_title(self, query: str) -> list[CatalogItem]:
+        """Items whose normalized title is exactly ``query``'s (a dictionary lookup: cheap enough to
+        try every phrase of a message)."""
+        rows = self._rows_by_title.get(_normalize(query), [])
+        return [i.model_copy(update={"score": 1.0, "match": "exact"}) for i in self.by_rows(rows)] if rows else []
 
     def search_titles(self, query: str, k: int = 10, cutoff: float = 85.0) -> list[CatalogItem]:
         """Exact (normalized) title matches, then titles containing the query, then fuzzy ones."""

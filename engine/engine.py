@@ -40,7 +40,7 @@ from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEven
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
 from engine.recommender import open_recommender
 from engine.request import Request
-from engine.understanding import apply_answer, catalog_parser, resolve_answer, soft_rerank
+from engine.understanding import apply_answer, ask_first, catalog_parser, resolve_answer, soft_rerank
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
@@ -206,40 +206,12 @@ class Engine:
                 request = Request(text=text, answered=True, notes=[f"Understood as your answer: {option['label']}."])
                 return request, apply_answer(session.constraints, option)
         last_items = next((t.items for t in reversed(session.turns) if t.role == "assistant" and t.items), [])
-        request = self.parser.parse(text, last_years=[y for y in map(self.facets.year_of, last_items) if y is not None])
+        request = self.parser.parse(text, last_years=[y for y in map(self.facets.year_of, last_items) if y is not None],
+                                    active=session.constraints)
         return request, apply_request(session.constraints, request, last_items)
 
     def _question(self, request: Request, constraints: Constraints, available: int | None, k: int) -> dict | None:
-        """A question to ask instead of answering: the parser's (a title two items share, a
-        request that contradicts itself), or, when this message narrowed the catalog below ``k``
-        items, whether to show those few or widen."""
-        if request.question:
-            return {"question": request.question, "options": request.options}
-        if request.answered or available is None or not 0 < available < k or not constraints.is_hard():
-            return None
-        narrowed = request.years_set or request.want or request.content_hard
-        if not narrowed:
-            return None
-        show = {"label": f"show the {available}", "answer": ["show", "those", "them", "these", "fine"], "patch": {}}
-        wider = constraints.model_copy(deep=True)
-        if request.years_set and (constraints.year_min is not None or constraints.year_max is not None):
-            # One decade more on each bounded side ("1950s westerns" -> 1940-1969).
-            wider.year_min = constraints.year_min - 10 if constraints.year_min is not None else None
-            wider.year_max = constraints.year_max + 10 if constraints.year_max is not None else None
-            patch = {"year_min": wider.year_min, "year_max": wider.year_max}
-        elif len(constraints.want) > 1:
-            wider.want = constraints.want[:-1]
-            patch = {"want": wider.want}
-        else:
-            return None
-        more = self.recommender.available(wider, set())
-        if not more or more <= available:
-            return None
-        label = wider.describe()
-        return {"question": f"Only {available} item{'s' * (available != 1)} you have not seen satisfy {constraints.describe()}: "
-                            f"show {'those' if available != 1 else 'it'}, or widen to {label}?",
-                "options": [show, {"label": f"widen to {label}", "answer": ["widen", "wider", "widening", "expand", "broaden",
-                                                                             "more", "bigger", "relax"], "patch": patch}]}
+        return ask_first(request, constraints, available, k, lambda wider: self.recommender.available(wider, set()))
 
     def _stream_levels(self, tokens: Iterator[int]) -> Iterator[tuple[str, str, int]]:
         """(level, text delta, token) while reasoning streams; the prompt opened the first level."""

@@ -32,7 +32,7 @@ import numpy as np
 
 from pydantic import BaseModel, Field
 
-from engine.constraints import Constraints, Facets
+from engine.constraints import Constraints, Facets, year_phrase
 
 # Everyday words for categories. Targets are resolved against the catalog's vocabulary; a target
 # the catalog lacks is dropped, so a product catalog simply never matches "scary".
@@ -94,6 +94,14 @@ LIKED_BEFORE = re.compile(r"\b(?:loved|liked|enjoyed|adored|love|like|likes|fan 
 DISLIKED_BEFORE = re.compile(r"\b(?:hated|hate|disliked|dislike|didnt like|dont like|did not like|do not like|couldnt stand|"
                              r"cant stand|not another|no more|sick of|tired of|bored of|anything but|not like|unlike|"
                              r"except|not|no|nothing like|avoid|skip)\s*$")
+LIKED_AFTER = re.compile(r"^\s*(?:(?:was|is|were|are)\s+(?:(?:so|really|just|pretty|very)\s+)?(?:great|amazing|awesome|brilliant|good|"
+                         r"lovely|fantastic|perfect|the best|my jam|my favou?rite|incredible|excellent|fun|wonderful)|vibes?\b|"
+                         r"type of|kind of|sort of|style\b|blew me away|rocks\b|rules\b)")
+DISLIKED_AFTER = re.compile(r"^\s*(?:(?:was|is|were|are)\s+(?:(?:so|really|just|pretty|very)\s+)?(?:bad|awful|terrible|boring|rubbish|"
+                            r"meh|dull|overrated|garbage|trash|the worst|a letdown|disappointing)|sucked|sucks|"
+                            r"(?:and |but )?(?:it )?(?:wasnt|was not|isnt) (?:impressed|great|good|for me))")
+TITLE_NEGATIONS = {"no", "not", "never", "nothing", "dont", "didnt", "doesnt", "wasnt", "hate", "hated", "without",
+                   "avoid", "skip", "except", "none"}
 TITLE_SMALL_WORDS = {"of", "the", "a", "an", "and", "in", "on", "to", "for", "with", "at", "from", "vs", "&", "de", "la", "le"}
 # Numbers that are not years: ages, counts, durations (cut out before years are read).
 AGE = re.compile(r"\b(?:my |our |a |an )?(\d{1,2})[ -]?(?:years?|yrs?|yo)[ -]?olds?\b|\b(?:aged?|ages) (\d{1,2})(?: ?(?:to|-|and) ?\d{1,2})?\b"
@@ -109,12 +117,20 @@ FACETS = {
                            r"russian|swedish|portuguese|english) ?(?:audio|subtitles|language)?\b"
                            r"|\b(?:french|spanish|german|italian|japanese|korean|chinese|hindi|foreign|english)[ -]language\b"
                            r"|\bsubtitle[sd]?\b|\bdubbed\b"),
-    "cast": re.compile(r"\b(?:starring|stars|with actor|with actress|played by|acted by|featuring actor)\b(?: [a-z]+){0,2}"),
+    "cast": re.compile(r"\b(?:starring|with (?:the )?actors?|with (?:the )?actress|played by|acted by|featuring actors?)\b(?: [a-z]+){0,2}"),
     "director": re.compile(r"\b(?:directed by|director)\b(?: [a-z]+){0,2}"),
     "price": re.compile(r"(?:\$|£|€) ?\d+(?:\.\d+)?|\b\d+ (?:dollars|bucks|euros?|pounds)\b|\b(?:cheap|cheaper|affordable|"
                         r"inexpensive|pricey|expensive|on sale|discount(?:ed)?|price[ds]?|budget friendly)\b"),
+    "rating": re.compile(r"\b(?:highly|top|best|well|critically) (?:rated|reviewed)\b|\b\d(?:\.\d)? stars?\b|\bstar rating\b|"
+                         r"\b(?:ratings?|reviews?|imdb|rotten tomatoes|metacritic)\b"),
+    "awards": re.compile(r"\b(?:oscars?|academy awards?|award[ -]?winn(?:ing|er)s?|awards?|golden globes?|won an? \w+ award)\b"),
+    "shipping": re.compile(r"\b(?:free |fast |next day |same day |express )?(?:shipping|delivery|delivered|ships)\b"),
+    "availability": re.compile(r"\b(?:free to stream|streaming|to stream|on netflix|on prime|on hulu|on disney plus|in stock)\b"),
+    "size": re.compile(r"\b(?:in )?size \d+(?:\.\d)?\b|\b(?:size|sizes) (?:small|medium|large|xs|s|m|l|xl|xxl)\b"),
 }
-FACET_WORDS = {"length": "running time", "language": "language", "cast": "cast", "director": "director", "price": "price"}
+FACET_WORDS = {"length": "running time", "language": "language", "cast": "cast", "director": "director", "price": "price",
+               "rating": "rating", "awards": "awards", "shipping": "shipping", "availability": "streaming or stock",
+               "size": "size"}
 NEGATED_YEAR = (r"\b(?:nothing|not|no|never|none)(?: (?:movies?|films?|anything|something|stuff|items?|products?|ones?|made|"
                 r"released|produced|from|thats|that|is|are|was|were|any|really|too|much|way|at all)){0,3} ")
 FEW = {"few": 5, "couple": 2, "couple of": 2, "several": 5, "two": 2, "three": 3, "four": 4, "five": 5, "ten": 10}
@@ -215,11 +231,13 @@ TitleFinder = Callable[[str], Sequence]   # query -> catalog items (best first) 
 
 class RequestParser:
     def __init__(self, facets: Facets, find_title: TitleFinder | None = None, max_ngram: int = 5,
-                 reader=None, same_title: Callable | None = None, known_facets: Sequence[str] = ()):
+                 reader=None, same_title: Callable | None = None, known_facets: Sequence[str] = (),
+                 exact_title: Callable | None = None):
         self.facets = facets
         self.find_title = find_title
         self.reader = reader                     # engine.understanding.SemanticReader, or None
         self.same_title = same_title             # title -> items sharing it (for "which one?")
+        self.exact_title = exact_title           # phrase -> items with exactly that (normalized) title
         self.known_facets = set(known_facets)
         self.phrases: dict[str, list[str]] = {}     # normalized phrase -> categories it names
         by_form: dict[str, str] = {}
@@ -256,8 +274,9 @@ class RequestParser:
                 continue
             found = self._find(title)
             if found is not None:
-                request.like_item, request.like_title = str(found.item_id), found.title
-                request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
+                if not self._ask_which(found, request, disliked=False):
+                    request.like_item, request.like_title = str(found.item_id), found.title
+                    request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
                 return text[:match.start()] + " " + " ".join(words[n:])
         stop = LIKE_STOP.search(match.group(1))
         shown = (match.group(1)[:stop.start()] if stop else match.group(1)).strip(" \"'\u201c\u201d,")
@@ -276,7 +295,8 @@ class RequestParser:
         start = candidates[counts.index(max(counts))] if max(counts) else candidates[-1 if two_digits < 30 else 0]
         return start, start + 9
 
-    def _years(self, text: str, request: Request, last_years: Sequence[int] = ()) -> str:
+    def _years(self, text: str, request: Request, last_years: Sequence[int] = (),
+               active: tuple[int | None, int | None] = (None, None)) -> str:
         """Year ranges; returns the text with them blanked out. ``last_years``: the years of the
         last answer's items, against which "older" and "more recent" are read."""
         def setr(low, high):
@@ -295,7 +315,7 @@ class RequestParser:
         year = r"(1[5-9]\d\d|20\d\d)"
         decade = r"(?:the )?((?:1[5-9]\d0|20\d0)s|\d0s|" + "|".join(WORD_DECADES) + ")"
         def last(m):
-            span = m[1] or ("1" if m[2] == "year" else "few")
+            span = m[1] or ("1" if m[2] in ("year", "decade") else "few")
             n = int(span) if span.isdigit() else FEW.get(span, 5)
             n = n * 10 if m[2].startswith("decade") else n
             if self.last_year is not None:
@@ -317,7 +337,7 @@ class RequestParser:
             (rf"\b(?:from )?{year} (?:to|until|till|through) {year}\b", lambda m: setr(int(m[1]), int(m[2]))),
             (rf"\b{year} {year}\b", lambda m: setr(min(int(m[1]), int(m[2])), max(int(m[1]), int(m[2])))),
             (rf"\b(?:before|pre|older than|earlier than) {year}\b", lambda m: setr(None, int(m[1]) - 1)),
-            (rf"\b(?:until|till|up to) {year}\b", lambda m: setr(None, int(m[1]))),
+            (rf"\b(?:until|till|up to|through)(?: and including)? {year}\b", lambda m: setr(None, int(m[1]))),
             (rf"\b(?:after|post|newer than|later than) {year}\b", lambda m: setr(int(m[1]) + 1, None)),
             (rf"\b(?:since|from) {year} (?:on|onwards?|or later|and later|or newer|and up)\b",
              lambda m: setr(int(m[1]), None)),
@@ -329,31 +349,70 @@ class RequestParser:
             (rf"\b{decade}(?![0-9a-z])", lambda m: setr(*decade_at(m[1]))),      # "1980s," too
             (rf"\b(?:from|in|of|released in|made in)? ?{year}\b", lambda m: setr(int(m[1]), int(m[1]))),
         ]
-        for pattern, handle in patterns:
-            match = re.search(pattern, text)
-            if match:
-                handle(match)
-                text = text[:match.start()] + " " + text[match.end():]
+        ranges = []
+        for _ in range(2):                  # a message may state two ranges ("90s, nothing before 1995")
+            for pattern, handle in patterns:
+                match = re.search(pattern, text)
+                if match:
+                    request.years_set = False
+                    handle(match)
+                    if request.years_set:
+                        ranges.append((request.year_min, request.year_max))
+                    text = text[:match.start()] + " " + text[match.end():]
+                    break
+            else:
                 break
+        if len(ranges) == 2:
+            (a_low, a_high), (b_low, b_high) = ranges
+            low = max([y for y in (a_low, b_low) if y is not None], default=None)
+            high = min([y for y in (a_high, b_high) if y is not None], default=None)
+            if low is not None and high is not None and low > high:
+                # They exclude each other: ask which one was meant.
+                setr(*ranges[0])
+                labels = [year_phrase(*r) or "any year" for r in ranges]
+                request.question = f"Those years do not overlap: {labels[0]} or {labels[1]}?"
+                request.options = [{"label": label, "answer": [w for w in re.findall(r"\d{4}", label)] + [["first", "second"][n]],
+                                    "patch": {"year_min": r[0], "year_max": r[1]}} for n, (label, r) in enumerate(zip(labels, ranges))]
+            else:
+                setr(low, high)
+        elif ranges:
+            setr(*ranges[0])
         words = set(text.split())
         known = [y for y in last_years if y is not None]
-        if not request.years_set and known:
-            # A comparative against the items just shown: "older" is older than most of them.
-            middle = int(np.median(known))
-            if re.search(r"\b(?:older|earlier|less recent|more classic)\b", text):
-                setr(None, middle - 1)
-                text = re.sub(r"\b(?:older|earlier|less recent|more classic)\b", " ", text)
-                request.readings.append(f"'older' read against the last answer (median year {middle}): before {middle}")
-            elif re.search(r"\b(?:newer|more recent|more modern|later|less old)\b", text):
-                setr(middle + 1, None)
-                text = re.sub(r"\b(?:newer|more recent|more modern|later|less old)\b", " ", text)
-                request.readings.append(f"'more recent' read against the last answer (median year {middle}): after {middle}")
+        older = r"\b(?:older|earlier|less recent|more classic)\b"
+        newer = r"\b(?:newer|more recent|more modern|later|less old)\b"
+        if not request.years_set and (known or active != (None, None)):
+            # A comparative against what is active: older than the asked range ("90s action" ->
+            # "older than that": before 1990), else than most of the items just shown.
+            middle = int(np.median(known)) if known else None
+            if re.search(older, text) and (active[0] is not None or middle is not None):
+                edge = active[0] if active[0] is not None else middle
+                setr(None, edge - 1)
+                text = re.sub(older, " ", text)
+                request.readings.append(f"'older' read against {'the asked years' if active[0] is not None else 'the last answer'}: "
+                                        f"before {edge}")
+            elif re.search(newer, text) and (active[1] is not None or middle is not None):
+                edge = active[1] if active[1] is not None else middle
+                setr(edge + 1, None)
+                text = re.sub(newer, " ", text)
+                request.readings.append(f"'more recent' read against {'the asked years' if active[1] is not None else 'the last answer'}: "
+                                        f"after {edge}")
             words = set(text.split())
+        def negated(vocabulary) -> bool:
+            tokens = text.split()
+            spots = [n for n, w in enumerate(tokens) if w in vocabulary]
+            return bool(spots) and bool(set(tokens[max(0, spots[0] - 3):spots[0]]) & {"not", "no", "nothing", "never", "none"})
         if not request.years_set and words & RECENT and self.recent_from is not None:
-            setr(self.recent_from, None)
+            if negated(RECENT):                       # "nothing new": older than the newest fifth
+                setr(None, self.recent_from - 1)
+            else:
+                setr(self.recent_from, None)
             text = " ".join(w for w in text.split() if w not in RECENT)
         elif not request.years_set and words & OLD and self.classic_until is not None:
-            setr(None, self.classic_until)
+            if negated(OLD):                          # "not a really old one": newer than the oldest fifth
+                setr(self.classic_until + 1, None)
+            else:
+                setr(None, self.classic_until)
             text = " ".join(w for w in text.split() if w not in OLD)
         if request.years_set and self.first_year is not None:
             low = request.year_min if request.year_min is not None else self.first_year
@@ -436,68 +495,89 @@ class RequestParser:
         return text
 
     def _titles(self, message: str, text: str, request: Request) -> str:
-        """Catalog titles named anywhere ("I loved Scream", "not another Toy Story"): capitalised or
-        quoted spans of the message, and the words after a liking or disliking cue. The words before
-        a title say whether it was liked or turned down. Returns the text with the titles cut out."""
+        """Catalog titles named anywhere ("I loved Scream", "not another Toy Story", "fargo was
+        great"): quoted or capitalised spans, the words after a liking or disliking cue, and any run
+        of two or more words that is exactly a catalog title. The words around a title say whether
+        it was liked or turned down. Returns the text with the titles cut out."""
         if self.find_title is None:
             return text
-        candidates: list[tuple[str, float]] = []
+        lowered = normalize(text)
+        tokens = lowered.split()
+        candidates: list[tuple[str, float, bool]] = []          # (span, score floor, exact lookup only)
         for quoted in re.findall(r"[\"\u201c]([^\"\u201d]{2,80})[\"\u201d]", message):
-            candidates.append((quoted, 0.85))
-        words = re.findall(r"[\w'&:.-]+", message)
+            candidates.append((quoted, 0.85, False))
         run: list[str] = []
-        for word in words + [""]:
-            capital = word[:1].isupper() or (word[:1].isdigit() and run)
-            if capital or (run and word.lower() in TITLE_SMALL_WORDS):
+        for word in re.findall(r"[\w'&:.-]+", message) + [""]:
+            if word[:1].isupper() or (word[:1].isdigit() and run) or (run and word.lower() in TITLE_SMALL_WORDS):
                 run.append(word)
                 continue
             while run and run[-1].lower() in TITLE_SMALL_WORDS:
                 run.pop()
-            if run:
-                for start in range(len(run)):
-                    candidates.append((" ".join(run[start:start + MAX_TITLE_WORDS]), 0.95))
+            for start in range(len(run)):
+                candidates.append((" ".join(run[start:start + MAX_TITLE_WORDS]), 0.95, False))
             run = []
-        lowered = normalize(text)
-        tokens = lowered.split()
         for position in range(1, len(tokens)):
             before = " ".join(tokens[:position])
-            if LIKED_BEFORE.search(before) or DISLIKED_BEFORE.search(before):
+            if (LIKED_BEFORE.search(before) or DISLIKED_BEFORE.search(before)) and tokens[position] not in ("a", "an"):
                 for n in range(min(MAX_TITLE_WORDS, len(tokens) - position), 0, -1):
-                    candidates.append((" ".join(tokens[position:position + n]), 0.9))
+                    candidates.append((" ".join(tokens[position:position + n]), 0.9, n == 1))
+        if self.exact_title is not None:
+            for n in range(min(MAX_TITLE_WORDS, len(tokens)), 0, -1):
+                for start in range(len(tokens) - n + 1):
+                    span = " ".join(tokens[start:start + n])
+                    after = " ".join(tokens[start + n:start + n + 4])
+                    # Without a cue, a title must be two words or more besides a leading article.
+                    bare = tokens[start + (tokens[start] in ("a", "an", "the")):start + n]
+                    if len(bare) > 1 or (bare and (LIKED_AFTER.match(after) or DISLIKED_AFTER.match(after))):
+                        candidates.append((span, 1.0, True))
         tried: set[str] = set()
-        for span, floor in candidates:
+        for span, floor, exact in candidates:
             key = normalize(span)
-            if not key or key in tried or all(w in FILLER or w in NEGATIONS for w in key.split()):
+            words = key.split()
+            if not key or key in tried or all(w in FILLER or w in NEGATIONS for w in words) or words[0] in NEGATIONS:
                 continue
             tried.add(key)
-            if key in self.phrases or key in WORD_DECADES or re.fullmatch(r"\d+s?", key):
+            if key in self.phrases or key in WORD_DECADES or re.fullmatch(r"[\d ]+s?", key) or \
+                    not re.search(rf"\b{re.escape(key)}\b", lowered):
                 continue
-            hits = self.find_title(span)
+            hits = self.exact_title(span) if exact and self.exact_title is not None else self.find_title(span)
             if not hits or (getattr(hits[0], "score", None) or 0) < floor:
                 continue
             found = hits[0]
-            if normalize(found.title) in tried and key != normalize(found.title):
-                continue
-            where = lowered.find(key)
-            before = lowered[:where] if where >= 0 else ""
-            disliked = bool(DISLIKED_BEFORE.search(before.strip())) and not LIKED_BEFORE.search(before.strip())
-            same = self.same_title(found.title) if self.same_title is not None else []
-            if len(same) > 1:
-                labels = [f"{i.title} ({i.year})" if i.year else f"{i.title} [{i.item_id}]" for i in same]
-                request.question = f"Which {found.title} do you mean: " + ", ".join(labels[:-1]) + f" or {labels[-1]}?"
-                request.options = [{"label": label, "answer": [str(i.year)] if i.year else [str(i.item_id)],
-                                    "item_id": str(i.item_id), "title": i.title, "categories": list(i.categories),
-                                    "disliked": disliked} for label, i in zip(labels, same)]
+            where = re.search(rf"\b{re.escape(key)}\b", lowered)
+            window = lowered[:where.start()].split()[-5:]
+            if "but" in window:                     # "loved X but not Y": only what follows "but" speaks of Y
+                window = window[len(window) - window[::-1].index("but"):]
+            after = lowered[where.end():]
+            disliked = bool(DISLIKED_AFTER.match(after)) or (
+                bool(set(window) & TITLE_NEGATIONS or DISLIKED_BEFORE.search(" ".join(window)))
+                and not LIKED_AFTER.match(after))
+            if self._ask_which(found, request, disliked):
+                pass
             elif disliked:
                 request.dislike_items.append(str(found.item_id))
                 request.dislike_titles.append(found.title)
             elif request.like_item is None:
                 request.like_item, request.like_title = str(found.item_id), found.title
                 request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
-            text = re.sub(rf"\b{re.escape(key)}\b", " ", normalize(text)) if key in normalize(text) else text
-            lowered = normalize(text)
+            # The title's words are no request ("Star Wars" asks for no War).
+            lowered = lowered[:where.start()] + " " + lowered[where.end():]
+            loose = r"[^0-9a-z]+".join("'?".join(map(re.escape, w)) for w in key.split())
+            text = re.sub(rf"(?:\bthe\s+)?\b{loose}\b(?:,\s*the\b)?", " ", text)
             tried.add(normalize(found.title))
         return text
+
+    def _ask_which(self, found, request: Request, disliked: bool) -> bool:
+        """When two catalog items share ``found``'s title, set a question asking which one."""
+        same = self.same_title(found.title) if self.same_title is not None else []
+        if len(same) < 2:
+            return False
+        labels = [f"{i.title} ({i.year})" if i.year else f"{i.title} [{i.item_id}]" for i in same]
+        request.question = f"Which {found.title} do you mean: " + ", ".join(labels[:-1]) + f" or {labels[-1]}?"
+        request.options = [{"label": label, "answer": [str(i.year)] if i.year else [str(i.item_id)],
+                            "item_id": str(i.item_id), "title": i.title, "categories": list(i.categories),
+                            "disliked": disliked} for label, i in zip(labels, same)]
+        return True
 
     def _meaning(self, clauses: list, message: str, request: Request) -> list[str]:
         """Leftover phrases read by meaning: categories (hard, soft or unused), else a content
@@ -510,7 +590,9 @@ class RequestParser:
             if not content:
                 continue
             reading = self.reader.categories(phrase)
-            if reading.level == "hard" and not (plain and not negated):
+            # The message's own category words rule: a reading by meaning beside them only leans.
+            explicit = bool(request.want) if not negated else False
+            if reading.level == "hard" and not (plain and not negated) and not explicit:
                 request.readings.append(reading.describe())
                 if negated:
                     request.avoid += [c for c in reading.categories if c not in request.avoid]
@@ -546,8 +628,9 @@ class RequestParser:
         return text
 
     # -- the whole message -------------------------------------------------------------------
-    def parse(self, message: str | None, last_years: Sequence[int] = ()) -> Request:
-        """``last_years``: years of the items last shown, for "older" and "more recent"."""
+    def parse(self, message: str | None, last_years: Sequence[int] = (), active: Constraints | None = None) -> Request:
+        """``last_years``: years of the items last shown, and ``active``: the constraints in force,
+        for "older" and "more recent"."""
         request = Request(text=message or "")
         text = (message or "").lower().replace("\u2019", "'")
         text = re.sub(r"\b(\w+)n't\b", r"\1nt", text)          # don't -> dont, isn't -> isnt
@@ -559,10 +642,13 @@ class RequestParser:
             text = self._titles(message or "", text, request)
         text = self._flag(text, request, (ANY_CATEGORY, "clear_want"), (ANY_YEAR, "clear_years"))
         text = self._numbers(text, request)
+        # "'88" is a year: in the century where this catalog has more items.
+        text = re.sub(r"(?<![\w'])'(\d\d)\b(?!s)", lambda m: str(self._decade(int(m[1]) // 10 * 10)[0] + int(m[1]) % 10), text)
         # Keep clause punctuation, normalize the rest ("sci-fi" -> "sci fi", "'80s" -> "80s").
         text = re.sub(r"'", "", text)
         text = re.sub(r"[^0-9a-z,;.!?]+", " ", text)
-        text = self._years(text, request, last_years)
+        text = self._years(text, request, last_years,
+                           (active.year_min, active.year_max) if active is not None else (None, None))
         clauses: list = []
         wanted_before = len(request.want)
         leftover = self._categories(text, request, clauses)
@@ -577,7 +663,8 @@ class RequestParser:
                                {"label": f"leave {both[0]} out", "answer": ["leave", "out", "no", "without", "exclude", "avoid"],
                                 "patch": {"avoid_add": both[0]}}]
         request.want = [kept for kept in ([c for c in g if c not in request.avoid] for g in request.want) if kept]
-        request.prefer = [c for c in request.prefer if c not in request.avoid and not any(c in g for g in request.want)]
+        request.prefer = [c for c in request.prefer if c not in request.avoid and c not in request.prefer_not
+                          and not any(c in g for g in request.want)]
         request.unparsed = list(dict.fromkeys(leftover))
         return request
 
@@ -585,6 +672,7 @@ class RequestParser:
 def apply(constraints: Constraints, request: Request, last_items: Sequence[str] = ()) -> Constraints:
     """The constraints after this message: a facet changes only when the message speaks of it."""
     current = Constraints() if request.reset else constraints.model_copy(deep=True)
+    leaning: list[str] = []
     if request.reset:
         current.turned_down = list(constraints.turned_down)
     if request.clear_want:
@@ -606,7 +694,12 @@ def apply(constraints: Constraints, request: Request, last_items: Sequence[str] 
         current.year_min, current.year_max = request.year_min, request.year_max
     if request.like_item:
         current.like_item, current.like_title = request.like_item, request.like_title
-        current.like_categories = list(request.like_categories)
+        if request.want or request.years_set or request.content_items:
+            # "like Heat but funnier": the stated facets rule, the title only leans.
+            current.like_categories = []
+            leaning = [c for c in request.like_categories if not any(c in g for g in current.want)]
+        else:
+            current.like_categories = list(request.like_categories)
     if request.not_that:
         current.turned_down = list(dict.fromkeys(current.turned_down + [str(i) for i in last_items]))
     if request.dislike_items:
@@ -614,6 +707,7 @@ def apply(constraints: Constraints, request: Request, last_items: Sequence[str] 
     # Soft leanings follow the latest message that speaks of categories at all.
     if request.want or request.avoid or request.prefer or request.prefer_not or request.clear_want:
         current.prefer, current.prefer_not = list(request.prefer), list(request.prefer_not)
+    current.prefer = list(dict.fromkeys(current.prefer + [c for c in leaning if c not in current.avoid]))
     if request.clear_want:
         current.among, current.among_label = [], None
     if request.content_items:

@@ -164,7 +164,8 @@ def catalog_parser(catalog, facets, meaning: bool = True):
 
     reader = SemanticReader.from_catalog(catalog, facets) if meaning else None
     return RequestParser(facets, find_title=lambda query: catalog.search_titles(query, k=3), reader=reader,
-                         same_title=catalog.same_title, known_facets=catalog.attribute_keys())
+                         same_title=catalog.same_title, known_facets=catalog.attribute_keys(),
+                         exact_title=catalog.exact_title)
 
 
 # Soft leanings re-rank the admissible candidates by this many nats per matched leaning: about
@@ -196,7 +197,8 @@ def resolve_answer(pending: dict, text: str) -> dict | None:
 
     options = pending.get("options") or []
     words = normalize(text).split()
-    if not options or not words or len(words) > 12:
+    # An answer is short; a longer message is a new request (it may change the subject).
+    if not options or not words or len(words) > 8:
         return None
     for n, option in enumerate(options):
         keys = {normalize(w) for w in option.get("answer", [])}
@@ -205,7 +207,7 @@ def resolve_answer(pending: dict, text: str) -> dict | None:
     for word in words:
         if word in ORDINALS and abs(ORDINALS[word]) < len(options) + 1:
             return options[ORDINALS[word]] if ORDINALS[word] < len(options) else None
-    if set(words) & YES:
+    if len(words) <= 4 and set(words) & YES:
         return options[0]
     return None
 
@@ -232,3 +234,36 @@ def apply_answer(constraints, option: dict):
         if key in patch:
             setattr(current, key, patch[key])
     return current
+
+
+def ask_first(request, constraints, available: int | None, k: int, count: Callable) -> dict | None:
+    """A question to ask instead of answering, with its options, or None. The parser's own (a
+    title two items share, a request that contradicts itself); or, when this message narrowed the
+    catalog below ``k`` items, whether to show those few or widen (a decade more on each bounded
+    side, or the last wanted category dropped). ``count(constraints)`` counts admissible items."""
+    if request.question:
+        return {"question": request.question, "options": request.options}
+    if request.answered or available is None or not 0 < available < k or not constraints.is_hard():
+        return None
+    if not (request.years_set or request.want or request.content_hard):
+        return None
+    show = {"label": f"show the {available}", "answer": ["show", "those", "them", "these", "fine"], "patch": {}}
+    wider = constraints.model_copy(deep=True)
+    if request.years_set and (constraints.year_min is not None or constraints.year_max is not None):
+        wider.year_min = constraints.year_min - 10 if constraints.year_min is not None else None
+        wider.year_max = constraints.year_max + 10 if constraints.year_max is not None else None
+        patch = {"year_min": wider.year_min, "year_max": wider.year_max}
+    elif len(constraints.want) > 1:
+        wider.want = constraints.want[:-1]
+        patch = {"want": wider.want}
+    else:
+        return None
+    more = count(wider)
+    if not more or more <= available:
+        return None
+    label = wider.describe()
+    them = "those" if available != 1 else "it"
+    return {"question": f"Only {available} item{'s' * (available != 1)} you have not seen satisfy "
+                        f"{constraints.describe()}: show {them}, or widen to {label}?",
+            "options": [show, {"label": f"widen to {label}", "answer": ["widen", "wider", "widening", "expand", "broaden",
+                                                                         "more", "bigger", "relax"], "patch": patch}]}

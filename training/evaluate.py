@@ -60,6 +60,9 @@ class EvalArgs:
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
     steering_fresh: int = 10            # --steering: fresh users (no history)
+    understanding: bool = False         # run the request-understanding benchmark instead (no model; training/understanding.py)
+    understanding_file: str = ""        # --understanding: another benchmark file (default: training/benchmarks/understanding.jsonl)
+    no_meaning: bool = False            # --understanding: the word-table parser alone (no sentence-encoder reading)
 
 
 def _rows(view, split: str, max_users: int) -> list[dict]:
@@ -162,6 +165,10 @@ def _recommend_with_progress(recommender, histories: list, desc: str, reasoning=
 
 
 def run(args: EvalArgs) -> dict:
+    if args.understanding:
+        from training.understanding import run_understanding
+
+        return run_understanding(args)
     import torch
 
     from engine.recommender import open_recommender

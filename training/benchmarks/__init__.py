@@ -1,0 +1,1 @@
+"""Benchmarks: a small deterministic product catalog and everyday recommendation requests."""
