@@ -115,6 +115,13 @@ class Catalog:
         first: dict[tuple, str] = {}
         return {item_id: first.setdefault((title, year), item_id) for item_id, title, year in rows}
 
+    def description_share(self) -> float:
+        """Share of items whose text has a description beyond the title and categories."""
+        with Session(self.engine) as session:
+            described = session.scalar(select(func.count()).select_from(ItemRow).where(func.length(ItemRow.description) > 20))
+            total = session.scalar(select(func.count()).select_from(ItemRow))
+        return float(described or 0) / max(1, total or 0)
+
     def attribute_keys(self) -> set[str]:
         """Attribute names the catalog's items carry (genre, decade, price, language, ...)."""
         with Session(self.engine) as session:

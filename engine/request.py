@@ -137,8 +137,8 @@ FEW = {"few": 5, "couple": 2, "couple of": 2, "several": 5, "two": 2, "three": 3
 RELATIVE_OLDER = {"older", "earlier", "older ones", "less recent"}
 RELATIVE_NEWER = {"newer", "more recent", "later", "more modern", "less old", "newer ones"}
 CONTENT_CUE = re.compile(r"\b(?:about|featuring|involving|set in|set on|based on|where|in which|that has|that have|with)\s+(.+)$")
-PLAIN_CONTENT = re.compile(r"\b(?:movies?|films?|items?|something|anything|ones?|stories|story|products?|stuff|books?|shows?)"
-                           r" (?:about|featuring|involving|set in|set on|based on)\b|^(?:about|featuring) ")
+PLAIN_CONTENT = re.compile(r"\b(?:(?:a|an|the|some|any) [a-z]+|movies|films|items|something|anything|ones|stories|products|"
+                           r"stuff|books|shows|games) (?:about|featuring|involving|set in|set on|based on)\b|^(?:about|featuring) ")
 
 
 def normalize(text: str) -> str:
@@ -584,6 +584,7 @@ class RequestParser:
         search. Returns the words still not used."""
         unused: list[str] = []
         plain = bool(PLAIN_CONTENT.search(message))
+        wishes = []                         # (content reading, its words, whether its category was placed)
         for words, negated in clauses:
             content = [w for w in words if len(w) > 2 and w not in NEGATIONS]
             phrase = " ".join(words)
@@ -596,9 +597,10 @@ class RequestParser:
                 request.readings.append(reading.describe())
                 if negated:
                     request.avoid += [c for c in reading.categories if c not in request.avoid]
-                elif reading.categories not in request.want:
+                    continue
+                if reading.categories not in request.want:
                     request.want.append(list(reading.categories))
-                continue
+                reading.level = "placed"
             if reading.level in ("hard", "soft"):
                 request.readings.append(reading.describe().replace(" read as ", " leaning to ") if reading.level == "hard"
                                         else reading.describe())
@@ -608,14 +610,20 @@ class RequestParser:
                 if reading.level == "unused":
                     unused += words
                 continue
-            found = self.reader.content(phrase, plain=plain)
-            if found.level != "unused" and not request.content_items:
-                request.content_phrase = phrase
-                request.content_items = [i for i, _, _ in found.items]
-                request.content_hard = found.level == "hard"
-                request.readings.append(found.describe())
+            found = self.reader.content(phrase, plain=plain and reading.level != "placed") \
+                if sum(len(w) > 3 for w in words) else None
+            if found is not None and found.level != "unused":
+                wishes.append((found, words, reading.level))
             elif reading.level == "unused":
                 unused += words
+        if wishes:
+            # One content wish per message: the clause whose matches stand out the most.
+            found, words, _ = max(wishes, key=lambda w: w[0].z)
+            request.content_phrase = found.phrase
+            request.content_items = [i for i, _, _ in found.items]
+            request.content_hard = found.level == "hard"
+            request.readings.append(found.describe())
+            unused += [w for other, ws, level in wishes if other is not found and level == "unused" for w in ws]
         return unused
 
     @staticmethod

@@ -72,8 +72,12 @@ class SemanticReader:
 
     def __init__(self, vocabulary: Sequence[str], members: dict[str, np.ndarray], item_vectors: np.ndarray,
                  encode: Callable[[list[str]], np.ndarray], item_ids: Sequence[str], titles: Sequence[str],
-                 category_label: str = "Categories", search: Callable | None = None, seed: int = 0):
+                 category_label: str = "Categories", search: Callable | None = None, seed: int = 0,
+                 rich_text: bool = True):
         self.encode = encode
+        # A hard "among these" needs item texts that say what an item is about (descriptions);
+        # over titles alone a match is a shared word ("The Rock" for "a rock band"), so it only leans.
+        self.rich_text = rich_text
         self.item_ids, self.titles = list(item_ids), list(titles)
         self.vectors = np.asarray(item_vectors, dtype=np.float32)
         self.search = search
@@ -107,7 +111,8 @@ class SemanticReader:
         if rows != list(range(len(rows))):
             raise ValueError("catalog and facets disagree on item order")
         return cls(facets.vocabulary, facets.members, vectors, lambda texts: encode(texts, encoder),
-                   item_ids, titles, label, search=lambda q, k: catalog.search_vectors(q, k))
+                   item_ids, titles, label, search=lambda q, k: catalog.search_vectors(q, k),
+                   rich_text=catalog.description_share() >= 0.5)
 
     def embed(self, phrase: str) -> np.ndarray:
         with self._lock:
@@ -151,7 +156,7 @@ class SemanticReader:
         if not matches:
             return ContentReading(phrase, z=round((float(scores[0]) - mean) / spread, 2) if len(scores) else 0.0)
         z = (matches[0][2] - mean) / spread
-        level = "hard" if plain and z >= CONTENT_HARD_Z else "soft"
+        level = "hard" if plain and self.rich_text and z >= CONTENT_HARD_Z else "soft"
         if level == "hard":
             matches = [m for m in matches if (m[2] - mean) / spread >= CONTENT_HARD_Z - 0.5] or matches[:1]
         return ContentReading(phrase, matches, round(z, 2), level)
