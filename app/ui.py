@@ -130,6 +130,13 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         lines = [f"**Request understood:** {request.get('understood') or 'no filter'}",
                  f"**Active constraints:** {request.get('active') or 'none'}"
                  + (f" · {request['available']:,} items satisfy them" if request.get("available") is not None else "")]
+        lines += [f"**Read by meaning:** {reading}" for reading in request.get("readings", [])]
+        if request.get("soft"):
+            lines.append(f"**Soft (re-ranks, excludes nothing):** {request['soft']}")
+        if request.get("unknown"):
+            lines.append("**Not in this catalog:** " + ", ".join(request["unknown"]))
+        if request.get("question"):
+            lines.append(f"**Asked instead of answering:** {request['question']}")
         if request.get("unparsed"):
             lines.append("**Not used as a filter (left to the model):** " + ", ".join(request["unparsed"]))
         lines += [f"_{note}_" for note in request.get("notes", [])]
@@ -180,7 +187,9 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
                 "items": [{"item_id": c.item_id, "title": c.title, "year": c.year, "categories": c.categories,
                            "sid": c.sid, "score": c.score} for c in result.items],
                 "trace": result.trace.model_dump() if result.trace else None, "notices": result.notices,
-                "session_id": session_id, "request": result.trace.request.model_dump() if result.trace else None}
+                "session_id": session_id, "request": result.trace.request.model_dump() if result.trace else None,
+                # Set when the turn asked instead of answering; answer it with the same session_id.
+                "question": result.trace.request.question if result.trace else None}
 
     def give_feedback(session_id: str, item_id: str, kind: str) -> dict:
         """Record "like" (the item joins the session's history) or "dislike" (never recommended

@@ -156,6 +156,11 @@ class Engine:
         text, _ = clean_message(user_text, self.max_message_chars)
         request, constraints = self.understand(session, text)
         known = [str(i) for i in items if str(i) in self.recommender.sid_codes]
+        if not known:
+            # An exchange that ended in a question (no items): its answer comes next.
+            asked = self._question(request, constraints, self.recommender.available(constraints, set(session.history)), 10)
+            if asked is not None:
+                constraints = constraints.model_copy(update={"pending": asked})
         turns = [Turn("user", text, request=request.model_dump())]
         if known or reply:
             turns.append(Turn("assistant", reply, known))

@@ -181,6 +181,13 @@ def _request_lines(trace: Trace) -> list[tuple[str, str]]:
     lines = [("understood", request.understood or "no filter"), ("active", request.active or "none")]
     if request.available is not None:
         lines.append(("items satisfying", f"{request.available:,}"))
+    lines += [("read by meaning", reading) for reading in request.readings]
+    if request.soft:
+        lines.append(("soft (re-ranks only)", request.soft))
+    if request.unknown:
+        lines.append(("not in this catalog", ", ".join(request.unknown)))
+    if request.question:
+        lines.append(("asked", request.question))
     if request.unparsed:
         lines.append(("left to the model", ", ".join(request.unparsed)))
     lines += [("note", note) for note in request.notes]

@@ -78,3 +78,15 @@ def test_feedback_through_the_api_is_stored(server, engine):
     # The next turn shows neither.
     second = client.predict("", "", False, first["session_id"], api_name="/recommend")
     assert not {liked, disliked} & {i["item_id"] for i in second["items"]}
+
+
+def test_recommend_asks_and_takes_the_answer_in_the_same_session(server, engine):
+    from tests.test_openai_api import _narrow_year
+
+    year = _narrow_year(engine)
+    client = Client(server, verbose=False)
+    first = client.predict(f"something from {year}", "", False, api_name="/recommend")
+    assert first["question"] and first["reply"] == first["question"] and not first["items"]
+    second = client.predict("widen please", "", False, first["session_id"], api_name="/recommend")
+    assert second["question"] is None and second["items"]
+    assert all(abs(i["year"] - year) <= 10 for i in second["items"])

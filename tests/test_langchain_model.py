@@ -62,3 +62,17 @@ def test_stream_yields_reasoning_as_it_is_generated(engine):
     assert len(final.response_metadata["items"]) == 3
     whole = sum(chunks[1:], chunks[0])
     assert "Derivation:" in "".join(b.get("reasoning", "") for b in whole.content_blocks)
+
+
+def test_a_question_and_its_answer_through_langchain(engine):
+    """The turn asks when few items fit; the next human message answers it in the same session."""
+    from tests.test_openai_api import _narrow_year
+
+    year = _narrow_year(engine)
+    chat = ThinkrecChatModel(engine=engine, thinking=False, k=4)
+    first = chat.invoke([HumanMessage(f"something from {year}")])
+    assert not first.response_metadata["items"] and "widen" in first.text
+    chat = ThinkrecChatModel(engine=engine, session_id=first.response_metadata["session_id"], thinking=False, k=4)
+    second = chat.invoke("show those")
+    items = second.response_metadata["items"]
+    assert items and all(i["year"] == year for i in items)

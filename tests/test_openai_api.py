@@ -244,3 +244,26 @@ def test_the_gradio_api_is_served_on_the_same_port(server, engine):
     result = Client(server + "/", verbose=False).predict("", "u20", False, "", api_name="/recommend")
     assert len(result["items"]) == 10
     assert not {i["item_id"] for i in result["items"]} & set(engine.dataset_history("u20"))
+
+
+def _narrow_year(engine) -> int:
+    """A year with fewer than 4 items whose decade-wider range holds more (a question is due)."""
+    facets = engine.facets
+    years = sorted({facets.year_of(i) for i in facets.item_ids if facets.year_of(i)})
+    return next(y for y in years if 0 < sum(facets.year_of(i) == y for i in facets.item_ids) < 4
+                and sum(bool(facets.year_of(i)) and abs(facets.year_of(i) - y) <= 10 for i in facets.item_ids) > 4)
+
+
+def test_a_question_comes_back_as_the_answer_and_its_reply_is_understood(client, engine):
+    """Fewer than k items fit: the turn asks (content is the question, no items); the client sends
+    the whole message list with the answer, and the widened range is applied."""
+    year = _narrow_year(engine)
+    first_ask = {"role": "user", "content": f"something from {year}"}
+    first = client.chat.completions.create(model="thinkrec", messages=[first_ask], reasoning_effort="none",
+                                           extra_body={"k": 4})
+    message = first.choices[0].message
+    assert not message.items and "widen" in message.content and first.thinkrec["request"]["question"]
+    second = client.chat.completions.create(model="thinkrec", reasoning_effort="none", extra_body={"k": 4},
+                                            messages=[first_ask, message.to_dict(), {"role": "user", "content": "widen"}])
+    items = second.choices[0].message.items
+    assert items and all(abs(i["year"] - year) <= 10 for i in items) and any(i["year"] != year for i in items)
