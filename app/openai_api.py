@@ -12,11 +12,18 @@ The message list is the conversation (engine/messages.py replays it); ``user`` p
 user; ``k``, ``reasoning_effort`` and ``session_id`` steer the turn. The reasoning streams as
 ``reasoning_content`` (the field vLLM and DeepSeek-R1 use). Schema: docs/openai_api.md. Like
 app/ui.py this module is handed a built engine and imports only the engine's pure-Python parts.
+
+Sizes are capped here, at the edge, before any session is created or touched (the ``MAX_*``
+constants below): a refused request gets an OpenAI-style error (413 for the body's size, 400 for
+the rest) that states the limit, and leaves nothing stored. The whole request is checked in
+``ChatAPI.parse`` before the turn starts; a failure inside the engine is a 500 error body, or,
+once a stream has started, an in-stream error chunk followed by ``data: [DONE]``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 import uuid
@@ -24,13 +31,39 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
 from engine.messages import item_lines, level_header, replay_messages
+
+# Limits at the edge (issue 28). Each refusal names its limit in the error message.
+# The request body, in bytes: checked from Content-Length before reading, and again on the bytes
+# actually read (a chunked body has no Content-Length). 1 MiB holds hundreds of ordinary messages.
+MAX_BODY_BYTES = 1 << 20
+# Messages in one request, all roles. Every user message but the last is replayed into a new
+# session, one session reload each, so the cost grows with the count (issue 28: 500 took 26 s).
+MAX_MESSAGES = 200
+# Characters in one message's text, assistant messages included (their text is stored when
+# replayed and read for shown items). The engine reads only the first ``max_message_chars`` (2,000
+# by default) of a user message and says so; beyond this the request is refused outright.
+MAX_MESSAGE_CHARS = 20_000
+# Shown items read back from one assistant message: its ``items`` entries, its SIDs, or its
+# numbered "N. Title (year)" lines, each of which costs a title search. An answer shows at most
+# k <= 50 items, so lines (and entries) beyond the first 50 are ignored, not an error.
+MAX_TITLE_LINES = 50
+# A numbered line longer than this is not read as a title (the line pattern backtracks
+# quadratically on long lines; catalog titles are far shorter).
+MAX_TITLE_LINE_CHARS = 500
+# A reasoning_effort given as a token count: 0 .. this. "full" is 192 tokens (engine.engine.BUDGETS),
+# the length the model was trained at; the model presets have 2,048 positions for prompt and all.
+MAX_REASONING_TOKENS = 1024
+# ``user`` and ``session_id``, in characters (session ids are 36-character UUIDs).
+MAX_ID_CHARS = 200
+# thinkrec's ``k`` (items per answer): the engine clamps to the same range (engine.engine.Engine._read).
+MAX_K = 50
 
 # OpenAI's reasoning_effort values (and thinkrec's own budget names) -> the engine's budget.
 EFFORTS = {"none": "off", "off": "off", "minimal": "short", "low": "short", "short": "short",
@@ -40,7 +73,9 @@ OUTAGE = "The model server is not answering"
 SID_SPAN = re.compile(r"(?:<[a-z]_\d+>)+")
 SID_TOKEN = re.compile(r"<[a-z]_\d+>")
 ITEM_LINE = re.compile(r"^\s*\d+\.\s+(?P<title>.+?)(?:\s+\((?P<year>\d{4})\))?\s*$")
+SURROGATE = re.compile("[\ud800-\udfff]")      # lone surrogates: JSON can carry them, UTF-8 cannot
 _END = object()
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -54,12 +89,44 @@ class APIError(Exception):
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+    def response(self) -> Response:
+        # json.dumps escapes non-ASCII, so a message quoting client text is always valid UTF-8.
+        return Response(json.dumps(self.body()), status_code=self.status, media_type="application/json")
 
 
 def _outage(message: str) -> APIError:
     return APIError(503, message, code="model_unavailable", kind="server_error")
+
+
+def _failure(error: BaseException) -> APIError:
+    """An unexpected failure inside the turn, said without its internals (they go to the log)."""
+    log.error("chat completion failed", exc_info=error)
+    return APIError(500, f"the turn failed inside the engine ({type(error).__name__}); the request may be retried",
+                    code="internal_error", kind="server_error")
+
+
+async def _read_json(request: Request):
+    """The body as JSON, its size capped at ``MAX_BODY_BYTES`` (413) whether or not it declares one."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise APIError(400, "the Content-Length header is not a byte count")
+        if int(declared) > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,} bytes",
+                           code="request_too_large")
+    raw, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise APIError(413, f"the request body is over the limit of {MAX_BODY_BYTES:,} bytes",
+                           code="request_too_large")
+        raw.append(chunk)
+    try:
+        return json.loads(b"".join(raw))
+    except RecursionError:             # json's C parser recurses once per nesting level
+        raise APIError(400, "the request body is nested too deeply to be a chat request") from None
+    except ValueError:                 # bad JSON or bad UTF-8
+        raise APIError(400, "the request body is not valid JSON") from None
 
 
 @dataclass
@@ -75,14 +142,47 @@ class _Call:
 
 
 def _text(content, param: str) -> str:
-    """A message's content: a string, or a list of parts of which the text ones count."""
+    """A message's content: a string, or a list of parts of which the text ones count (their
+    ``text`` must be a string), checked by ``_checked_text``."""
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return _checked_text(content, param)
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        texts = []
+        for n, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "text":
+                if not isinstance(part.get("text"), str):
+                    raise APIError(400, f"{param}[{n}].text must be a string", f"{param}[{n}].text", "invalid_type")
+                texts.append(part["text"])
+        return _checked_text("".join(texts), param)
     raise APIError(400, "content must be a string or a list of content parts", param)
+
+
+def _checked_text(text: str, param: str) -> str:
+    """Text the engine may read and store: at most ``MAX_MESSAGE_CHARS``, and valid Unicode. A lone
+    surrogate (``"\\ud800"`` is valid JSON but no character) is refused with a 400, not replaced:
+    the client's text would otherwise change silently, and the tokenizer cannot encode it."""
+    if len(text) > MAX_MESSAGE_CHARS:
+        raise APIError(400, f"{param} is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,} per message",
+                       param, "message_too_long")
+    bad = SURROGATE.search(text)
+    if bad:
+        raise APIError(400, f"{param} holds a lone surrogate (U+{ord(bad.group()):04X} at character {bad.start()}), "
+                            "which is not valid Unicode", param, "invalid_text")
+    return text
+
+
+def _id(value, param: str) -> str | None:
+    """An id field (``user``, ``session_id``): a string or an integer; empty or absent is None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise APIError(400, f"{param} must be a string", param, "invalid_type")
+    value = str(value)
+    if len(value) > MAX_ID_CHARS or SURROGATE.search(value):
+        raise APIError(400, f"{param} must be valid text of at most {MAX_ID_CHARS} characters", param, "invalid_value")
+    return value
 
 
 def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
@@ -97,12 +197,12 @@ def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
 def _budget(effort) -> str | int:
     if effort is None:
         return "full"
-    if isinstance(effort, int) and not isinstance(effort, bool) and effort >= 0:
+    if isinstance(effort, int) and not isinstance(effort, bool) and 0 <= effort <= MAX_REASONING_TOKENS:
         return effort                                     # a reasoning token count
     if isinstance(effort, str) and effort.lower() in EFFORTS:
         return EFFORTS[effort.lower()]
-    raise APIError(400, f"reasoning_effort must be one of {', '.join(EFFORTS)} or a token count",
-                   "reasoning_effort", "invalid_value")
+    raise APIError(400, f"reasoning_effort must be one of {', '.join(EFFORTS)} or a token count from 0 to "
+                        f"{MAX_REASONING_TOKENS}", "reasoning_effort", "invalid_value")
 
 
 class ChatAPI:
@@ -115,13 +215,19 @@ class ChatAPI:
 
     # -- the request ---------------------------------------------------------------------------
     def parse(self, body) -> _Call:
+        """The whole request checked, before any session is created or touched: a refusal
+        leaves nothing behind."""
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise APIError(400, "messages must be a non-empty list", "messages")
+        if len(messages) > MAX_MESSAGES:
+            raise APIError(400, f"{len(messages):,} messages; the limit is {MAX_MESSAGES} per request", "messages",
+                           "too_many_messages")
         if _int(body, "n", 1, 1, 1 << 30) != 1:
             raise APIError(400, "only n=1 is supported: one conversation turn has one answer", "n", "invalid_value")
+        k, budget = _int(body, "k", 10, 1, MAX_K), _budget(body.get("reasoning_effort"))
         turns = []
         for n, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
@@ -132,42 +238,46 @@ class ChatAPI:
             text = _text(message.get("content"), f"messages[{n}].content")
             items = self.shown_items(message, text) if role == "assistant" else []
             turns.append((role, text, items))
-        user = body.get("user") or None
-        if user is not None and str(user) not in self.engine.user_histories:
+        user = _id(body.get("user"), "user")
+        if user is not None and user not in self.engine.user_histories:
             raise APIError(400, f"no dataset user '{user}' (the user field picks a user of {self.engine.data.name})",
                            "user", "user_not_found")
-        session_id = body.get("session_id") or None
+        session_id = _id(body.get("session_id"), "session_id")
         if session_id is not None:
             try:
-                self.engine.sessions.get(str(session_id))
+                self.engine.sessions.get(session_id)
             except KeyError:
                 raise APIError(400, f"no session '{session_id}'", "session_id", "session_not_found") from None
         options = body.get("stream_options") or {}
-        return _Call(turns=turns, stream=bool(body.get("stream")), user=str(user) if user else None,
+        return _Call(turns=turns, stream=bool(body.get("stream")), user=user,
                      include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-                     session_id=str(session_id) if session_id else None, k=_int(body, "k", 10, 1, 50),
-                     budget=_budget(body.get("reasoning_effort")))
+                     session_id=session_id, k=k, budget=budget)
 
     def shown_items(self, message: dict, text: str) -> list[str]:
         """The items an earlier answer showed: its ``items`` field when the client sent it back,
-        else the SIDs in its text, else its numbered "N. Title (year)" lines."""
+        else the SIDs in its text, else its numbered "N. Title (year)" lines. Each reads at most
+        ``MAX_TITLE_LINES`` entries, spans or numbered lines; the rest are ignored."""
         items = message.get("items")
         if isinstance(items, list) and items:
-            return [str(i["item_id"]) if isinstance(i, dict) else str(i)
-                    for i in items if not isinstance(i, dict) or "item_id" in i]
+            ids = (i.get("item_id") if isinstance(i, dict) else i for i in items[:MAX_TITLE_LINES])
+            return [str(i) for i in ids if isinstance(i, (str, int)) and not isinstance(i, bool)]
         catalog = self.engine.catalog
         found = []
-        for span in SID_SPAN.findall(text):
+        for span in SID_SPAN.findall(text)[:MAX_TITLE_LINES]:
             try:
                 found.append(catalog.by_sid(span).item_id)
             except (KeyError, ValueError):
                 pass
         if found:
             return found
+        numbered = 0
         for line in text.splitlines():
-            match = ITEM_LINE.match(line)
+            match = ITEM_LINE.match(line) if len(line) <= MAX_TITLE_LINE_CHARS else None
             if not match:
                 continue
+            numbered += 1
+            if numbered > MAX_TITLE_LINES:
+                break
             year = int(match["year"]) if match["year"] else None
             hits = [i for i in catalog.search_titles(match["title"], k=5)
                     if i.match == "exact" and (year is None or i.year == year)]
@@ -184,7 +294,11 @@ class ChatAPI:
 
     async def complete(self, call: _Call) -> JSONResponse:
         answer = _Answer()
-        for event in await run_in_threadpool(lambda: list(self.events(call))):
+        try:
+            events = await run_in_threadpool(lambda: list(self.events(call)))
+        except Exception as error:
+            raise _failure(error) from error
+        for event in events:
             answer.feed(event)
         if answer.outage:
             raise _outage(answer.outage)
@@ -202,7 +316,10 @@ class ChatAPI:
         # Hold the response until the turn gets past its notices, so an outage can still be a 503.
         pending = []
         while True:
-            event = await anext(events, _END)
+            try:
+                event = await anext(events, _END)
+            except Exception as error:
+                raise _failure(error) from error
             if event is _END:
                 break
             pending.append(event)
@@ -229,13 +346,18 @@ class ChatAPI:
 
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for event in every():
-                for delta in answer.feed(event):
-                    yield chunk(delta)
-                if answer.outage:             # the server went away mid-turn: OpenAI's in-stream error
-                    yield f"data: {json.dumps(_outage(answer.outage).body())}\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
+            try:
+                async for event in every():
+                    for delta in answer.feed(event):
+                        yield chunk(delta)
+                    if answer.outage:             # the server went away mid-turn: OpenAI's in-stream error
+                        yield f"data: {json.dumps(_outage(answer.outage).body())}\n\n"
+                        yield "data: [DONE]\n\n"
+                        return
+            except Exception as error:            # the turn failed after the stream started: say so, then end
+                yield f"data: {json.dumps(_failure(error).body())}\n\n"
+                yield "data: [DONE]\n\n"
+                return
             for delta in answer.finish():
                 yield chunk(delta)
             yield chunk({}, "stop", thinkrec=answer.extension())
@@ -352,12 +474,13 @@ def openai_app(engine) -> FastAPI:
     async def http_error(request: Request, error: HTTPException):
         return APIError(error.status_code, str(error.detail), code=str(error.status_code)).response()
 
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, error: Exception):
+        return _failure(error).response()          # an OpenAI error body, never Starlette's plain text
+
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
-        try:
-            body = await request.json()
-        except ValueError:
-            raise APIError(400, "the request body is not valid JSON") from None
+        body = await _read_json(request)
         call = await run_in_threadpool(api.parse, body)          # it reads the session store and catalog
         return await (api.stream(call) if call.stream else api.complete(call))
 

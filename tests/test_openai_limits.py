@@ -1,0 +1,236 @@
+"""Limits and bad input at the OpenAI-compatible edge (app/openai_api.py), on the real app server
+(``app.ui.serve``) over real HTTP: each refusal is an OpenAI-style 4xx that states its limit,
+nothing is stored for it, and the server answers a normal request afterwards; a failure inside
+the engine mid-stream ends the stream with an error chunk and ``data: [DONE]``."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.openai_api import (MAX_BODY_BYTES, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_REASONING_TOKENS,
+                            MAX_TITLE_LINES)
+from engine.events import NoticeEvent, ReasoningDelta
+from engine.sessions import SessionRow
+from tests.conftest import free_port
+
+ERROR_FIELDS = {"message", "type", "param", "code"}
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from app.ui import serve
+
+    demo = serve(engine, port=free_port())
+    yield demo.local_url.rstrip("/")
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=f"{server}/v1", timeout=60) as client:
+        yield client
+
+
+def session_count(engine) -> int:
+    with engine.sessions.engine.connect() as db:
+        return db.scalar(select(func.count()).select_from(SessionRow))
+
+
+def post_raw(http, body: bytes | str, **kwargs) -> httpx.Response:
+    return http.post("/chat/completions", content=body, headers={"Content-Type": "application/json"}, **kwargs)
+
+
+def ask(text="a comedy please", **fields) -> dict:
+    return {"model": "thinkrec", "messages": [{"role": "user", "content": text}], "reasoning_effort": "none",
+            "k": 2, **fields}
+
+
+def error_of(response: httpx.Response, status: int) -> dict:
+    """The OpenAI error body of a refused request, checked for its status and shape."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == ERROR_FIELDS and error["message"]
+    return error
+
+
+def assert_still_serves(http, engine, user="u21"):
+    answer = http.post("/chat/completions", json=ask(user=user))
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["choices"][0]["message"]["items"]) == 2
+
+
+@pytest.fixture
+def no_session_stored(engine, http):
+    """Whatever the test refuses stores no session; the server then answers a normal request."""
+    before = session_count(engine)
+    yield
+    assert session_count(engine) == before
+    assert_still_serves(http, engine)
+
+
+def test_a_deeply_nested_body_is_a_400(http, no_session_stored):
+    deep = "[" * 100_000 + "]" * 100_000
+    for body in (deep, '{"model": "thinkrec", "messages": ' + deep + "}",
+                 '{"messages": [{"role": "user", "content": [' + '{"text": ' * 50_000 + "1" + "}" * 50_000 + "]}]}"):
+        error = error_of(post_raw(http, body), 400)
+        assert "nested too deeply" in error["message"] and error["type"] == "invalid_request_error"
+    # Nesting the parser can take still fails as a request, not as a server error.
+    error = error_of(post_raw(http, '{"messages": ' + "[" * 500 + "]" * 500 + "}"), 400)
+    assert error["param"] == "messages[0]"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_content_part_whose_text_is_not_a_string_is_a_400(http, no_session_stored, stream):
+    for text in (5, {"text": "hi"}, None, ["hi"], True):
+        parts = [{"type": "text", "text": "a comedy"}, {"type": "text", "text": text}]
+        body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": parts},
+                             {"role": "user", "content": "more"}], "stream": stream}
+        error = error_of(http.post("/chat/completions", json=body), 400)
+        assert error["param"] == "messages[1].content[1].text" and "must be a string" in error["message"]
+    missing = {"messages": [{"role": "user", "content": [{"type": "text"}]}], "stream": stream}
+    assert error_of(http.post("/chat/completions", json=missing), 400)["param"] == "messages[0].content[0].text"
+
+
+def test_a_lone_surrogate_is_refused_before_any_session_is_touched(http, engine, monkeypatch):
+    """Refused (not replaced): "\\ud800" is valid JSON but not Unicode, and the tokenizer never sees it."""
+    before, calls = session_count(engine), []
+    original = engine.start_session
+    monkeypatch.setattr(engine, "start_session", lambda *a, **kw: calls.append(a) or original(*a, **kw))
+    cases = [  # (raw JSON body, the param named)
+        ('{"messages": [{"role": "user", "content": "a comedy \\ud800 please"}]}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": "x\\udfff"}], "stream": true}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud83d"}]}]}', "messages[0].content"),
+        ('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "1. A\\ud800"},'
+         ' {"role": "user", "content": "more"}]}', "messages[1].content"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "user": "u1\\ud800"}', "user"),
+        ('{"messages": [{"role": "user", "content": "hi"}], "session_id": "\\udc00"}', "session_id"),
+    ]
+    for body, param in cases:
+        error = error_of(post_raw(http, body), 400)
+        assert error["param"] == param, error
+        if param.startswith("messages"):
+            assert error["code"] == "invalid_text" and "surrogate" in error["message"]
+    assert calls == [] and session_count(engine) == before
+    # A surrogate pair escaped in JSON is one real character, and is served.
+    answer = post_raw(http, json.dumps(ask("a comedy \U0001F600 please"), ensure_ascii=True))
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["items"]
+
+
+def test_limits_at_the_edge(http, engine, no_session_stored):
+    # Messages per request.
+    many = {"messages": [{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1)}
+    error = error_of(http.post("/chat/completions", json=many), 400)
+    assert error["param"] == "messages" and str(MAX_MESSAGES) in error["message"]
+    # Body bytes: declared by Content-Length, and counted as read when sent chunked (no Content-Length).
+    big = json.dumps(ask("x" * (MAX_BODY_BYTES + 10)))
+    error = error_of(post_raw(http, big), 413)
+    assert error["code"] == "request_too_large" and f"{MAX_BODY_BYTES:,}" in error["message"]
+
+    def chunked():
+        yield big[:-10].encode()[: MAX_BODY_BYTES + 4096]
+
+    error = error_of(post_raw(http, chunked()), 413)
+    assert f"{MAX_BODY_BYTES:,}" in error["message"]
+    # Characters per message, assistant messages included.
+    long_text = "y" * (MAX_MESSAGE_CHARS + 1)
+    for messages, param in (([{"role": "user", "content": long_text}], "messages[0].content"),
+                            ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": long_text},
+                              {"role": "user", "content": "more"}], "messages[1].content")):
+        error = error_of(http.post("/chat/completions", json={"messages": messages}), 400)
+        assert error["param"] == param and error["code"] == "message_too_long"
+        assert f"{MAX_MESSAGE_CHARS:,}" in error["message"]
+    # reasoning_effort: a known name or a bounded token count.
+    for effort in (MAX_REASONING_TOKENS + 1, -1, 10**12, 1.5, "enormous", True, [64], {"effort": "low"}):
+        error = error_of(http.post("/chat/completions", json=ask(reasoning_effort=effort)), 400)
+        assert error["param"] == "reasoning_effort" and str(MAX_REASONING_TOKENS) in error["message"]
+    # k and n.
+    for k in (0, 51, 10**9, "5", 2.0, True):
+        error = error_of(http.post("/chat/completions", json=ask(k=k)), 400)
+        assert error["param"] == "k" and "1 to 50" in error["message"]
+    for n in (2, 0, 10**12, "1"):
+        assert error_of(http.post("/chat/completions", json=ask(n=n)), 400)["param"] == "n"
+    # Ids that are not ids.
+    for field in ("user", "session_id"):
+        assert error_of(http.post("/chat/completions", json=ask(**{field: {"id": 1}})), 400)["param"] == field
+        assert error_of(http.post("/chat/completions", json=ask(**{field: "u" * 500})), 400)["param"] == field
+
+
+def test_title_lines_beyond_the_limit_are_ignored(http, engine, monkeypatch):
+    """An assistant message's numbered lines are read as shown items up to MAX_TITLE_LINES (each
+    costs a title search); the rest are ignored, and a very long numbered line costs nothing."""
+    searches = []
+    original = engine.catalog.search_titles
+
+    def counted(query, k=10, **kwargs):
+        if k == 5:                            # shown_items' searches (request understanding asks for 3)
+            searches.append(query)
+        return original(query, k=k, **kwargs)
+
+    monkeypatch.setattr(engine.catalog, "search_titles", counted)
+    titled = engine.catalog.item(engine.facets.item_ids[0])
+    line = f"{titled.title}" + (f" ({titled.year})" if titled.year else "")
+    lines = [f"{n}. Nothing Called This {n}" for n in range(1, MAX_TITLE_LINES + 1)]
+    reply = "\n".join(lines + [f"{MAX_TITLE_LINES + 1}. {line}"] + [f"{n}. {line}" for n in range(52, 2000)])
+    reply = reply[:MAX_MESSAGE_CHARS]
+    started = time.perf_counter()
+    body = {"messages": [{"role": "user", "content": "anything"}, {"role": "assistant", "content": reply},
+                         {"role": "user", "content": "more"}], "reasoning_effort": "none", "k": 2}
+    answer = http.post("/chat/completions", json=body)
+    assert answer.status_code == 200, answer.text
+    assert len(searches) == MAX_TITLE_LINES
+    session = engine.sessions.get(answer.json()["thinkrec"]["session_id"])
+    assert session.turns[1].role == "assistant" and session.turns[1].items == []
+    # The same title within the limit is read as shown.
+    searches.clear()
+    body["messages"][1]["content"] = "\n".join(lines[:-1] + [f"{MAX_TITLE_LINES}. {line}"])
+    session = engine.sessions.get(http.post("/chat/completions", json=body).json()["thinkrec"]["session_id"])
+    assert session.turns[1].items == [titled.item_id]
+    # A numbered line of pathological length is not searched (the pattern would backtrack for seconds).
+    searches.clear()
+    body["messages"][1]["content"] = "1. a" + " " * (MAX_MESSAGE_CHARS - 10) + "b"
+    assert http.post("/chat/completions", json=body).status_code == 200 and searches == []
+    assert time.perf_counter() - started < 30
+
+
+def sse(response: httpx.Response) -> list[str]:
+    return [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+
+
+def test_a_failure_mid_stream_ends_with_an_error_chunk_then_done(http, engine, monkeypatch):
+    def failing(session_id, message, **kwargs):
+        yield NoticeEvent(text="read")
+        yield ReasoningDelta(level="derivation", text="You like")
+        raise RuntimeError("scheduler step failed: CUDA out of memory")
+
+    monkeypatch.setattr(engine, "turn", failing)
+    with http.stream("POST", "/chat/completions", json=ask(stream=True)) as response:
+        assert response.status_code == 200
+        data = sse(response)
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert any(c.get("choices") and c["choices"][0]["delta"].get("reasoning_content") for c in chunks)
+    error = chunks[-1]["error"]
+    assert set(error) == ERROR_FIELDS and error["type"] == "server_error" and error["code"] == "internal_error"
+    assert "RuntimeError" in error["message"] and "CUDA" not in error["message"]    # internals go to the log
+
+    # Failing before the stream starts, or without streaming: a 500 with an OpenAI error body.
+    def failing_at_once(session_id, message, **kwargs):
+        raise RuntimeError("boom")
+        yield
+
+    for turn, stream in ((failing_at_once, True), (failing, False)):
+        monkeypatch.setattr(engine, "turn", turn)
+        error = error_of(http.post("/chat/completions", json=ask(stream=stream)), 500)
+        assert error["code"] == "internal_error" and error["type"] == "server_error"
+    monkeypatch.undo()
+    with http.stream("POST", "/chat/completions", json=ask(stream=True, user="u22")) as response:
+        data = sse(response)
+    assert data[-1] == "[DONE]" and "error" not in data[-2]
+
