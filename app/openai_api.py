@@ -98,6 +98,10 @@ def _outage(message: str) -> APIError:
     return APIError(503, message, code="model_unavailable", kind="server_error")
 
 
+def _busy(message: str) -> APIError:
+    return APIError(409, message, param="session_id", code="session_busy", kind="invalid_request_error")
+
+
 def _failure(error: BaseException) -> APIError:
     """An unexpected failure inside the turn, said without its internals (they go to the log)."""
     log.error("chat completion failed", exc_info=error)
@@ -300,6 +304,8 @@ class ChatAPI:
             raise _failure(error) from error
         for event in events:
             answer.feed(event)
+        if answer.busy:
+            raise _busy(answer.busy)
         if answer.outage:
             raise _outage(answer.outage)
         answer.finish()
@@ -324,6 +330,9 @@ class ChatAPI:
                 break
             pending.append(event)
             answer_started = not isinstance(event, (str, NoticeEvent))
+            if isinstance(event, ErrorEvent) and event.code == "busy":
+                await events.aclose()
+                raise _busy(event.message)
             if isinstance(event, ErrorEvent) and event.message.startswith(OUTAGE):
                 await events.aclose()
                 raise _outage(event.message)
@@ -388,6 +397,7 @@ class _Answer:
     notices: list[str] = field(default_factory=list)
     trace: dict | None = None
     outage: str = ""
+    busy: str = ""
 
     def _say(self, text: str) -> dict:
         piece = ("\n" if self.content else "") + text
@@ -411,6 +421,9 @@ class _Answer:
         elif isinstance(event, NoticeEvent):
             self.notices.append(event.text)
         elif isinstance(event, ErrorEvent):
+            if event.code == "busy":
+                self.busy = event.message
+                return []
             if event.message.startswith(OUTAGE):
                 self.outage = event.message
                 return []

@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
+import queue
 import re
 import threading
+import weakref
 import time
 import uuid
 from collections import OrderedDict
@@ -40,10 +43,24 @@ from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEven
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
 from engine.recommender import open_recommender
 from engine.request import Request
-from engine.understanding import apply_answer, ask_first, catalog_parser, resolve_answer, soft_rerank
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
+from engine.understanding import apply_answer, ask_first, catalog_parser, resolve_answer, soft_rerank
+
+log = logging.getLogger(__name__)
+# A turn that produces no event for this long is given up on (its worker is left to finish alone).
+TURN_TIMEOUT_S = 300.0
+_DONE = object()
+
+
+class _SessionLock:
+    """A session's turn lock, weakly kept: it lives while a turn holds or waits on it."""
+
+    __slots__ = ("lock", "__weakref__")
+
+    def __init__(self):
+        self.lock = threading.Lock()
 
 # Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap the reasoning
 # tokens (level 3 keeps 40 of them, levels 1-2 get the rest; engine/recommender.py). "short" gives
@@ -135,7 +152,7 @@ class Engine:
         self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
         self._think_guard = threading.Lock()
         self._think_cache_size = think_cache_size
-        self._session_locks: dict[str, threading.Lock] = {}
+        self._session_locks: weakref.WeakValueDictionary[str, _SessionLock] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
 
     # -- sessions ----------------------------------------------------------------------------
@@ -193,13 +210,13 @@ class Engine:
         except (KeyError, ValueError):
             return "(unknown item)"
 
-    def _session_lock(self, session_id: str) -> threading.Lock:
+    def _session_lock(self, session_id: str) -> _SessionLock:
         """Turns of one session run one at a time: the second sees what the first showed."""
         with self._locks_guard:
-            lock = self._session_locks.get(session_id)
-            if lock is None:
-                lock = self._session_locks[session_id] = threading.Lock()
-            return lock
+            held = self._session_locks.get(session_id)
+            if held is None:
+                held = self._session_locks[session_id] = _SessionLock()
+            return held
 
     def understand(self, session: ChatSession, text: str) -> tuple[Request, Constraints]:
         """Parse the message and merge it into the session's active constraints. When the last
@@ -294,14 +311,45 @@ class Engine:
             yield ErrorEvent(message=str(error).strip("'\""))
             return
         thinking = bool(thinking) and tokens > 0
-        with self._session_lock(session_id):
+        held = self._session_lock(session_id)
+        if not held.lock.acquire(blocking=False):
+            # Queueing behind a turn in progress would hold a serving thread for nothing.
+            yield ErrorEvent(message="This session is answering another message; send yours once it has finished.",
+                             code="busy")
+            return
+        # The turn runs to completion on its own thread and hands its events over a queue: the lock
+        # is never held while a client reads (a slow reader cannot stall its session or a server
+        # worker), and a turn's events are bounded by its budget, so the queue is too.
+        events: queue.SimpleQueue = queue.SimpleQueue()
+
+        def work() -> None:
             try:
-                yield from self._turn(session_id, message, thinking, k, num_beams, tokens)
+                for event in self._turn(session_id, message, thinking, k, num_beams, tokens):
+                    events.put(event)
             except BackendUnavailable as error:
                 # Nothing of this turn was saved (the exchange is written at its end, in one
                 # transaction), so the session is as it was before the message.
-                yield ErrorEvent(message=f"The model server is not answering, so this turn was not answered: {error}. "
-                                         "Your session is kept; send the message again once the server is back.")
+                events.put(ErrorEvent(message=f"The model server is not answering, so this turn was not answered: "
+                                              f"{error}. Your session is kept; send the message again once the server "
+                                              "is back.", code="outage"))
+            except Exception as error:       # noqa: BLE001 - one failing turn fails alone, and says so
+                log.exception("turn failed in session %s", session_id)
+                events.put(ErrorEvent(message=f"This turn failed ({type(error).__name__}); your session is kept as it "
+                                              "was. Please send the message again.", code="failed"))
+            finally:
+                held.lock.release()
+                events.put(_DONE)
+        threading.Thread(target=work, name=f"turn-{session_id[:8]}", daemon=True).start()
+        while True:
+            try:
+                event = events.get(timeout=TURN_TIMEOUT_S)
+            except queue.Empty:
+                yield ErrorEvent(message=f"This turn took longer than {TURN_TIMEOUT_S:.0f} s and was given up.",
+                                 code="timeout")
+                return
+            if event is _DONE:
+                return
+            yield event
 
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int,
               budget: int) -> Iterator[Event]:

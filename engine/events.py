@@ -104,6 +104,9 @@ class NoticeEvent(BaseModel):
 class ErrorEvent(BaseModel):
     type: Literal["error"] = "error"
     message: str
+    # What kind: "busy" (the session is answering another message), "outage", "failed", "timeout";
+    # None for an answer that is an error by content ("nothing satisfies ...").
+    code: str | None = None
 
 
 Event = Annotated[ReasoningDelta | ItemsEvent | ReplyDelta | TraceEvent | NoticeEvent | ErrorEvent,

@@ -4,6 +4,7 @@ users, one path for app and eval, and the engine's concurrency fixes."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, TraceEvent
@@ -99,12 +100,53 @@ def test_two_feedback_clicks_at_once_both_land(engine):
     assert set(ids[0::2]) <= set(state.history) and set(ids[1::2]) <= set(state.excluded)
 
 
-def test_two_turns_at_once_in_one_session_show_different_items(engine):
+def test_a_second_turn_in_a_busy_session_is_refused_not_queued(engine):
+    """Two turns at once in one session: one answers, the other is told the session is busy at once
+    (a queued turn would hold a serving thread). The next turn then sees what the first showed."""
     session = engine.start_session(user_id="u13")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda _: run(engine, session.id, None, k=4, thinking=False)[1], range(2)))
-    first, second = ({i.item_id for i in r} for r in results)
-    assert len(first) == len(second) == 4 and not first & second
+        runs = list(pool.map(lambda _: list(engine.turn(session.id, None, thinking=False, k=4)), range(2)))
+    busy = [r for r in runs if any(isinstance(e, ErrorEvent) and e.code == "busy" for e in r)]
+    answered = [r for r in runs if any(isinstance(e, ItemsEvent) for e in r)]
+    assert len(answered) >= 1 and len(busy) + len(answered) == 2
+    first = {i.item_id for e in answered[0] if isinstance(e, ItemsEvent) for i in e.items}
+    _, items, _ = run(engine, session.id, None, k=4, thinking=False)
+    assert len(items) == 4 and not first & {i.item_id for i in items}
+
+
+def test_a_slow_reader_does_not_hold_its_session(engine):
+    """A client that reads one event and stops: the turn still finishes on its own thread, the
+    session is free again, and the exchange is stored."""
+    session = engine.start_session(user_id="u14")
+    reader = engine.turn(session.id, None, thinking=False, k=3)
+    next(reader)                                       # a client that stalls after the first event
+    deadline = time.time() + 60
+    while len(engine.sessions.get(session.id).turns) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(engine.sessions.get(session.id).turns) == 2
+    _, items, _ = run(engine, session.id, None, k=3, thinking=False)
+    assert len(items) == 3
+    reader.close()
+
+
+def test_a_failing_turn_fails_alone_and_says_so(engine, monkeypatch):
+    session, other = engine.start_session(user_id="u15"), engine.start_session(user_id="u16")
+    real = engine._rank
+
+    def flaky(turn):
+        if turn.session.id == session.id:
+            raise RuntimeError("boom")
+        return real(turn)
+    monkeypatch.setattr(engine, "_rank", flaky)
+    events = list(engine.turn(session.id, None, thinking=False, k=3))
+    error = next(e for e in events if isinstance(e, ErrorEvent))
+    assert error.code == "failed" and "RuntimeError" in error.message and "boom" not in error.message
+    assert len(engine.sessions.get(session.id).turns) == 0
+    _, items, _ = run(engine, other.id, None, k=3, thinking=False)
+    assert len(items) == 3
+    monkeypatch.setattr(engine, "_rank", real)
+    _, items, _ = run(engine, session.id, None, k=3, thinking=False)     # the session is free again
+    assert len(items) == 3
 
 
 def test_generation_settings_do_not_come_from_the_checkpoint(engine):

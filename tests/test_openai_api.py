@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -267,3 +268,35 @@ def test_a_question_comes_back_as_the_answer_and_its_reply_is_understood(client,
                                             messages=[first_ask, message.to_dict(), {"role": "user", "content": "widen"}])
     items = second.choices[0].message.items
     assert items and all(abs(i["year"] - year) <= 10 for i in items) and any(i["year"] != year for i in items)
+
+
+def test_a_busy_session_is_a_409_and_other_sessions_keep_going(client, engine, monkeypatch):
+    """Many streamed requests on one session at once: one is answered, the rest get 409 at once
+    (none waits on the session), and a turn in another session is answered meanwhile."""
+    session = engine.start_session(user_id="u17")
+    real, gate = engine._rank, threading.Event()
+
+    def slow(turn):
+        if turn.session.id == session.id:
+            gate.wait(30)
+        return real(turn)
+    monkeypatch.setattr(engine, "_rank", slow)
+
+    def one(_):
+        try:
+            stream = client.chat.completions.create(model="thinkrec", stream=True, reasoning_effort="none",
+                                                    messages=[{"role": "user", "content": "more"}],
+                                                    extra_body={"k": 2, "session_id": session.id})
+            return "ok" if list(stream) else "empty"
+        except openai.APIStatusError as error:
+            return error.status_code
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        first = pool.submit(one, 0)
+        time.sleep(1.0)                                  # the first turn now holds the session
+        others = list(pool.map(one, range(5)))
+        started = time.time()
+        elsewhere = ask(client, "something", user="u18", reasoning_effort="none", extra_body={"k": 2})
+        assert elsewhere.choices[0].message.items and time.time() - started < 30
+        gate.set()
+        assert first.result() == "ok"
+    assert others == [409] * 5
