@@ -36,7 +36,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+from engine.events import (
+    ErrorEvent,
+    ItemsEvent,
+    NoticeEvent,
+    ReasoningDelta,
+    ReplyDelta,
+    TraceEvent,
+)
 from engine.messages import item_lines, level_header, replay_messages
 
 # Limits at the edge (issue 28). Each refusal names its limit in the error message.

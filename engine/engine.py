@@ -25,9 +25,9 @@ import logging
 import queue
 import re
 import threading
-import weakref
 import time
 import uuid
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,15 +38,32 @@ from data.catalog_db import sqlite_url
 from data.clean import read_split
 from engine.backends import BackendUnavailable, BatchedBackend
 from engine.constraints import Constraints, Facets
-from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
-                           ReplyDelta, RequestInfo, Trace, TraceEvent)
+from engine.events import (
+    BeamCandidate,
+    ErrorEvent,
+    Event,
+    ItemCard,
+    ItemsEvent,
+    NoticeEvent,
+    ReasoningDelta,
+    ReplyDelta,
+    RequestInfo,
+    Trace,
+    TraceEvent,
+)
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
 from engine.recommender import open_recommender
 from engine.request import Request
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
-from engine.understanding import apply_answer, ask_first, catalog_parser, resolve_answer, soft_rerank
+from engine.understanding import (
+    apply_answer,
+    ask_first,
+    catalog_parser,
+    resolve_answer,
+    soft_rerank,
+)
 
 log = logging.getLogger(__name__)
 # A turn that produces no event for this long is given up on (its worker is left to finish alone).
@@ -57,7 +74,7 @@ _DONE = object()
 class _SessionLock:
     """A session's turn lock, weakly kept: it lives while a turn holds or waits on it."""
 
-    __slots__ = ("lock", "__weakref__")
+    __slots__ = ("__weakref__", "lock")
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -332,7 +349,7 @@ class Engine:
                 events.put(ErrorEvent(message=f"The model server is not answering, so this turn was not answered: "
                                               f"{error}. Your session is kept; send the message again once the server "
                                               "is back.", code="outage"))
-            except Exception as error:       # noqa: BLE001 - one failing turn fails alone, and says so
+            except Exception as error:
                 log.exception("turn failed in session %s", session_id)
                 events.put(ErrorEvent(message=f"This turn failed ({type(error).__name__}); your session is kept as it "
                                               "was. Please send the message again.", code="failed"))

@@ -12,8 +12,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.openai_api import (MAX_BODY_BYTES, MAX_MESSAGE_CHARS, MAX_MESSAGES, MAX_REASONING_TOKENS,
-                            MAX_TITLE_LINES)
+from app.openai_api import (
+    MAX_BODY_BYTES,
+    MAX_MESSAGE_CHARS,
+    MAX_MESSAGES,
+    MAX_REASONING_TOKENS,
+    MAX_TITLE_LINES,
+)
 from engine.events import NoticeEvent, ReasoningDelta
 from engine.sessions import SessionRow
 from tests.conftest import free_port

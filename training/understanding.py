@@ -41,11 +41,9 @@ def products_catalog(folder: Path) -> Path:
     from data.manifest import BuildConfig, Manifest
     from training.benchmarks.products import write_products
 
-    try:
+    if (folder / "manifest.json").exists():
         Manifest.load(folder)
         return folder
-    except Exception:       # noqa: BLE001 - missing or stale: build it
-        pass
     raw = folder.parent / (folder.name + "-raw")
     interactions, items = write_products(raw)
     build(BuildConfig(dataset="generic", interactions=str(interactions), items=str(items)), folder)
