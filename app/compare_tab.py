@@ -29,12 +29,16 @@ HEADINGS = {"SASRec": "SASRec + the same filter"}
 
 def side_by_side(engine, user_id: str | None, message: str, k: int = 10, baseline=None) -> dict:
     """{"request": RequestInfo dict, "lists": {mode: [card dict + "marks"]}, "levels": {...}}."""
+    # A scratch session for the previews, removed before returning: the Compare tab saves nothing.
     session = engine.start_session(user_id=user_id)
     lists, levels, info = {}, {}, None
-    for mode, thinking in (("thinking", True), ("non-thinking", False)):
-        cards, info, found = engine.preview(session.id, message, thinking=thinking, k=k)
-        lists[mode] = [c.model_dump() for c in cards]
-        levels = found if thinking else levels
+    try:
+        for mode, thinking in (("thinking", True), ("non-thinking", False)):
+            cards, info, found = engine.preview(session.id, message, thinking=thinking, k=k)
+            lists[mode] = [c.model_dump() for c in cards]
+            levels = found if thinking else levels
+    finally:
+        engine.sessions.delete(session.id)
     active = Constraints.model_validate(info.constraints) if info and info.constraints else None
     if baseline is not None and session.history:          # SASRec reads a history; a fresh user has none
         # What the engine's turn leaves out for this fresh session: the history, items turned down

@@ -186,7 +186,7 @@ class Engine:
         """Add an exchange that happened elsewhere (a client holding the whole message list):
         its request updates the constraints and its items count as shown, as if this engine had
         answered it."""
-        session = self.sessions.get(session_id)
+        session = self.sessions.get(session_id, traces=False)
         text, _ = clean_message(user_text, self.max_message_chars)
         request, constraints = self.understand(session, text)
         known = [str(i) for i in items if str(i) in self.recommender.sid_codes]
@@ -199,7 +199,7 @@ class Engine:
         if known or reply:
             turns.append(Turn("assistant", reply, known))
         self.sessions.add_exchange(session_id, turns, constraints)
-        return self.sessions.get(session_id)
+        return self.sessions.get(session_id, traces=False)
 
     def feedback(self, session_id: str, item_id: str, kind: str) -> ChatSession:
         self.catalog.item(item_id)                # unknown items are refused (KeyError)
@@ -322,7 +322,7 @@ class Engine:
         """One turn's events. ``budget``: how long the reasoning may be ("off", "short", "full" or
         a token count; see ``BUDGETS``); "off" or 0 is the same as ``thinking=False``."""
         try:
-            self.sessions.get(session_id)
+            self.sessions.get(session_id, traces=False)
             tokens = budget_tokens(budget)
         except (KeyError, ValueError) as error:
             yield ErrorEvent(message=str(error).strip("'\""))
@@ -370,7 +370,7 @@ class Engine:
 
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int,
               budget: int) -> Iterator[Event]:
-        turn = yield from self._read(self.sessions.get(session_id), message, thinking, k, num_beams, budget)
+        turn = yield from self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, budget)
         if turn.info.question:
             yield from self._ask(turn)
             return
@@ -490,7 +490,7 @@ class Engine:
         nothing: the side-by-side view asks the same turn in several modes."""
         tokens = budget_tokens(budget)
         thinking = bool(thinking) and tokens > 0
-        steps = self._read(self.sessions.get(session_id), message, thinking, k, num_beams, tokens)
+        steps = self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, tokens)
         try:
             while True:
                 next(steps)                                   # notices: not needed here

@@ -17,10 +17,11 @@ from __future__ import annotations
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, event, func, inspect, select, text
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
 from data.catalog_db import make_engine
 from engine.constraints import Constraints
@@ -124,8 +125,18 @@ def _serialized_sqlite(engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# Retention: a session untouched for TTL_DAYS is removed, and beyond MAX_SESSIONS the least
+# recently updated go first. Checked every PRUNE_EVERY new sessions (API calls without a session_id
+# create one each), so the store is bounded under any traffic.
+TTL_DAYS = 30
+MAX_SESSIONS = 10_000
+PRUNE_EVERY = 100
+
+
 class SessionStore:
-    def __init__(self, url: str):
+    def __init__(self, url: str, max_sessions: int = MAX_SESSIONS, ttl_days: float = TTL_DAYS):
+        self.max_sessions, self.ttl_days = max_sessions, ttl_days
+        self._created = 0
         self.engine = make_engine(url)
         if self.engine.dialect.name == "sqlite":
             _serialized_sqlite(self.engine)
@@ -147,19 +158,50 @@ class SessionStore:
         session_id = str(uuid.uuid4())
         with Session(self.engine) as db, db.begin():
             db.add(SessionRow(id=session_id, user_id=user_id, history=list(history or []), excluded=[]))
+        with self._lock:
+            self._created += 1
+            due = self._created % PRUNE_EVERY == 0
+        if due:
+            self.prune()
         return self.get(session_id)
 
-    def get(self, session_id: str) -> ChatSession:
+    def get(self, session_id: str, traces: bool = True) -> ChatSession:
+        """The session with its turns; ``traces=False`` leaves each turn's trace out (a turn's
+        path reads the dialogue, not the traces, which are most of the stored bytes)."""
         with Session(self.engine) as db:
             row = db.get(SessionRow, session_id)
             if row is None:
                 raise KeyError(f"no session '{session_id}'")
-            turns = db.scalars(select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.id))
+            query = select(TurnRow).where(TurnRow.session_id == session_id).order_by(TurnRow.id)
+            if not traces:
+                query = query.options(defer(TurnRow.trace))
+            turns = db.scalars(query)
             return ChatSession(row.id, row.user_id, list(row.history), list(row.excluded),
                                [Turn(t.role, t.text, list(t.items), dict(t.reasoning or {}), dict(t.request or {}),
-                                     dict(t.trace or {}), t.created_at)
+                                     dict(t.trace or {}) if traces else {}, t.created_at)
                                 for t in turns],
                                Constraints.model_validate(row.constraints or {}), row.created_at, row.updated_at)
+
+    def delete(self, session_id: str) -> None:
+        """Remove a session and everything stored with it (unknown ids are ignored)."""
+        with self._lock, Session(self.engine) as db, db.begin():
+            db.execute(sa_delete(TurnRow).where(TurnRow.session_id == session_id))
+            db.execute(sa_delete(FeedbackRow).where(FeedbackRow.session_id == session_id))
+            db.execute(sa_delete(SessionRow).where(SessionRow.id == session_id))
+
+    def prune(self) -> int:
+        """Apply the retention policy: sessions untouched for ``ttl_days`` go, then the least
+        recently updated beyond ``max_sessions``. Returns how many were removed."""
+        cutoff = _now() - timedelta(days=self.ttl_days)
+        with Session(self.engine) as db:
+            stale = list(db.scalars(select(SessionRow.id).where(SessionRow.updated_at < cutoff)))
+            total = db.scalar(select(func.count()).select_from(SessionRow)) - len(stale)
+            if total > self.max_sessions:
+                stale += list(db.scalars(select(SessionRow.id).where(SessionRow.updated_at >= cutoff)
+                                         .order_by(SessionRow.updated_at, SessionRow.id).limit(total - self.max_sessions)))
+        for session_id in stale:
+            self.delete(session_id)
+        return len(stale)
 
     def recent(self, limit: int = 20) -> list[SessionSummary]:
         """The sessions updated last, newest first, with their number of stored turns."""

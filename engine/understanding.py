@@ -180,9 +180,10 @@ YES = {"yes", "yeah", "yep", "sure", "ok", "okay", "fine", "show", "those", "the
 ORDINALS = {"first": 0, "1st": 0, "one": 0, "second": 1, "2nd": 1, "other": 1, "third": 2, "3rd": 2, "last": -1}
 
 
-def soft_rerank(items: list, constraints, facets, weight: float = SOFT_WEIGHT) -> list:
+def soft_rerank(items: list, constraints, facets, weight: float | None = None) -> list:
     """Candidates (each with ``item_id`` and ``score``) re-ranked by the soft leanings:
     + weight for a preferred category or a content match, − weight for a category leaned away from."""
+    weight = SOFT_WEIGHT if weight is None else weight
     if not constraints.is_soft() or not items:
         return items
     prefer, away, boost = set(constraints.prefer), set(constraints.prefer_not), set(constraints.boost)

@@ -55,3 +55,45 @@ def test_events_round_trip_through_json():
               ItemsEvent(items=[ItemCard(rank=1, item_id="50", title="Star Wars", year=1977, sid="<a_1><b_2><c_3>", score=-1.5)])]
     again = adapter.validate_json(adapter.dump_json(events))
     assert again == events and isinstance(again[1], ItemsEvent)
+
+
+def test_sessions_are_retained_by_a_policy(tmp_path, monkeypatch):
+    """Untouched for the TTL, or beyond the maximum count (least recently updated first), a session
+    goes with its turns and feedback; creating sessions applies the policy on its own."""
+    from datetime import timedelta
+
+    import engine.sessions as sessions
+
+    store = SessionStore(f"sqlite:///{tmp_path / 's.db'}", max_sessions=3, ttl_days=1)
+    old = store.create()
+    store.add_turn(old.id, Turn("user", "hi"))
+    store.feedback(old.id, "7", "dislike")
+    from sqlalchemy import update
+    from sqlalchemy.orm import Session
+
+    with Session(store.engine) as db, db.begin():          # last touched two days ago
+        db.execute(update(sessions.SessionRow).where(sessions.SessionRow.id == old.id)
+                   .values(updated_at=sessions._now() - timedelta(days=2)))
+    kept = [store.create() for _ in range(3)]
+    assert store.prune() == 1
+    with pytest.raises(KeyError):
+        store.get(old.id)
+    assert store.feedback_of(old.id) == []
+    newest = store.create()
+    assert store.prune() == 1                       # four fresh ones, three allowed: the oldest goes
+    with pytest.raises(KeyError):
+        store.get(kept[0].id)
+    assert store.get(newest.id).id == newest.id
+    monkeypatch.setattr(sessions, "PRUNE_EVERY", 2)
+    for _ in range(6):
+        store.create()
+    assert len(store.recent(limit=100)) <= 4        # bounded while creating, pruned every 2
+
+
+def test_the_hot_path_reads_turns_without_their_traces(tmp_path):
+    store = SessionStore(f"sqlite:///{tmp_path / 't.db'}")
+    session = store.create()
+    store.add_turn(session.id, Turn("assistant", "x", items=["1"], trace={"turn_id": "t", "prompt": "p" * 1000}))
+    assert store.get(session.id).turns[0].trace["turn_id"] == "t"
+    light = store.get(session.id, traces=False).turns[0]
+    assert light.trace == {} and light.items == ["1"]
