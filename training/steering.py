@@ -176,7 +176,7 @@ def run_steering(args) -> dict:
 
     from engine.prompt import DEFAULT_ASK, earlier_assistant_turn
     from engine.recommender import open_recommender
-    from engine.request import RequestParser, apply
+    from engine.request import apply
     from engine.tokenizer import Message
     from training.dataset_view import DatasetView
     from training.evaluate import parse_checkpoints
@@ -198,7 +198,9 @@ def run_steering(args) -> dict:
     from data.catalog import Catalog
 
     catalog = Catalog(args.data)
-    parser = RequestParser(facets, find_title=lambda query: catalog.search_titles(query, k=3))
+    from engine.understanding import catalog_parser
+
+    parser = catalog_parser(catalog, facets)          # the engine's own parser, meaning included
     checkpoint = next(iter(parse_checkpoints(args.checkpoint).values()))
     recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url,
                                          facets=facets)
