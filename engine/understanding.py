@@ -106,11 +106,11 @@ class SemanticReader:
         vectors = catalog.item_vectors()
         item_ids, titles = catalog.id_title_table()
         label = "Genres" if catalog.manifest.dataset.startswith("ml-") else "Categories"
-        rows = [facets.row_of.get(i) for i in item_ids]
-        # Facets rows and catalog rows share the catalog order; members are facet rows.
-        if rows != list(range(len(rows))):
-            raise ValueError("catalog and facets disagree on item order")
-        return cls(facets.vocabulary, facets.members, vectors, lambda texts: encode(texts, encoder),
+        # Members as catalog rows (the embeddings' order), whatever order the facets keep.
+        row_of = {item: row for row, item in enumerate(item_ids)}
+        members = {c: np.array([row_of[facets.item_ids[r]] for r in rows if facets.item_ids[r] in row_of], dtype=np.int64)
+                   for c, rows in facets.members.items()}
+        return cls(facets.vocabulary, members, vectors, lambda texts: encode(texts, encoder),
                    item_ids, titles, label, search=lambda q, k: catalog.search_vectors(q, k),
                    rich_text=catalog.description_share() >= 0.5)
 
