@@ -100,6 +100,12 @@ def test_chat_like_and_next_turn(app_url):
         browser.close()
 
 
+def _constraints(category: str, decade: int):
+    from engine.constraints import Constraints
+
+    return Constraints(want=[[category]], year_min=decade, year_max=decade + 9)
+
+
 def _decade_request(engine) -> tuple[str, int, str]:
     """A category and a decade with several items together, and a category to avoid on top."""
     from collections import Counter
@@ -130,6 +136,13 @@ def test_a_fresh_user_steers_by_category_and_decade(app_url, engine):
         page.locator("#send").click()
         stated = f"{category} from the {decade}s"
         expect(page.locator("#chat")).to_contain_text(f"Active request: {stated}", timeout=90_000)
+        if engine.recommender.available(_constraints(category, decade), set()) < 10:
+            # The small test catalog has fewer than K such items: the turn asks first.
+            expect(page.locator("#chat")).to_contain_text("widen", timeout=90_000)
+            page.locator("#message textarea").fill("show those")
+            page.locator("#send").click()
+        expect(page.locator("#items")).to_contain_text("<a_", timeout=90_000)
+        page.wait_for_timeout(500)
         rows = item_rows(page)
         assert rows and all(decade <= int(r[2]) <= decade + 9 and category in r[3] for r in rows), rows
         # Level 3 states the request (the chat keeps the reasoning collapsed; the trace shows it).
@@ -144,4 +157,30 @@ def test_a_fresh_user_steers_by_category_and_decade(app_url, engine):
         expect(page.locator("#trace-summary")).to_contain_text(f"Active constraints: {stated}, no {avoid}",
                                                                timeout=30_000)
         page.screenshot(path=str(SHOTS / "steering_trace.png"), full_page=True)
+        browser.close()
+
+
+def test_a_question_in_the_chat_and_its_answer(app_url, engine):
+    """A request that leaves fewer than K items: the chat shows the question instead of items, the
+    Trace tab says it was asked, and "widen" brings items from the wider range."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.test_openai_api import _narrow_year
+
+    year = _narrow_year(engine)
+    with sync_playwright() as p:
+        browser, page = fresh_session(p, app_url)
+        page.locator("#message textarea").fill(f"something from {year}")
+        page.locator("#send").click()
+        expect(page.locator("#chat")).to_contain_text("widen", timeout=90_000)
+        page.get_by_role("tab", name="Trace").click()
+        expect(page.locator("#trace-summary")).to_contain_text("Asked instead of answering", timeout=30_000)
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#message textarea").fill("widen please")
+        page.locator("#send").click()
+        expect(page.locator("#items")).to_contain_text("<a_", timeout=90_000)
+        page.wait_for_timeout(500)
+        years = [int(r[2]) for r in item_rows(page)]
+        assert years and all(abs(y - year) <= 10 for y in years) and any(y != year for y in years), years
+        page.screenshot(path=str(SHOTS / "question.png"), full_page=True)
         browser.close()
