@@ -192,7 +192,8 @@ class Engine:
         known = [str(i) for i in items if str(i) in self.recommender.sid_codes]
         if not known:
             # An exchange that ended in a question (no items): its answer comes next.
-            asked = self._question(request, constraints, self.recommender.available(constraints, set(session.history)), 10)
+            seen = set(session.history) | set(session.shown())
+            asked = self._question(request, constraints, self.recommender.available(constraints, seen), 10, seen)
             if asked is not None:
                 constraints = constraints.model_copy(update={"pending": asked})
         turns = [Turn("user", text, request=request.model_dump())]
@@ -249,8 +250,9 @@ class Engine:
                                     active=session.constraints)
         return request, apply_request(session.constraints, request, last_items)
 
-    def _question(self, request: Request, constraints: Constraints, available: int | None, k: int) -> dict | None:
-        return ask_first(request, constraints, available, k, lambda wider: self.recommender.available(wider, set()))
+    def _question(self, request: Request, constraints: Constraints, available: int | None, k: int,
+                  exclude: set[str] = frozenset()) -> dict | None:
+        return ask_first(request, constraints, available, k, lambda wider: self.recommender.available(wider, exclude))
 
     def _stream_levels(self, tokens: Iterator[int]) -> Iterator[tuple[str, str, int]]:
         """(level, text delta, token) while reasoning streams; the prompt opened the first level."""
@@ -407,7 +409,7 @@ class Engine:
                            constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
                            available=self.recommender.available(constraints, exclude),
                            readings=request.readings, soft=constraints.describe_soft(), unknown=request.unknown)
-        asked = self._question(request, constraints, info.available, k)
+        asked = self._question(request, constraints, info.available, k, exclude)
         if asked is not None:
             info.question = asked["question"]
             constraints = constraints.model_copy(update={"pending": asked})

@@ -249,7 +249,7 @@ def ask_first(request, constraints, available: int | None, k: int, count: Callab
     side, or the last wanted category dropped). ``count(constraints)`` counts admissible items."""
     if request.question:
         return {"question": request.question, "options": request.options}
-    if request.answered or available is None or not 0 < available < k or not constraints.is_hard():
+    if request.answered or available is None or not available < k or not constraints.is_hard():
         return None
     if not (request.years_set or request.want or request.content_hard):
         return None
@@ -268,8 +268,12 @@ def ask_first(request, constraints, available: int | None, k: int, count: Callab
     if not more or more <= available:
         return None
     label = wider.describe()
+    widen = {"label": f"widen to {label}", "answer": ["widen", "wider", "widening", "expand", "broaden", "more", "bigger",
+                                                      "relax"], "patch": patch}
+    if available == 0:
+        # Nothing to show as asked: the only useful offer is the wider range ("yes" takes it).
+        return {"question": f"No item you have not seen satisfies {constraints.describe()}: widen to {label} "
+                            f"({more} item{'s' * (more != 1)})?", "options": [widen]}
     them = "those" if available != 1 else "it"
     return {"question": f"Only {available} item{'s' * (available != 1)} you have not seen satisfy "
-                        f"{constraints.describe()}: show {them}, or widen to {label}?",
-            "options": [show, {"label": f"widen to {label}", "answer": ["widen", "wider", "widening", "expand", "broaden",
-                                                                         "more", "bigger", "relax"], "patch": patch}]}
+                        f"{constraints.describe()}: show {them}, or widen to {label}?", "options": [show, widen]}

@@ -191,3 +191,17 @@ def test_the_engine_shows_the_few_when_that_is_the_answer(engine):
     events = _run(engine, session.id, "show those")
     items = next(e.items for e in events if isinstance(e, ItemsEvent))
     assert items and all(i.year == year for i in items)
+
+
+def test_nothing_left_offers_the_wider_range_and_yes_takes_it():
+    from engine.request import Request
+    from engine.understanding import apply_answer, ask_first, resolve_answer
+
+    asked = Constraints(want=[["Western"]], year_min=1950, year_max=1959)
+    request = Request(text="a 50s western", want=[["Western"]], year_min=1950, year_max=1959, years_set=True)
+    count = lambda c: 4 if c.year_min == 1940 else 0          # noqa: E731 - the wider range holds 4
+    question = ask_first(request, asked, 0, 10, count)
+    assert "No item" in question["question"] and "1940 to 1969" in question["question"]
+    option = resolve_answer(question, "yes")
+    assert (apply_answer(asked, option).year_min, apply_answer(asked, option).year_max) == (1940, 1969)
+    assert ask_first(request, asked, 0, 10, lambda c: 0) is None          # nothing wider either: no question
