@@ -163,3 +163,13 @@ def engine(built_dataset, tiny_checkpoint, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("engine-sessions")
     return Engine(built_dataset, tiny_checkpoint, sessions_url=f"sqlite:///{out / 'sessions.db'}")
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    """The real app server (``app.ui.serve``: Gradio UI, its API and the OpenAI endpoint) on a free port."""
+    from app.ui import serve
+
+    demo = serve(engine, port=free_port())
+    yield demo.local_url.rstrip("/")
+    demo.close()

@@ -14,18 +14,8 @@ import pytest
 from gradio_client import Client
 
 from engine.backends import BackendUnavailable
-from tests.conftest import free_port
 
 HEADERS = ("Derivation:", "Evolution:", "Recommendation:")
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    from app.ui import serve
-
-    demo = serve(engine, port=free_port())
-    yield demo.local_url.rstrip("/")
-    demo.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,18 +21,8 @@ from app.openai_api import (
 )
 from engine.events import NoticeEvent, ReasoningDelta
 from engine.sessions import SessionRow
-from tests.conftest import free_port
 
 ERROR_FIELDS = {"message", "type", "param", "code"}
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    from app.ui import serve
-
-    demo = serve(engine, port=free_port())
-    yield demo.local_url.rstrip("/")
-    demo.close()
 
 
 @pytest.fixture(scope="module")
