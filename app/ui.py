@@ -14,6 +14,8 @@ API: ``recommend(message, user_id, thinking, session_id)`` -> {"reply", "reasoni
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -145,14 +147,16 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     def beam_rows(trace: dict) -> list[list]:
         return [[n + 1, b["title"], b["sid"], b["score"]] for n, b in enumerate(trace.get("beams", []))]
 
+    # One folder for this app's exports, removed at exit; a session's file is rewritten on each click.
     export_dir = Path(tempfile.mkdtemp(prefix="thinkrec-traces-"))
+    atexit.register(shutil.rmtree, export_dir, ignore_errors=True)
 
     def export_trace(session_id: str | None, fmt: str) -> str:
         """The session with every stored turn's trace as one file (md, json or self-contained html)."""
         if not session_id:
             raise gr.Error("Start a session and send a message first.")
         text = export_session(engine.sessions.get(session_id), fmt, lookup=catalog_lookup(engine.catalog))
-        path = Path(tempfile.mkdtemp(dir=export_dir)) / f"thinkrec-session-{session_id[:8]}.{fmt}"
+        path = export_dir / f"thinkrec-session-{session_id}.{fmt}"
         path.write_text(text, encoding="utf-8")
         return str(path)
 

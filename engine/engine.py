@@ -170,6 +170,9 @@ class Engine:
         self._think_guard = threading.Lock()
         self._think_cache_size = think_cache_size
         self._session_locks: weakref.WeakValueDictionary[str, _SessionLock] = weakref.WeakValueDictionary()
+        # Item labels for rendered reasoning, cached per engine (a cache on the class would keep
+        # every engine ever built alive through its keys).
+        self._label = functools.lru_cache(maxsize=4096)(self._label_of)
         self._locks_guard = threading.Lock()
 
     # -- sessions ----------------------------------------------------------------------------
@@ -221,8 +224,7 @@ class Engine:
         """Reasoning text with its item spans shown as catalog titles."""
         return render_spans(text, self._label)
 
-    @functools.lru_cache(maxsize=4096)
-    def _label(self, sid: str) -> str:
+    def _label_of(self, sid: str) -> str:
         try:
             return self.catalog.by_sid(sid).label()
         except (KeyError, ValueError):
