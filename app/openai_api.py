@@ -14,7 +14,7 @@ user; ``k``, ``reasoning_effort`` and ``session_id`` steer the turn. The reasoni
 app/ui.py this module is handed a built engine and imports only the engine's pure-Python parts.
 
 Sizes are capped here, at the edge, before any session is created or touched (the ``MAX_*``
-constants below): a refused request gets an OpenAI-style error (413 for the body's size, 400 for
+constants of app/openai_request.py): a refused request gets an OpenAI-style error (413 for the body's size, 400 for
 the rest) that states the limit, and leaves nothing stored. The whole request is checked in
 ``ChatAPI.parse`` before the turn starts; a failure inside the engine is a 500 error body, or,
 once a stream has started, an in-stream error chunk followed by ``data: [DONE]``.
@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
@@ -46,174 +45,36 @@ from engine.events import (
 )
 from engine.messages import item_lines, level_header, replay_messages
 
-# Limits at the edge (issue 28). Each refusal names its limit in the error message.
-# The request body, in bytes: checked from Content-Length before reading, and again on the bytes
-# actually read (a chunked body has no Content-Length). 1 MiB holds hundreds of ordinary messages.
-MAX_BODY_BYTES = 1 << 20
-# Messages in one request, all roles. Every user message but the last is replayed into a new
-# session, one session reload each, so the cost grows with the count (issue 28: 500 took 26 s).
-MAX_MESSAGES = 200
-# Characters in one message's text, assistant messages included (their text is stored when
-# replayed and read for shown items). The engine reads only the first ``max_message_chars`` (2,000
-# by default) of a user message and says so; beyond this the request is refused outright.
-MAX_MESSAGE_CHARS = 20_000
-# Shown items read back from one assistant message: its ``items`` entries, its SIDs, or its
-# numbered "N. Title (year)" lines, each of which costs a title search. An answer shows at most
-# k <= 50 items, so lines (and entries) beyond the first 50 are ignored, not an error.
-MAX_TITLE_LINES = 50
-# A numbered line longer than this is not read as a title (the line pattern backtracks
-# quadratically on long lines; catalog titles are far shorter).
-MAX_TITLE_LINE_CHARS = 500
-# A reasoning_effort given as a token count: 0 .. this. "full" is 192 tokens (engine.engine.BUDGETS),
-# the length the model was trained at; the model presets have 2,048 positions for prompt and all.
-MAX_REASONING_TOKENS = 1024
-# ``user`` and ``session_id``, in characters (session ids are 36-character UUIDs).
-MAX_ID_CHARS = 200
-# thinkrec's ``k`` (items per answer): the engine clamps to the same range (engine.engine.Engine._read).
-MAX_K = 50
+from app.openai_request import (  # noqa: F401 - the limits are part of this module's interface
+    EFFORTS,
+    ITEM_LINE,
+    MAX_BODY_BYTES,
+    MAX_ID_CHARS,
+    MAX_K,
+    MAX_MESSAGES,
+    MAX_MESSAGE_CHARS,
+    MAX_REASONING_TOKENS,
+    MAX_TITLE_LINES,
+    MAX_TITLE_LINE_CHARS,
+    OUTAGE,
+    SID_SPAN,
+    SID_TOKEN,
+    SURROGATE,
+    _END,
+    APIError,
+    _Call,
+    _budget,
+    _busy,
+    _checked_text,
+    _failure,
+    _id,
+    _int,
+    _outage,
+    _read_json,
+    _text,
+)
 
-# OpenAI's reasoning_effort values (and thinkrec's own budget names) -> the engine's budget.
-EFFORTS = {"none": "off", "off": "off", "minimal": "short", "low": "short", "short": "short",
-           "medium": "full", "high": "full", "xhigh": "full", "max": "full", "full": "full"}
-# How the engine words a model-server outage (engine.engine.Engine.turn catches BackendUnavailable).
-OUTAGE = "The model server is not answering"
-SID_SPAN = re.compile(r"(?:<[a-z]_\d+>)+")
-SID_TOKEN = re.compile(r"<[a-z]_\d+>")
-ITEM_LINE = re.compile(r"^\s*\d+\.\s+(?P<title>.+?)(?:\s+\((?P<year>\d{4})\))?\s*$")
-SURROGATE = re.compile("[\ud800-\udfff]")      # lone surrogates: JSON can carry them, UTF-8 cannot
-_END = object()
 log = logging.getLogger(__name__)
-
-
-class APIError(Exception):
-    """Answered as OpenAI answers errors: ``{"error": {"message", "type", "param", "code"}}``."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-
-    def response(self) -> Response:
-        # json.dumps escapes non-ASCII, so a message quoting client text is always valid UTF-8.
-        return Response(json.dumps(self.body()), status_code=self.status, media_type="application/json")
-
-
-def _outage(message: str) -> APIError:
-    return APIError(503, message, code="model_unavailable", kind="server_error")
-
-
-def _busy(message: str) -> APIError:
-    return APIError(409, message, param="session_id", code="session_busy", kind="invalid_request_error")
-
-
-def _failure(error: BaseException) -> APIError:
-    """An unexpected failure inside the turn, said without its internals (they go to the log)."""
-    log.error("chat completion failed", exc_info=error)
-    return APIError(500, f"the turn failed inside the engine ({type(error).__name__}); the request may be retried",
-                    code="internal_error", kind="server_error")
-
-
-async def _read_json(request: Request):
-    """The body as JSON, its size capped at ``MAX_BODY_BYTES`` (413) whether or not it declares one."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.strip().isdigit():
-            raise APIError(400, "the Content-Length header is not a byte count")
-        if int(declared) > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,} bytes",
-                           code="request_too_large")
-    raw, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is over the limit of {MAX_BODY_BYTES:,} bytes",
-                           code="request_too_large")
-        raw.append(chunk)
-    try:
-        return json.loads(b"".join(raw))
-    except RecursionError:             # json's C parser recurses once per nesting level
-        raise APIError(400, "the request body is nested too deeply to be a chat request") from None
-    except ValueError:                 # bad JSON or bad UTF-8
-        raise APIError(400, "the request body is not valid JSON") from None
-
-
-@dataclass
-class _Call:
-    """A request, checked: the conversation, this turn's options and thinkrec's extensions."""
-    turns: list[tuple[str, str, list[str]]]
-    stream: bool = False
-    include_usage: bool = False
-    user: str | None = None
-    session_id: str | None = None
-    k: int = 10
-    budget: str | int = "full"
-
-
-def _text(content, param: str) -> str:
-    """A message's content: a string, or a list of parts of which the text ones count (their
-    ``text`` must be a string), checked by ``_checked_text``."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return _checked_text(content, param)
-    if isinstance(content, list):
-        texts = []
-        for n, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") == "text":
-                if not isinstance(part.get("text"), str):
-                    raise APIError(400, f"{param}[{n}].text must be a string", f"{param}[{n}].text", "invalid_type")
-                texts.append(part["text"])
-        return _checked_text("".join(texts), param)
-    raise APIError(400, "content must be a string or a list of content parts", param)
-
-
-def _checked_text(text: str, param: str) -> str:
-    """Text the engine may read and store: at most ``MAX_MESSAGE_CHARS``, and valid Unicode. A lone
-    surrogate (``"\\ud800"`` is valid JSON but no character) is refused with a 400, not replaced:
-    the client's text would otherwise change silently, and the tokenizer cannot encode it."""
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise APIError(400, f"{param} is {len(text):,} characters; the limit is {MAX_MESSAGE_CHARS:,} per message",
-                       param, "message_too_long")
-    bad = SURROGATE.search(text)
-    if bad:
-        raise APIError(400, f"{param} holds a lone surrogate (U+{ord(bad.group()):04X} at character {bad.start()}), "
-                            "which is not valid Unicode", param, "invalid_text")
-    return text
-
-
-def _id(value, param: str) -> str | None:
-    """An id field (``user``, ``session_id``): a string or an integer; empty or absent is None."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise APIError(400, f"{param} must be a string", param, "invalid_type")
-    value = str(value)
-    if len(value) > MAX_ID_CHARS or SURROGATE.search(value):
-        raise APIError(400, f"{param} must be valid text of at most {MAX_ID_CHARS} characters", param, "invalid_value")
-    return value
-
-
-def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise APIError(400, f"{name} must be an integer from {low} to {high}", name, "invalid_value")
-    return value
-
-
-def _budget(effort) -> str | int:
-    if effort is None:
-        return "full"
-    if isinstance(effort, int) and not isinstance(effort, bool) and 0 <= effort <= MAX_REASONING_TOKENS:
-        return effort                                     # a reasoning token count
-    if isinstance(effort, str) and effort.lower() in EFFORTS:
-        return EFFORTS[effort.lower()]
-    raise APIError(400, f"reasoning_effort must be one of {', '.join(EFFORTS)} or a token count from 0 to "
-                        f"{MAX_REASONING_TOKENS}", "reasoning_effort", "invalid_value")
 
 
 class ChatAPI:
