@@ -126,11 +126,9 @@ class Catalog:
         """Attribute names the catalog's items carry (genre, decade, price, language, ...)."""
         with Session(self.engine) as session:
             keys = set(session.scalars(select(AttributeRow.key).distinct()))
-        extra = set()
-        with Session(self.engine) as session:
-            for row in session.scalars(select(ItemRow.extra).limit(50)):
-                extra |= set((row or {}).keys())
-        return keys | extra
+            for extra in session.scalars(select(ItemRow.extra).limit(50)):     # a sample of the free fields
+                keys |= set((extra or {}).keys())
+        return keys
 
     def with_attribute(self, key: str, value: str) -> list[str]:
         """Item ids having attribute key=value (e.g. genre=Comedy, decade=1990s)."""
@@ -195,13 +193,9 @@ class Catalog:
 
     def id_title_table(self) -> tuple[list[str], list[str]]:
         """Every item's id and title, in catalog row order."""
-        return [self.items_by_row[r][0] for r in range(len(self.items_by_row))], \
-               [self.items_by_row[r][1] for r in range(len(self.items_by_row))]
-
-    @cached_property
-    def items_by_row(self) -> dict[int, tuple[str, str]]:
         with Session(self.engine) as session:
-            return {r: (i, t) for r, i, t in session.execute(select(ItemRow.row, ItemRow.item_id, ItemRow.title))}
+            rows = session.execute(select(ItemRow.item_id, ItemRow.title).order_by(ItemRow.row)).all()
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     def search_vectors(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, rows) of the ``k`` items nearest to one query vector."""
