@@ -6,6 +6,7 @@ this same code path.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -14,10 +15,12 @@ from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, admissible_tree, build_token_trie
+from engine.sid import ITEM_BEGIN, ITEM_END
+from engine.interests import InterestReader, by_recency, request_terms, serving_lead
 from engine.slots import SlotGrammar
 from engine.prompt import (NEXT_ITEM, NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, NO_THINK_PREFIX, THINK_PREFIX,
                            fresh_user_recommendation, parse_reasoning, recommendation_messages, request_statement,
-                           stated_attributes)
+                           item_span, stated_attributes)
 from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, Message, ThinkrecTokenizer
 
 
@@ -95,7 +98,12 @@ class ReasoningPlan:
     # the slot grammar), so level 3 never states a next item the request rules out.
     required: list[int] = field(default_factory=list)
     required_ends: bool = False   # the required pieces end the list (a decade, or no room for more)
+    # Levels 1-2 read from the long history by the engine (engine/interests.py) are the prefix: the
+    # model writes level 3 only.
+    levels_written: bool = False
 
+
+_SPAN_TEXT = re.compile(re.escape(ITEM_BEGIN) + r"(?:<[a-z]_\d+>)+" + re.escape(ITEM_END))
 
 # Weight of the item head's log-probability beside the SID path's (chosen on ML-100K valid, docs/RESULTS.md
 # issue 25). Exact ranking's budget, in forward steps (one per distinct admissible prefix), is by
@@ -119,8 +127,14 @@ class Recommender:
                  filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
                  follow_share: float = 0.8, think_rank: ThinkRank | None = None,
                  same_item: dict[str, str] | None = None, recent_view: int = 0, recent_weight: float = 0.5,
-                 head_weight: float = DEFAULT_HEAD_WEIGHT, exact_steps: int | None = DEFAULT_EXACT_STEPS):
+                 head_weight: float = DEFAULT_HEAD_WEIGHT, exact_steps: int | None = DEFAULT_EXACT_STEPS,
+                 reader: InterestReader | None = None):
         self.model, self.tokenizer = model, tokenizer
+        # Levels 1-2 read from the user's long history (engine/interests.py): with a reader the
+        # engine writes them (true by construction, beyond the prompt's window) and the model writes
+        # level 3; ``read_levels = False`` lets the model write all three (the older path, measured).
+        self.reader = reader
+        self.read_levels = reader is not None
         # Ids the catalog lists twice for one film (Catalog.duplicates): the reasoning cites only one.
         self.same_item = same_item or {}
         self.sid_codes = {item: tuple(codes) for item, codes in sid_codes.items()}
@@ -192,8 +206,16 @@ class Recommender:
         nothing the model could say there would be true)."""
         if any(i in self.sid_codes for i in history):
             described = constraints.describe() if constraints is not None else ""
-            statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
             required, ends = self.required_pieces(constraints)
+            if self.reader is not None and self.read_levels:
+                reading = self.reader.read([i for i in history if i in self.sid_codes])
+                lead = self.request_lead(reading, constraints, described) if described else ""
+                prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
+                          + self.encode_written(reading.evolution))
+                return ReasoningPlan(prefix=prefix, statement=self.tokenizer.encode(lead, trusted=False) if lead else [],
+                                     cite=self.shown_history(history), required=required, required_ends=ends,
+                                     levels_written=True)
+            statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
             return ReasoningPlan(statement=statement, cite=self.shown_history(history), required=required,
                                  required_ends=ends)
         text = fresh_user_recommendation(constraints, user_text, self.category_word)
@@ -201,6 +223,27 @@ class Recommender:
                   + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]]
                   + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
         return ReasoningPlan(prefix=prefix, complete=True)
+
+    def request_lead(self, reading, constraints: Constraints, described: str) -> str:
+        """Level 3's first sentence under an active request: the interest that fits it, or that none
+        does (engine.interests.serving_lead, the rule the teacher trains with)."""
+        wanted, avoid, decades, structured = request_terms(constraints)
+        liked = self.reader.facts_titled(constraints.like_title) if constraints.like_title else None
+        if liked is not None:
+            wanted |= set(liked.categories)
+        _, sentence = serving_lead(request_statement(described), reading.interests,
+                                   by_recency(reading.interests, reading.size), wanted, avoid, decades, structured)
+        return sentence
+
+    def encode_written(self, text: str) -> list[int]:
+        """Text the engine writes into the reasoning: words with special-token parsing off, item
+        spans (which only the reader puts there, from catalog SIDs) as their tokens."""
+        out, at = [], 0
+        for span in _SPAN_TEXT.finditer(text):
+            out += self.tokenizer.encode(text[at:span.start()], trusted=False) if span.start() > at else []
+            out += self.tokenizer.encode(span.group(0), trusted=True)
+            at = span.end()
+        return out + (self.tokenizer.encode(text[at:], trusted=False) if at < len(text) else [])
 
     def required_pieces(self, constraints: Constraints | None) -> tuple[list[int], bool]:
         """What "Next item:" must state first under ``constraints``: every wanted category (up to the
@@ -298,16 +341,18 @@ class Recommender:
         opened, close, end, levels_1_2 = self._stages(max_new_tokens)
         evolution = self.tokenizer.ids[EVOLUTION]
         context = list(prompt) + plan.prefix
-        generated = yield from self._stream_stage(context, levels_1_2, [opened, close, end], plan.cite, temperature)
-        self._tidy(generated)
-        context += generated
-        if evolution not in generated:
-            yield evolution
-            context.append(evolution)
-            more = yield from self._stream_stage(context, self.LEVEL2_TOKENS, [opened, close, end], plan.cite,
-                                                 temperature)
-            self._tidy(more)
-            context += more
+        if not plan.levels_written:
+            generated = yield from self._stream_stage(context, levels_1_2, [opened, close, end], plan.cite,
+                                                      temperature)
+            self._tidy(generated)
+            context += generated
+            if evolution not in generated:
+                yield evolution
+                context.append(evolution)
+                more = yield from self._stream_stage(context, self.LEVEL2_TOKENS, [opened, close, end], plan.cite,
+                                                     temperature)
+                self._tidy(more)
+                context += more
         written = [opened] + plan.statement
         yield from written
         context += written
@@ -377,9 +422,11 @@ class Recommender:
                 reasoning[i] += tokens
 
         todo = [i for i, plan in enumerate(plans) if not plan.complete]
-        run(todo, levels_1_2, [opened, close, end])
+        run([i for i in todo if not plans[i].levels_written], levels_1_2, [opened, close, end])
         level_2 = []
         for i in todo:
+            if plans[i].levels_written:
+                continue
             self._tidy(reasoning[i])
             if evolution not in reasoning[i]:
                 reasoning[i].append(evolution)
@@ -667,6 +714,7 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
     if facets is None:
         facets = Facets(*catalog.attribute_table())
     same_item = catalog.duplicates()
+    reader = interest_reader(catalog, sid_codes)
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}' (choose transformers or vllm)")
     if backend == "vllm":
@@ -674,7 +722,15 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
             raise ValueError("the vllm backend needs the server's URL (--model-url http://HOST:PORT)")
         tokenizer, meta = load_checked(checkpoint, data)        # the weights live in the server
         return Recommender(None, tokenizer, sid_codes, _window(meta, history_items), model_url=model_url, meta=meta,
-                           facets=facets, category_word=category_word, same_item=same_item), meta
+                           facets=facets, category_word=category_word, same_item=same_item, reader=reader), meta
     model, tokenizer, meta = load_checkpoint(checkpoint, data, device=device)
     return Recommender(model, tokenizer, sid_codes, _window(meta, history_items), facets=facets, category_word=category_word,
-                       same_item=same_item), meta
+                       same_item=same_item, reader=reader), meta
+
+
+def interest_reader(catalog, sid_codes: dict[str, Sequence[int]]) -> InterestReader:
+    """The catalog's reader of levels 1-2, citing items as spans (people see each as its title)."""
+    ids, titles = catalog.id_title_table()
+    _, years, categories = catalog.attribute_table()
+    return InterestReader.from_table(ids, titles, years, categories, catalog.item_vectors(),
+                                     cite=lambda item_id: item_span(sid_codes[item_id]))

@@ -7,7 +7,8 @@ backends match them the same way, with no decoding of text):
 - level 1, after ``(k)``: an interest name: one or two catalog categories that occur together on
   some item, then an era (``1990s``, ``1970s-1990s``), or ``mixed``; ended by ``:``. A name used by
   an earlier interest of the same trace is not offered again, so interests are distinct.
-- level 2, after ``(k)``: a trend (long-term, recent burst, fading, periodic), then ``,`` or ``.``.
+- level 2, after ``(k)``: a trend (engine.interests.TRENDS: steady, growing, cooling, new, fading,
+  returning), then ``,`` or ``.``.
 - level 3, after ``(k)``: the name level 1 gave interest k, copied (any level-1 name when k names
   none), so "Serve (2) …" always says what (2) was.
 - level 3, after ``Next item:``: up to three categories, then at most one decade (or "any
@@ -31,12 +32,12 @@ from itertools import combinations
 
 import numpy as np
 
+from engine.interests import TRENDS
 from engine.prompt import NEXT_ITEM
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 
-TRENDS = ("long-term", "recent burst", "fading", "periodic")
 MAX_OPENER_NUMBER = 9        # "(1)" … "(9)": more interests than this are never written
-MAX_NEXT_CATEGORIES = 3      # the teacher's level 3 names at most three categories
+MAX_NEXT_CATEGORIES = 3      # level 3 names at most three categories (the teacher writes two; a request may ask three)
 LEVEL_ORDER = ("derivation", "evolution", "recommendation")
 
 

@@ -299,10 +299,13 @@ def markdown_table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     thinking = {name: v["reasoning"] for name, v in report["results"].items() if v.get("reasoning")}
     if thinking:
-        keys = ["ungrounded_share", "traces_with_ungrounded", "repeated_citations_per_trace", "distinct_interests",
-                "faithfulness", "faithfulness_categories", "level3_category_accuracy", "level3_decade_accuracy"]
+        keys = ["ungrounded_share", "traces_with_ungrounded", "distinct_interests", "trend_truth",
+                "top_evolution_share", "faithfulness", "faithfulness_categories", "level3_category_accuracy",
+                "baseline_category_accuracy", "level3_category_hit", "baseline_category_hit",
+                "level3_decade_accuracy", "baseline_decade_accuracy"]
         lines += ["", "Reasoning (thinking rows): citations outside the history, repeats, interests, faithfulness "
-                      "(top-10 carrying a level-3 attribute), level-3 accuracy against the true next item", "",
+                      "(top-10 carrying a level-3 attribute), trend truth, the share of the most common level-2 text, "
+                      "level-3 accuracy against the true next item beside the last-10 baseline", "",
                   "| method | mean tokens | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
         for name, values in thinking.items():
             tokens = report["results"][name].get("mean_reasoning_tokens", 0)

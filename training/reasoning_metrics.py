@@ -9,7 +9,13 @@ thinking row next to NDCG.
   makes the first easy);
 - level-3 accuracy against the true next item: share of stated categories the target carries, and
   whether the stated decade is the target's;
-- distinct interests per trace (by name), and how many citations repeat within a trace.
+- distinct interests per trace (by name), and how many citations repeat within a trace;
+- trend truth: level 2's trend statements recounted from the history (engine.interests.check_trends);
+- sameness: the share of traces whose level 2 is the single most common level-2 text;
+- level-3 accuracy next to a no-learning baseline, "the most frequent categories and decade of the
+  last 10 items", with as many categories as level 3 stated (the same odds);
+- contradictions: with an active request, level 3 serving an interest that carries an avoided
+  category, or none of the asked ones, or stating an avoided category (goal 0).
 
 Titles are matched as normalized word runs (case, punctuation and a leading article ignored), the
 longest title first, through a dict of titles: linear in the text, whatever the catalog size.
@@ -21,10 +27,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from collections import Counter
+
+from engine.interests import READ_ITEMS, check_trends
 from engine.prompt import stated_attributes
 
 _SPAN = re.compile(r"<\|item_begin\|>((?:<[a-d]_\d+>)+)<\|item_end\|>")
 _INTEREST = re.compile(r"\((\d+)\)\s*([^:()]+?):")
+_SERVED = re.compile(r"(?:serve it through|[Ss]erve) \((\d+)\)")
 MAX_TITLE_WORDS = 12
 
 
@@ -99,13 +109,52 @@ class ReasoningScorer:
         return bool(set(categories) & set(info.categories)) or (
             decade is not None and info.year is not None and info.year // 10 * 10 == decade)
 
+    def baseline(self, history: Sequence[str], count: int) -> tuple[list[str], int | None]:
+        """The no-learning level 3: the ``count`` most frequent categories and the most frequent
+        decade of the last 10 history items (ties: the more recent first)."""
+        last = [self.items[i] for i in list(history)[-10:] if i in self.items][::-1]
+        categories = Counter(c for info in last for c in info.categories)
+        decades = Counter(info.year // 10 * 10 for info in last if info.year is not None)
+        top = sorted(categories, key=lambda c: -categories[c])[:max(count, 1)]
+        return top, (max(decades, key=lambda d: decades[d]) if decades else None)
+
+    def contradiction(self, level: dict, constraints) -> bool | None:
+        """Whether level 3 goes against the active request (None: no request to go against)."""
+        from engine.interests import request_terms
+
+        wanted, avoid, _, structured = request_terms(constraints)
+        if not (wanted or avoid):
+            return None
+        recommendation = level.get("recommendation", "")
+        names = dict(_INTEREST.findall(_SPAN.sub(" ", level.get("derivation", ""))))
+        served = _SERVED.search(recommendation)
+        if served and served.group(1) in names:
+            categories = {w.strip() for w in names[served.group(1)].split(",")}
+            if categories & avoid or (wanted and not categories & wanted):
+                return True
+        stated, _ = self.stated(recommendation)
+        return bool(set(stated) & avoid)
+
     # -- a whole eval ------------------------------------------------------------------------
     def score(self, levels: Sequence[dict], histories: Sequence[Sequence[str]], ranked: Sequence[Sequence[str]],
-              targets: Sequence[str | None], k: int = 10) -> dict:
+              targets: Sequence[str | None], k: int = 10, constraints: Sequence | None = None,
+              read_items: int = READ_ITEMS) -> dict:
         traces = len(levels)
         citations = outside = repeats = with_outside = 0
         faithful, faithful_category, category_acc, decade_acc, interests = [], [], [], [], []
-        for level, history, items, target in zip(levels, histories, ranked, targets):
+        category_hit, base_hit, base_precision, base_decade = [], [], [], []
+        trend_statements = trend_true = 0
+        contradictions: list[bool] = []
+        evolutions = Counter(level.get("evolution", "") for level in levels)
+        for row, (level, history, items, target) in enumerate(zip(levels, histories, ranked, targets)):
+            read = [i for i in history if i in self.items]
+            checked, true = check_trends(level.get("derivation", ""), level.get("evolution", ""),
+                                         read[-read_items:] if read_items else read, self.items)
+            trend_statements, trend_true = trend_statements + checked, trend_true + true
+            if constraints is not None:
+                said = self.contradiction(level, constraints[row])
+                if said is not None:
+                    contradictions.append(said)
             total, out, repeated = self._ungrounded(level.get("derivation", "") + " " + level.get("evolution", ""),
                                                     set(history))
             citations, outside, repeats = citations + total, outside + out, repeats + repeated
@@ -121,8 +170,14 @@ class ReasoningScorer:
             info = self.items.get(target) if target is not None else None
             if info is not None and categories:
                 category_acc.append(sum(c in info.categories for c in categories) / len(categories))
+                category_hit.append(float(bool(set(categories) & set(info.categories))))
+                top, _ = self.baseline(history, len(categories))
+                base_precision.append(sum(c in info.categories for c in top) / max(len(top), 1))
+                base_hit.append(float(bool(set(top) & set(info.categories))))
             if info is not None and decade is not None and info.year is not None:
                 decade_acc.append(float(info.year // 10 * 10 == decade))
+                _, usual = self.baseline(history, 1)
+                base_decade.append(float(usual == info.year // 10 * 10))
 
         def mean(values):
             return round(sum(values) / len(values), 4) if values else None
@@ -137,7 +192,18 @@ class ReasoningScorer:
                 "faithfulness_categories": mean(faithful_category),     # the categories alone, no decade
                 "stated_share": round(len(faithful) / max(traces, 1), 4),
                 "level3_category_accuracy": mean(category_acc),
-                "level3_decade_accuracy": mean(decade_acc)}
+                "level3_decade_accuracy": mean(decade_acc),
+                # The no-learning level 3 over the same traces (as many categories as level 3 stated).
+                "level3_category_hit": mean(category_hit),
+                "baseline_category_accuracy": mean(base_precision),
+                "baseline_category_hit": mean(base_hit),
+                "baseline_decade_accuracy": mean(base_decade),
+                "trend_statements": trend_statements,
+                "trend_truth": round(trend_true / trend_statements, 4) if trend_statements else None,
+                "top_evolution_share": round(max(evolutions.values()) / traces, 4) if traces else None,
+                "distinct_evolutions": len(evolutions),
+                "requests": len(contradictions),
+                "contradiction_rate": mean([float(c) for c in contradictions])}
 
 
 def scorer_for(view) -> ReasoningScorer:

@@ -211,6 +211,9 @@ def run_steering(args) -> dict:
                                      constraints=constraints, max_reasoning_tokens=args.max_reasoning_tokens,
                                      batch_size=args.batch_size)
 
+    from training.reasoning_metrics import scorer_for
+
+    scorer = scorer_for(view)
     records = []
     started = time.perf_counter()
     modes = [("no-think", False), ("think", True)]
@@ -241,6 +244,8 @@ def run_steering(args) -> dict:
             shown = first_turns.get((c.user, p.kind), (None, []))[1]
             records.append(_record(mode, c, p, state, [str(i.item_id) for i in out.items], neutral_items[c.user],
                                    shown, facets, k))
+            # Level 3 against the active request (issue 27: goal 0).
+            records[-1]["contradiction"] = scorer.contradiction(out.levels, state) if thinking else None
     seconds = time.perf_counter() - started
 
     # The fair anchor: each baseline's full ranking under the same parsed constraints (training/filtered.py).
@@ -260,6 +265,9 @@ def run_steering(args) -> dict:
     report = {"split": args.split, "dataset_users": len(sampled), "fresh_users": args.steering_fresh,
               "checkpoint": checkpoint, "stage": meta.stage, "seconds": round(seconds, 1),
               "vs_sasrec_filter": {mode: ndcg_ratio(records, mode, "sasrec+filter") for mode, _ in modes},
+              "contradiction_rate": _mean([float(r["contradiction"]) for r in records
+                                           if r.get("contradiction") is not None]),
+              "requests_checked": sum(r.get("contradiction") is not None for r in records),
               "summary": summary, "records": records}
     if args.json:
         write_steering(report, Path(args.json))
@@ -330,6 +338,9 @@ def steering_table(report: dict) -> str:
     if ratios:
         lines += ["", "NDCG@10 of thinkrec ÷ sasrec+filter, all consistent requests: "
                   + ", ".join(f"{mode} {fmt(ratio)}" for mode, ratio in ratios.items())]
+    if report.get("requests_checked"):
+        lines += ["", f"Level 3 contradicting the active request (think mode): {fmt(report['contradiction_rate'])} "
+                      f"of {report['requests_checked']} requests"]
     return "\n".join(lines)
 
 
