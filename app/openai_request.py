@@ -39,7 +39,7 @@ MAX_K = 50
 
 # OpenAI's reasoning_effort values (and thinkrec's own budget names) -> the engine's budget.
 EFFORTS = {"none": "off", "off": "off", "minimal": "short", "low": "short", "short": "short",
-           "medium": "full", "high": "full", "xhigh": "full", "max": "full", "full": "full"}
+           "medium": "full", "high": "full", "xhigh": "full", "max": "full", "full": "full", "auto": "auto"}
 # How the engine words a model-server outage (engine.engine.Engine.turn catches BackendUnavailable).
 OUTAGE = "The model server is not answering"
 SID_SPAN = re.compile(r"(?:<[a-z]_\d+>)+")

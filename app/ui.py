@@ -212,7 +212,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
                                           elem_id="user-picker", allow_custom_value=False)
                 start_button = gr.Button("Start session", elem_id="start-session")
                 thinking = gr.Checkbox(value=True, label="Thinking", elem_id="thinking")
-                budget = gr.Radio(["short", "full"], value="full", label="Reasoning budget", elem_id="budget")
+                budget = gr.Radio(["short", "full", "auto"], value="full", label="Reasoning budget", elem_id="budget")
                 k = gr.Slider(1, 20, value=10, step=1, label="Items (K)")
                 beams = gr.Slider(1, 50, value=20, step=1, label="Beam width")
             history = gr.Markdown("_No session yet._", elem_id="history")

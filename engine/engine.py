@@ -82,7 +82,9 @@ class _SessionLock:
 # Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap the reasoning
 # tokens (level 3 keeps 40 of them, levels 1-2 get the rest; engine/recommender.py). "short" gives
 # one interest with its evidence; "full" is the length the model was trained and evaluated at.
-BUDGETS = {"off": 0, "short": 64, "full": 192}
+BUDGETS = {"off": 0, "short": 64, "full": 192, "auto": 192}
+# "auto" reasons only where reasoning carries what the direct answer lacks (Recommender.worth_reasoning:
+# a history longer than the prompt's window, or an active request) and answers directly otherwise.
 
 
 def budget_tokens(budget: str | int) -> int:
@@ -345,7 +347,7 @@ class Engine:
 
         def work() -> None:
             try:
-                for event in self._turn(session_id, message, thinking, k, num_beams, tokens):
+                for event in self._turn(session_id, message, thinking, k, num_beams, tokens, budget == "auto"):
                     events.put(event)
             except BackendUnavailable as error:
                 # Nothing of this turn was saved (the exchange is written at its end, in one
@@ -373,15 +375,16 @@ class Engine:
             yield event
 
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int,
-              budget: int) -> Iterator[Event]:
-        turn = yield from self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, budget)
+              budget: int, adaptive: bool = False) -> Iterator[Event]:
+        turn = yield from self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, budget,
+                                     adaptive)
         if turn.info.question:
             yield from self._ask(turn)
             return
         if turn.info.available == 0:
             yield from self._refuse(turn)
             return
-        if thinking:
+        if turn.thinking:
             with self._model_lock:
                 yield from self._reason(turn)
         with self._model_lock:
@@ -389,7 +392,7 @@ class Engine:
         yield from self._answer(turn, result)
 
     def _read(self, session: ChatSession, message: str | None, thinking: bool, k: int,
-              num_beams: int, budget: int = BUDGETS["full"]) -> Iterator[Event]:
+              num_beams: int, budget: int = BUDGETS["full"], adaptive: bool = False) -> Iterator[Event]:
         """Step 1: the message as a request merged into the session's constraints, what it leaves
         out, and how many items remain; notices about the message as events. Returns the turn."""
         text, notices = clean_message(message, self.max_message_chars)
@@ -419,6 +422,7 @@ class Engine:
             yield NoticeEvent(text=f"Only {info.available} item{'s' * (info.available != 1)} satisfy "
                                    f"{info.active}: showing all of them.")
         earlier = self._earlier_turns(session)
+        thinking = thinking and (not adaptive or self.recommender.worth_reasoning(session.history, constraints))
         return _TurnState(session=session, text=text, request=request, constraints=constraints, info=info,
                           exclude=exclude, thinking=thinking, k=k, num_beams=max(k, int(num_beams or k)),
                           budget=budget, earlier=earlier, started=time.perf_counter(),
@@ -494,7 +498,8 @@ class Engine:
         nothing: the side-by-side view asks the same turn in several modes."""
         tokens = budget_tokens(budget)
         thinking = bool(thinking) and tokens > 0
-        steps = self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, tokens)
+        steps = self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, tokens,
+                           budget == "auto")
         try:
             while True:
                 next(steps)                                   # notices: not needed here
@@ -502,7 +507,7 @@ class Engine:
             turn = done.value
         if turn.info.available == 0 or turn.info.question:
             return [], turn.info, {}
-        if thinking:
+        if turn.thinking:
             with self._model_lock:
                 for _ in self._reason(turn):
                     pass

@@ -224,6 +224,15 @@ class Recommender:
                   + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
         return ReasoningPlan(prefix=prefix, complete=True)
 
+    def worth_reasoning(self, history: Sequence[str], constraints: Constraints | None) -> bool:
+        """The adaptive budget's rule: reason where the reasoning carries what the direct answer
+        lacks: a history longer than the prompt's window (levels 1-2 read all of it) or an active
+        request (level 3 serves it through an interest). Otherwise answer directly."""
+        known = sum(1 for i in history if i in self.sid_codes)
+        long_history = self.reader is not None and self.read_levels and bool(self.history_items) \
+            and known > self.history_items
+        return long_history or bool(constraints is not None and (constraints.is_hard() or constraints.is_soft()))
+
     def request_lead(self, reading, constraints: Constraints, described: str) -> str:
         """Level 3's first sentence under an active request: the interest that fits it, or that none
         does (engine.interests.serving_lead, the rule the teacher trains with)."""

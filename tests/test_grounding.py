@@ -151,3 +151,34 @@ def test_two_history_views_rank_within_the_constraints(engine, monkeypatch):
     assert both
     for item in both:
         assert abs(item.score - (full[item.item_id] + short[item.item_id])) < 1e-3
+
+
+def test_levels_one_and_two_are_read_from_the_long_history(engine):
+    """With a reader the engine writes levels 1-2 over the whole history (beyond the prompt's
+    window), true by recount; the model writes level 3; an active request is served by an interest
+    that fits it, or level 3 says none does."""
+    from engine.constraints import Constraints
+    from engine.interests import check_trends
+
+    rec = engine.recommender
+    assert rec.reader is not None and rec.read_levels
+    history = list(rec.sid_codes)[:rec.history_items + 10]     # longer than the prompt's window
+    reading = rec.reader.read(history)
+    [answer] = rec.recommend([history], k=5, thinking=True)
+    assert answer.levels["evolution"] == reading.evolution.strip()
+    statements, true = check_trends(reading.derivation, reading.evolution, history, rec.reader.items)
+    assert statements == true > 0
+    cited = {i for it in reading.interests for i in it.evidence_ids}
+    assert cited <= set(history)
+    # Level 3 is the model's, after the engine's levels.
+    assert "Next item:" in answer.levels["recommendation"]
+    wanted = rec.facets.vocabulary[0]
+    constraints = Constraints(want=[[wanted]])
+    [steered] = rec.recommend([history], k=5, thinking=True, constraints=[constraints])
+    level3 = steered.levels["recommendation"]
+    assert level3.startswith(f"You asked for {wanted}")
+    fits = [n + 1 for n, it in enumerate(reading.interests) if wanted in it.categories]
+    if fits:
+        assert any(f"serve it through ({n}) " in level3 for n in fits), level3
+    else:
+        assert "none of the interests fits, so serve the request alone." in level3, level3

@@ -81,10 +81,22 @@ def test_demo_command_writes_a_transcript(engine, built_dataset, tiny_checkpoint
 
 
 @pytest.mark.browser
-def test_a_scenario_plays_in_the_browser(engine):
+def _small_answers(path):
+    """A bundled scenario with 1-item answers: the test catalog holds two items of one genre and
+    decade, and a turn with fewer than asked would ask a question instead of answering."""
+    scenario = load_scenario(path)
+    scenario.k = 1
+    return scenario
+
+
+def test_a_scenario_plays_in_the_browser(engine, monkeypatch):
     """The Demo tab in Chromium: start a bundled scenario, step through it to the end; each step
     shows what it should show, and a turn shows its items."""
     from playwright.sync_api import expect, sync_playwright
+
+    import app.demo_tab
+
+    monkeypatch.setattr(app.demo_tab, "load_scenario", _small_answers)
 
     from tests.test_browser import CHROMIUM_ARGS, chromium_path
     from app.ui import build_app
@@ -113,6 +125,20 @@ def test_a_scenario_plays_in_the_browser(engine):
             expect(page.locator("#scenario-next")).to_be_disabled(timeout=10_000)
             Path("test-results").mkdir(exist_ok=True)
             page.screenshot(path="test-results/demo-tab.png", full_page=True)
+            # The fresh user's reasoning says what little there is: nothing, then the one liked film.
+            page.locator("#scenario-picker input").fill("fresh-user")
+            page.keyboard.press("Enter")
+            expect(page.locator("#scenario-outline")).to_contain_text("A fresh user", timeout=30_000)
+            page.locator("#scenario-start").click()
+            expect(page.locator("#scenario-steps")).to_contain_text("Session started", timeout=30_000)
+            for number in range(1, len(load_scenario(bundled()["fresh-user"]).steps) + 1):
+                page.locator("#scenario-next").click()
+                expect(page.locator("#scenario-steps")).to_contain_text(f"Step {number}:", timeout=60_000)
+            text = page.locator("#scenario-steps").inner_text()
+            Path("test-results/demo-fresh-user.txt").write_text(text)
+            assert "No history yet: no interests to derive." in text
+            assert "Only 1 item so far" in text and "Too few items to follow a trend: 1 so far." in text
+            page.screenshot(path="test-results/demo-fresh-user.png", full_page=True)
             browser.close()
     finally:
         demo.close()
@@ -144,3 +170,31 @@ def test_placeholders_leave_answers_to_give_for_a_user_who_watched_every_genre(e
     best = max(available(category, (facets.year_of(i) or 0) // 10 * 10) for i in unseen
                if category in facets.categories_of(i))
     assert available(category, decade) >= min(2 * shown, best) > 0
+
+
+@pytest.mark.parametrize("name", sorted(bundled()))
+def test_every_bundled_scenario_reads_true(engine, name):
+    """Each thinking step of each bundled scenario: levels 1-2 are whole sentences whose trend
+    statements recount true from the session's history, a short history is said plainly, and
+    level 3 never goes against the active request."""
+    from engine.interests import check_trends
+    from training.reasoning_metrics import ItemInfo, ReasoningScorer
+
+    items = engine.recommender.reader.items
+    scorer = ReasoningScorer({i: ItemInfo(f.title, f.categories, f.year) for i, f in items.items()}, {})
+    scenario = _small_answers(bundled()[name])
+    thought = 0
+    for outcome in play(engine, scenario):
+        if not outcome.levels:
+            continue
+        thought += 1
+        session = engine.sessions.get(outcome.session_id)
+        derivation, evolution = outcome.levels["derivation"], outcome.levels["evolution"]
+        assert derivation.endswith(".") and evolution.endswith("."), outcome.levels
+        statements, true = check_trends(derivation, evolution, session.history, items)
+        assert statements == true, outcome.levels
+        if 0 < len(session.history) < 3:
+            assert derivation.startswith(f"Only {len(session.history)} item"), derivation
+            assert evolution.startswith("Too few items to follow a trend"), evolution
+        assert not scorer.contradiction(outcome.levels, session.constraints), (outcome.levels, session.constraints)
+    assert thought or not scenario.thinking

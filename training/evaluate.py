@@ -57,6 +57,9 @@ class EvalArgs:
     prior: str = ""                     # thinkrec rows: a decode-time prior from a second model, sasrec or markov (empty: none)
     prior_weight: float = 0.5           # with --prior: its log-probability's weight beside thinkrec's score
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
+    read_levels: bool = True            # thinking rows: the engine writes levels 1-2 from the long history (False: the model writes all three)
+    read_items: int = 400               # the reader's budget: latest history items levels 1-2 read (0: all)
+    history_items: int | None = None    # latest history items a prompt lists (None: as the checkpoint was trained; 0: all)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
     steering_users: int = 40            # --steering: sampled dataset users of the split
     steering_fresh: int = 10            # --steering: fresh users (no history)
@@ -222,7 +225,11 @@ def run(args: EvalArgs) -> dict:
     runs = [(method, thinking, budget) for method, thinking in thinking_modes
             for budget in (budgets if thinking else [args.max_reasoning_tokens])]
     for label, checkpoint in checkpoints.items():
-        recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url)
+        recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url,
+                                             history_items=args.history_items)
+        recommender.read_levels = args.read_levels and recommender.reader is not None
+        if recommender.reader is not None:
+            recommender.reader.read_items = args.read_items
         recommender.recent_view, recommender.recent_weight = args.recent_view, args.recent_weight
         if args.head_weight is not None and recommender.head is not None:
             recommender.head_weight = args.head_weight
@@ -234,6 +241,7 @@ def run(args: EvalArgs) -> dict:
         # Thinking rows differ only in how beams become a ranking: the first row at a budget
         # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
         reasoned: dict[int, list[list[int]]] = {}
+        rankings: dict[str, list[list[str]]] = {}
         for method, thinking, budget in runs:
             name = f"{method} [{label}]" if label else method
             if thinking and len(budgets) > 1:
@@ -264,8 +272,10 @@ def run(args: EvalArgs) -> dict:
                 extra["example_reasoning"] = answers[0].levels if answers else {}
                 # The levels' quality as numbers: grounding, faithfulness, level-3 accuracy.
                 extra["reasoning"] = scorer.score([a.levels for a in answers], histories, ranked,
-                                                  [r["target"] for r in rows])
+                                                  [r["target"] for r in rows], read_items=args.read_items)
+                extra["read_levels"] = recommender.read_levels
             results[name] = _score(ranked, rows, seconds, catalog, extra)
+            rankings[method] = ranked
             variants = [("follow", float(w), 0.0) for w in args.follow_weights.split(",") if w.strip()]
             variants += [("share", 0.0, float(w)) for w in args.follow_shares.split(",") if w.strip()]
             for kind, weight, share in (variants if thinking else []):
@@ -276,6 +286,17 @@ def run(args: EvalArgs) -> dict:
                 results[f"{name} {kind}={weight or share:g}"] = _score(
                     followed, rows, seconds, catalog,
                     {**extra, "follow_weight": weight, "follow_share": share, "reasoning": reasoning})
+        if "thinkrec" in rankings and "thinkrec-think" in rankings and len(budgets) == 1:
+            # The adaptive budget ("auto"): each user's thinking answer where the engine would reason
+            # (a history longer than the window, or a request), the direct one elsewhere. No decoding.
+            worth = [recommender.worth_reasoning(h, None) for h in histories]
+            ranked = [t if w else d for w, t, d in zip(worth, rankings["thinkrec-think"], rankings["thinkrec"])]
+            share = sum(worth) / len(worth)
+            named = {m: f"{m} [{label}]" if label else m for m in ("thinkrec", "thinkrec-think", "thinkrec-auto")}
+            seconds = (share * results[named["thinkrec-think"]]["seconds"]
+                       + (1 - share) * results[named["thinkrec"]]["seconds"])
+            results[named["thinkrec-auto"]] = _score(ranked, rows, seconds, catalog,
+                                                     {"thinking_share": round(share, 4)})
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
     report["date"] = time.strftime("%Y-%m-%d %H:%M")
