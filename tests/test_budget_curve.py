@@ -14,6 +14,7 @@ from training.budget_curve import BudgetArgs, parse_budgets, run_budget_curve
 
 def test_budgets_parse_names_and_counts_and_refuse_the_rest():
     assert parse_budgets("off, short,128,full,192") == [("off", 0), ("short", 64), ("128", 128), ("full", 192)]
+    assert parse_budgets("full,auto,auto") == [("full", 192), ("auto", 192)]     # a point of its own
     with pytest.raises(ValueError, match="unknown reasoning budget 'fast'"):
         parse_budgets("off,fast")
     with pytest.raises(ValueError, match="empty"):

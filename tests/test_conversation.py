@@ -162,3 +162,22 @@ def test_generation_settings_do_not_come_from_the_checkpoint(engine):
     finally:
         model.generation_config.top_k, model.generation_config.num_beams = saved
     assert before == after
+
+
+def test_the_auto_budget_reasons_only_where_reasoning_reads_more(engine):
+    """"auto": a history no longer than the prompt's window and no request is answered directly; a
+    request (or a history beyond the window) is reasoned about."""
+    from engine.events import TraceEvent
+
+    user = next(u for u, h in engine.user_histories.items() if 0 < len(h) <= engine.recommender.history_items)
+
+    def thought(text):
+        session = engine.start_session(user_id=user)
+        trace = next(e.trace for e in engine.turn(session.id, text, k=3, budget="auto") if isinstance(e, TraceEvent))
+        return trace.thinking, trace.levels
+
+    plain, levels = thought(None)
+    assert plain is False and not levels.get("derivation")
+    wanted = engine.facets.vocabulary[0]
+    asked, levels = thought(f"a {wanted.lower()} please")
+    assert asked is True and levels["recommendation"].startswith(f"You asked for {wanted}")

@@ -34,7 +34,7 @@ class BudgetArgs:
     checkpoint: str = "checkpoints/ml-100k-tiny/sft"  # the checkpoint to measure
     split: str = "valid"                # accuracy on this split (valid keeps test unseen)
     max_users: int = 300                # users of the split for accuracy (0: all)
-    budgets: str = "off,short,128,full"  # budget names (engine.engine.BUDGETS) or token counts
+    budgets: str = "off,short,128,full,auto"  # budget names (engine.engine.BUDGETS) or token counts
     turns: int = 20                     # chat turns per budget for latency
     message: str = "what should I watch next?"  # the latency turns' message (neutral, like the eval)
     seed: int = 0
@@ -50,7 +50,10 @@ def parse_budgets(spec: str) -> list[tuple[str, int]]:
         if not part:
             continue
         tokens = budget_tokens(int(part) if part.isdigit() else part)
-        if tokens not in [t for _, t in budgets]:
+        # "auto" reasons at the full budget where worth it: a point of its own, not a repeat of "full".
+        if part == "auto" and part not in [n for n, _ in budgets]:
+            budgets.append((part, tokens))
+        elif part != "auto" and tokens not in [t for n, t in budgets if n != "auto"]:
             budgets.append((part, tokens))
     if not budgets:
         raise ValueError("--budgets is empty: give names (off, short, full) or token counts, comma-separated")
@@ -74,7 +77,8 @@ def measure_latency(engine, users: list[str], budgets: list[tuple[str, int]], tu
             session = engine.start_session(user_id=users[position])
             position += 1
             started = time.perf_counter()
-            for event in engine.turn(session.id, message, thinking=tokens > 0, k=10, budget=tokens):
+            for event in engine.turn(session.id, message, thinking=tokens > 0, k=10,
+                                     budget=name if name == "auto" else tokens):
                 if isinstance(event, ErrorEvent):
                     raise RuntimeError(f"the engine refused a latency turn: {event.message}")
                 if isinstance(event, TraceEvent):
@@ -92,15 +96,19 @@ def run_budget_curve(args: BudgetArgs) -> dict:
     from training.evaluate import run as run_eval
 
     budgets = parse_budgets(args.budgets)
-    thinking = [t for _, t in budgets if t > 0]
-    methods = (["thinkrec"] if any(t == 0 for _, t in budgets) else []) + (["thinkrec-think"] if thinking else [])
+    thinking = sorted({t for n, t in budgets if t > 0})
+    adaptive = any(n == "auto" for n, _ in budgets)
+    methods = (["thinkrec"] if adaptive or any(t == 0 for _, t in budgets) else []) \
+        + (["thinkrec-think"] if thinking else [])
     accuracy = run_eval(EvalArgs(data=args.data, checkpoint=args.checkpoint, split=args.split,
                                  max_users=args.max_users, methods=",".join(methods), seed=args.seed,
                                  max_reasoning_tokens=thinking[-1] if thinking else 192,
                                  reasoning_budgets=",".join(str(t) for t in thinking)))
     results = accuracy["results"]
 
-    def row_of(tokens: int) -> dict:
+    def row_of(name: str, tokens: int) -> dict:
+        if name == "auto":
+            return results["thinkrec-auto"]
         if tokens == 0:
             return results["thinkrec"]
         return results.get(f"thinkrec-think @{tokens}", results.get("thinkrec-think"))
@@ -113,7 +121,7 @@ def run_budget_curve(args: BudgetArgs) -> dict:
             engine.close()
     points = []
     for name, tokens in budgets:
-        row = row_of(tokens)
+        row = row_of(name, tokens)
         points.append({"budget": name, "tokens": tokens, "hr@10": row["hr@10"], "ndcg@10": row["ndcg@10"],
                        "invalid_rate": row["invalid_rate"],
                        "eval_mean_reasoning_tokens": round(row.get("mean_reasoning_tokens", 0.0), 1),

@@ -275,7 +275,7 @@ def run(args: EvalArgs) -> dict:
                                                   [r["target"] for r in rows], read_items=args.read_items)
                 extra["read_levels"] = recommender.read_levels
             results[name] = _score(ranked, rows, seconds, catalog, extra)
-            rankings[method] = ranked
+            rankings[method] = (name, ranked)
             variants = [("follow", float(w), 0.0) for w in args.follow_weights.split(",") if w.strip()]
             variants += [("share", 0.0, float(w)) for w in args.follow_shares.split(",") if w.strip()]
             for kind, weight, share in (variants if thinking else []):
@@ -286,17 +286,17 @@ def run(args: EvalArgs) -> dict:
                 results[f"{name} {kind}={weight or share:g}"] = _score(
                     followed, rows, seconds, catalog,
                     {**extra, "follow_weight": weight, "follow_share": share, "reasoning": reasoning})
-        if "thinkrec" in rankings and "thinkrec-think" in rankings and len(budgets) == 1:
-            # The adaptive budget ("auto"): each user's thinking answer where the engine would reason
-            # (a history longer than the window, or a request), the direct one elsewhere. No decoding.
+        if "thinkrec" in rankings and "thinkrec-think" in rankings:
+            # The adaptive budget ("auto"): each user's thinking answer (the last budget's) where the
+            # engine would reason (a history longer than the window, or a request), the direct one
+            # elsewhere. No decoding.
+            (direct_name, direct), (think_name, think) = rankings["thinkrec"], rankings["thinkrec-think"]
             worth = [recommender.worth_reasoning(h, None) for h in histories]
-            ranked = [t if w else d for w, t, d in zip(worth, rankings["thinkrec-think"], rankings["thinkrec"])]
             share = sum(worth) / len(worth)
-            named = {m: f"{m} [{label}]" if label else m for m in ("thinkrec", "thinkrec-think", "thinkrec-auto")}
-            seconds = (share * results[named["thinkrec-think"]]["seconds"]
-                       + (1 - share) * results[named["thinkrec"]]["seconds"])
-            results[named["thinkrec-auto"]] = _score(ranked, rows, seconds, catalog,
-                                                     {"thinking_share": round(share, 4)})
+            seconds = share * results[think_name]["seconds"] + (1 - share) * results[direct_name]["seconds"]
+            results[f"thinkrec-auto [{label}]" if label else "thinkrec-auto"] = _score(
+                [t if w else d for w, t, d in zip(worth, think, direct)], rows, seconds, catalog,
+                {"thinking_share": round(share, 4)})
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
     report["date"] = time.strftime("%Y-%m-%d %H:%M")
