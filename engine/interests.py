@@ -255,7 +255,11 @@ class InterestReader:
         top = min(3, n - 1)
         # Density: mean cosine to the 3 nearest others; it keeps a lone outlier from seeding a
         # cluster while a dense distant group still gets one.
-        density = np.sort(sims, axis=1)[:, -1 - top:-1].mean(axis=1) if top else np.zeros(n)
+        if top:
+            largest = np.partition(sims, n - 1 - top, axis=1)[:, n - 1 - top:]     # itself and its top nearest
+            density = (largest.sum(axis=1) - largest.max(axis=1)) / top
+        else:
+            density = np.zeros(n)
         chosen = [int(np.argmax(density))]
         while len(chosen) < k:
             nearest = sims[:, chosen].max(axis=1)
