@@ -368,8 +368,12 @@ class Recommender:
         # Level 3 cites nothing in the teacher's format; the gate still limits spans to the history.
         # With a request, the model's own "Next item:" list is held back: the engine writes the
         # request's pieces first (see _statement_needed).
-        level3 = yield from self._stream_stage(context, self.LEVEL3_TOKENS, None, plan.cite, temperature, final=True,
-                                               hold_statement=bool(plan.required))
+        stops = self._sentence_end() if plan.levels_written else None
+        if plan.levels_written and plan.statement:
+            level3 = []          # the engine's lead is level 3's sentence: the statement follows at once
+        else:
+            level3 = yield from self._stream_stage(context, self.LEVEL3_TOKENS, stops, plan.cite, temperature,
+                                                   final=True, hold_statement=bool(plan.required))
         closing = [t for t in level3[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
         fix = self._statement_needed(context + level3, level3, plan)
         if fix is not None:
@@ -377,7 +381,7 @@ class Recommender:
             yield from written
             closing = [self.tokenizer.think_end_id]
             if more_needed:
-                more = yield from self._stream_stage(context + level3 + written, self.STATEMENT_TOKENS, None,
+                more = yield from self._stream_stage(context + level3 + written, self.STATEMENT_TOKENS, stops,
                                                      plan.cite, temperature, final=True)
                 closing = [t for t in more[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
         yield from closing
@@ -446,7 +450,12 @@ class Recommender:
             self._tidy(reasoning[i])
             reasoning[i] += [opened] + plans[i].statement
             starts[i] = len(reasoning[i])
-        run(todo, self.LEVEL3_TOKENS, None)
+        # Under engine-written levels 1-2 the model writes one sentence of its own, then the
+        # statement: level 3 ends at its first period (a small model otherwise loops on "(k) name.").
+        # With a request, the engine's lead is that sentence: the statement follows at once.
+        run([i for i in todo if not plans[i].levels_written], self.LEVEL3_TOKENS, None)
+        run([i for i in todo if plans[i].levels_written and not plans[i].statement], self.LEVEL3_TOKENS,
+            self._sentence_end())
         unstated = []
         for i in todo:
             level3 = reasoning[i][starts[i]:]
@@ -458,8 +467,16 @@ class Recommender:
                     unstated.append(i)
                 else:
                     reasoning[i].append(self.tokenizer.think_end_id)
-        run(unstated, self.STATEMENT_TOKENS, None)
+        run([i for i in unstated if not plans[i].levels_written], self.STATEMENT_TOKENS, None)
+        run([i for i in unstated if plans[i].levels_written], self.STATEMENT_TOKENS, self._sentence_end())
         return reasoning
+
+    def _sentence_end(self) -> list[int] | None:
+        """Level 3's stops under engine-written levels: the period's token (when it is one) besides
+        the closing tokens."""
+        period = self.tokenizer.encode(".", trusted=False)
+        closing = [self.tokenizer.think_end_id, self.tokenizer.end_id]
+        return period + closing if len(period) == 1 else None
 
     def item_prompt(self, prompt: Sequence[int], reasoning: Sequence[int]) -> list[int]:
         body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]

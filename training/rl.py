@@ -137,7 +137,7 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
     from tqdm.auto import tqdm
 
     from data.catalog import Catalog
-    from engine.recommender import Recommender
+    from engine.recommender import Recommender, interest_reader
     from training.trainer import mixed_precision
 
     out.mkdir(parents=True, exist_ok=True)
@@ -151,8 +151,10 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
+    # Rollouts reason as the app does: levels 1-2 read by the engine, level 3 the policy's.
+    catalog = Catalog(view.folder)
     recommender = Recommender(policy, tokenizer, view.codes, history_items=history_items, facets=view.facets, category_word=view.category_word,
-                              same_item=Catalog(view.folder).duplicates())
+                              same_item=catalog.duplicates(), reader=interest_reader(catalog, view.codes))
     eval_rows = view.valid[:args.eval_users]
 
     progress = resume_state(accelerator, out, title, steps)
