@@ -235,7 +235,8 @@ def test_train_rl_cli_specializes_then_unifies(built_dataset, tiny_checkpoint, t
                                          "--json", str(report)])
     assert evaluated.exit_code == 0, evaluated.output
     results = json.loads(report.read_text())["results"]
-    assert set(results) == {"thinkrec [sft]", "thinkrec-think [sft]", "thinkrec [rl]", "thinkrec-think [rl]"}
+    assert set(results) == {"thinkrec [sft]", "thinkrec-think [sft]", "thinkrec-auto [sft]", "thinkrec [rl]",
+                            "thinkrec-think [rl]", "thinkrec-auto [rl]"}
     assert results["thinkrec [rl]"]["stage"] == "unified" and results["thinkrec [rl]"]["invalid_rate"] == 0
     # Thinking rows carry the reasoning's quality as numbers; non-thinking rows have none.
     assert {"ungrounded_share", "faithfulness", "level3_category_accuracy", "distinct_interests"} <= \
