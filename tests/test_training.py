@@ -181,7 +181,8 @@ def test_eval_runs_every_method(trained, built_dataset, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["num_users"] == 8 and set(report["results"]) == {"popularity", "markov", "sasrec", "thinkrec",
-                                                                   "thinkrec-think", "thinkrec-race"}
+                                                                   "thinkrec-think", "thinkrec-race", "thinkrec-auto"}
+    assert 0 <= report["results"]["thinkrec-auto"]["thinking_share"] <= 1
     for values in report["results"].values():
         assert values["invalid_rate"] == 0 and values["seen_rate"] == 0 and values["repeat_rate"] == 0
         assert 0 <= values["ndcg@10"] <= values["hr@10"] <= 1
