@@ -282,9 +282,11 @@ class Engine:
 
     def _reason(self, turn: _TurnState) -> Iterator[Event]:
         """Step 2 (thinking): stream the three levels, or replay them from the Think-Ahead cache."""
-        # The key is the whole conversation state: the prompt holds the history, earlier turns and
-        # this message; exclusions and constraints complete it. No two conversations share one.
-        key = (tuple(turn.prompt), tuple(sorted(turn.exclude)), turn.constraints.key(), turn.budget)
+        # The key is the whole conversation state: the prompt holds the recent history, earlier turns
+        # and this message; the whole history in order (levels 1-2 read all of it), exclusions and
+        # constraints complete it. No two conversations share one.
+        key = (tuple(turn.prompt), tuple(turn.session.history), tuple(sorted(turn.exclude)), turn.constraints.key(),
+               turn.budget)
         started = time.perf_counter()
         with self._think_guard:
             cached = self._think_cache.get(key)
