@@ -123,7 +123,7 @@ def _era(decades: list[int]) -> str:
     return f"{low}s" if low == high else f"{low}s-{high}s"
 
 
-def _normalize_title(title: str) -> str:
+def normalize_title(title: str) -> str:
     text = re.sub(r"[^0-9a-z]+", " ", title.lower()).strip()
     return re.sub(r"^(the|a|an) ", "", text)
 
@@ -231,8 +231,8 @@ class InterestReader:
         if not hasattr(self, "_by_title"):
             self._by_title = {}
             for facts in sorted(self.items.values(), key=lambda f: -f.row):
-                self._by_title[_normalize_title(facts.title)] = facts
-        return self._by_title.get(_normalize_title(title))
+                self._by_title[normalize_title(facts.title)] = facts
+        return self._by_title.get(normalize_title(title))
 
     def era_base(self, era: str) -> float:
         """Share of the catalog's dated items inside an era."""

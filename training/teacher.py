@@ -18,15 +18,14 @@ whole corpus on a laptop; the same input always gives the same text.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from engine.constraints import Constraints
-from engine.interests import (TREND_PHRASE, Interest, InterestReader, ItemFacts, by_recency, decade_of,
-                              serving_lead)
+from engine.interests import (TREND_PHRASE, Interest, InterestReader, ItemFacts, normalize_title, by_recency,
+                              decade_of, serving_lead)
 from engine.prompt import request_statement
 
 MAX_NEXT_CATEGORIES = 2   # level 3 names at most two categories: the served interest's, then the target's rarest
@@ -59,15 +58,10 @@ class Rationale:
     next_item: tuple[str, ...] = ()                        # the attributes level 3 asks for
 
 
-def _normalize_title(title: str) -> str:
-    text = re.sub(r"[^0-9a-z]+", " ", title.lower()).strip()
-    return re.sub(r"^(the|a|an) ", "", text)
-
-
 def mentions(text: str, title: str) -> bool:
     """Whether text names the title (case, punctuation and a leading article ignored)."""
-    needle = _normalize_title(title)
-    return bool(needle) and f" {needle} " in f" {_normalize_title(text)} "
+    needle = normalize_title(title)
+    return bool(needle) and f" {needle} " in f" {normalize_title(text)} "
 
 
 class DeterministicTeacher:
@@ -87,8 +81,6 @@ class DeterministicTeacher:
         self.reader = InterestReader(items, embeddings, self.cite, READ_ITEMS if read_items is None else read_items,
                                      max_interests)
         self.base_rate = self.reader.base_rate
-        # "more like <title>": the first catalog row wins when titles repeat.
-        self.by_title = {_normalize_title(f.title): f for f in sorted(items.values(), key=lambda f: -f.row)}
 
     # -- levels 1-2 --------------------------------------------------------------------------
     def analyse(self, history: list[str], timestamps: list[float]) -> tuple[list[Interest], list[str]]:
@@ -135,7 +127,8 @@ class DeterministicTeacher:
         reading = self.reader.read(history, timestamps)
         interests = reading.interests
         ranked = self._ranked(interests, reading.size, target) if interests else []
-        liked = self.by_title.get(_normalize_title(request.like_title)) if request and request.like_title else None
+        # "more like <title>": the first catalog row wins when titles repeat (the engine's own lookup).
+        liked = self.reader.facts_titled(request.like_title) if request and request.like_title else None
         served, lead = self._serve(interests, ranked, request, liked)
         categories, decade = self._next_item(interests, served, self.items[target] if target is not None else None,
                                              request, liked)
