@@ -409,7 +409,7 @@ class InterestReader:
             interests.append(Interest(
                 name=name, categories=categories, era=era, members=members, evidence=evidence, trend=trend,
                 latest=latest, latest_size=size,
-                direction=self._direction([facts[p].year for p in members if facts[p].year is not None]),
+                direction=_direction([facts[p].year for p in members if facts[p].year is not None]),
                 weight=len(members) / n,
                 decades=tuple(sorted({decade_of(facts[p].year) for p in members if facts[p].year is not None})),
                 evidence_ids=evidence_ids, centroid=centroid))
@@ -418,8 +418,6 @@ class InterestReader:
         claimed = {p for it in interests for p in it.members}
         set_aside = [known[r] for r in sorted(noise - claimed, reverse=True)]
         return interests, set_aside
-
-    _direction = staticmethod(_direction)
 
     def derivation_text(self, interests: list[Interest], set_aside: list[str], size: int) -> str:
         cite = self.cite
@@ -475,7 +473,7 @@ def contradicts(served: Interest | None, wanted: set[str], avoid: set[str]) -> b
 
 
 # -- checking a trace against its history ---------------------------------------------------------
-_NAME = re.compile(r"\((\d+)\)\s*([^:()]+?):")
+INTEREST_NAME = re.compile(r"\((\d+)\)\s*([^:()]+?):")    # "(2) Comedy, 1950s:" in level 1
 _TREND = re.compile(r"\((\d+)\)\s*(" + "|".join(TRENDS) + r"), (\d+) of its (\d+) items in the latest (\d+)")
 _SPAN = re.compile(r"<\|item_begin\|>.*?<\|item_end\|>")
 
@@ -486,7 +484,7 @@ def check_trends(derivation: str, evolution: str, history: Sequence[str], items:
     ``categories`` and ``year``): interest k's items are those carrying the name level 1 gave it;
     the statement is true when the trend, a, m and r all match the definitions. A trend word with
     no counts, or for an interest level 1 did not name, is checked and false."""
-    names = {int(k): name.strip() for k, name in _NAME.findall(_SPAN.sub(" ", derivation))}
+    names = {int(k): name.strip() for k, name in INTEREST_NAME.findall(_SPAN.sub(" ", derivation))}
     read = [i for i in history if i in items]
     n = len(read)
     stated = re.findall(r"\((\d+)\)\s*(" + "|".join(TRENDS) + r")\b", evolution)

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 
 from collections import Counter
 
-from engine.interests import READ_ITEMS, check_trends
+from engine.interests import INTEREST_NAME, READ_ITEMS, check_trends, request_terms
 from engine.prompt import stated_attributes
 
 _SPAN = re.compile(r"<\|item_begin\|>((?:<[a-d]_\d+>)+)<\|item_end\|>")
-_INTEREST = re.compile(r"\((\d+)\)\s*([^:()]+?):")
 _SERVED = re.compile(r"(?:serve it through|[Ss]erve) \((\d+)\)")
 MAX_TITLE_WORDS = 12
 
@@ -100,7 +99,7 @@ class ReasoningScorer:
 
     @staticmethod
     def interests(derivation: str) -> list[str]:
-        return [name.strip() for _, name in _INTEREST.findall(_SPAN.sub(" ", derivation))]
+        return [name.strip() for _, name in INTEREST_NAME.findall(_SPAN.sub(" ", derivation))]
 
     def _carries(self, item: str, categories: list[str], decade: int | None) -> bool:
         info = self.items.get(item)
@@ -120,13 +119,11 @@ class ReasoningScorer:
 
     def contradiction(self, level: dict, constraints) -> bool | None:
         """Whether level 3 goes against the active request (None: no request to go against)."""
-        from engine.interests import request_terms
-
         wanted, avoid, _, structured = request_terms(constraints)
         if not (wanted or avoid):
             return None
         recommendation = level.get("recommendation", "")
-        names = dict(_INTEREST.findall(_SPAN.sub(" ", level.get("derivation", ""))))
+        names = dict(INTEREST_NAME.findall(_SPAN.sub(" ", level.get("derivation", ""))))
         served = _SERVED.search(recommendation)
         if served and served.group(1) in names:
             categories = {w.strip() for w in names[served.group(1)].split(",")}
