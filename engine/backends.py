@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 from engine.constraints import Constraints
 from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, score_paths,
                              score_trees, stream_reasoning)
-from engine.scheduler import BatchScheduler, wait_all
+from engine.scheduler import BatchScheduler
 from engine.sid import SIDTrie, TrieCursor, TrieFilter
 from engine.slots import SlotGrammar
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
@@ -158,7 +158,7 @@ class BatchedBackend(TransformersBackend):
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
         filters = [self.filter_for(c) for c in constraints] if constraints is not None else [None] * len(prompts)
         width = max(k, num_beams or k)
-        return wait_all([self.scheduler.beams(p, e, k, width, f) for p, e, f in zip(prompts, excludes, filters)])
+        return self.scheduler.wait_beams([self.scheduler.beams(p, e, k, width, f) for p, e, f in zip(prompts, excludes, filters)])
 
     def close(self) -> None:
         self.scheduler.close()

@@ -10,14 +10,19 @@ an error — decoding never falls back to unconstrained sampling.
 Beam search (:func:`beam_search_items`): the prompt ends with ``<|item_begin|>``; each step keeps the
 ``num_beams`` best partial SIDs by summed log-probability, every candidate token coming from its
 beam's trie cursor. Because a full SID path is one item, the finished beams are distinct items;
-the top ``k`` are the recommendation. Eval, RL rollouts and the app all call this one function.
+the top ``k`` are the recommendation. The step itself (:func:`beam_step`) is shared with the batch
+scheduler and the vLLM client, so every backend ranks by the same rule.
+
+Scoring (:func:`score_trees`, :func:`score_levels`): given candidate or admissible items as a
+prefix tree, each path's summed log-probability, one forward per tree level. Re-scoring candidates
+(:func:`score_paths`), exact ranking and the scheduler's batched scoring all use it.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +120,54 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[to
     return ids, mask
 
 
+Beam = tuple[float, TrieCursor]          # (summed log-probability, where the beam stands in the trie)
+TokenLogprobs = Callable[[int, list[int]], Iterable[tuple[int, float]]]
+
+
+def beam_step(beams: Sequence[Beam], token_logprobs: TokenLogprobs, width: int) -> tuple[list[Beam], list[int]]:
+    """One step of beam search over the trie, the one rule every decoder here uses (in-process,
+    the batch scheduler, the vLLM client). Each unfinished beam grows by each token its cursor
+    allows (``token_logprobs(n, allowed)``: (token, log-probability) pairs for beam ``n``); a
+    finished beam (a shorter SID) is carried along unchanged; the ``width`` best by summed
+    log-probability are kept. Returns the kept beams and, for each, the index of the beam it
+    continues. A search starts from ``[(0.0, root)]``."""
+    candidates = []
+    for n, (score, cursor) in enumerate(beams):
+        if cursor.done():
+            candidates.append((score, n, None))
+            continue
+        allowed = cursor.allowed()
+        if allowed:
+            candidates.extend((score + lp, n, token) for token, lp in token_logprobs(n, allowed))
+    candidates.sort(key=lambda c: -c[0])
+    kept, parents = [], []
+    for score, n, token in candidates[:width]:
+        cursor = beams[n][1].clone()
+        if token is not None:
+            cursor.accept(token)
+        kept.append((score, cursor))
+        parents.append(n)
+    return kept, parents
+
+
+def beams_done(beams: Sequence[Beam]) -> bool:
+    return all(cursor.done() for _, cursor in beams)
+
+
+def finished_items(beams: Sequence[Beam], k: int) -> list[RankedItem]:
+    """The ``k`` best finished beams as ranked items (distinct: a full SID path is one item)."""
+    finished = sorted(((score, c) for score, c in beams if c.done()), key=lambda sc: -sc[0])
+    return [RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in finished[:k]]
+
+
+def row_logprobs(logprobs: torch.Tensor, first_row: int = 0) -> TokenLogprobs:
+    """``token_logprobs`` for beams whose log-probabilities are rows ``first_row + n`` of a tensor."""
+    def pairs(n: int, allowed: list[int]) -> Iterable[tuple[int, float]]:
+        index = torch.tensor(allowed, device=logprobs.device)
+        return zip(allowed, logprobs[first_row + n, index].tolist())
+    return pairs
+
+
 @torch.no_grad()
 def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int, pad_id: int,
                 filters: Sequence[TrieFilter | None]) -> list[list[RankedItem]]:
@@ -123,64 +176,28 @@ def _beam_chunk(model, prompts, trie: SIDTrie, excludes, num_beams: int, k: int,
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
     cache, logprobs = cache_of(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    users, width = len(prompts), num_beams
-    # Beam slots: (score, cursor); a slot with score -inf is empty. Slot s of user u is row u*W+s.
-    slots: list[tuple[float, TrieCursor | None]] = []
-    for user in range(users):
-        root = trie.cursor(exclude=excludes[user], restrict=filters[user])
-        allowed = root.allowed()
-        ranked = sorted(((logprobs[user, t].item(), t) for t in allowed), reverse=True)[:width]
-        for score, token in ranked:
-            cursor = root.clone()
-            cursor.accept(token)
-            slots.append((score, cursor))
-        slots.extend([(float("-inf"), None)] * (width - len(ranked)))
-    cache.batch_repeat_interleave(width)
-    attention = attention.repeat_interleave(width, dim=0)
-    last_position = positions[:, -1].repeat_interleave(width)
-
-    while any(c is not None and not c.done() for _, c in slots):
-        tokens = torch.tensor([[c.prefix[-1] if c is not None else pad_id] for _, c in slots], device=device)
-        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        last_position = last_position + 1
+    last_position = positions[:, -1]
+    # Each user's beams are consecutive rows of the batch, from ``first[u]`` on (one prompt row at first).
+    beams = [[(0.0, trie.cursor(exclude=excludes[u], restrict=filters[u]))] for u in range(len(prompts))]
+    first = list(range(len(prompts)))
+    while True:
+        parents, starts = [], []
+        for u in range(len(beams)):
+            beams[u], picked = beam_step(beams[u], row_logprobs(logprobs, first[u]), num_beams)
+            starts.append(len(parents))
+            parents += [first[u] + p for p in picked]
+        first = starts
+        if all(beams_done(b) for b in beams):
+            break
+        index = torch.tensor(parents, device=device)
+        cache.batch_select_indices(index)
+        attention = torch.cat([attention[index], torch.ones_like(attention[index][:, :1])], dim=1)
+        last_position = last_position[index] + 1
+        tokens = torch.tensor([[c.prefix[-1]] for user in beams for _, c in user], device=device)
         out = model(input_ids=tokens, attention_mask=attention, position_ids=last_position[:, None],
                     **with_cache(model, cache), use_cache=True)
         cache, logprobs = cache_of(out), torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        next_slots, parents = [], []
-        for user in range(users):
-            candidates = []
-            for s in range(width):
-                row = user * width + s
-                score, cursor = slots[row]
-                if cursor is None:
-                    continue
-                if cursor.done():   # a shorter SID finished earlier: carry it along unchanged
-                    candidates.append((score, row, None))
-                    continue
-                allowed = cursor.allowed()
-                if allowed:
-                    step = logprobs[row, torch.tensor(allowed, device=device)].tolist()
-                    candidates.extend((score + lp, row, t) for lp, t in zip(step, allowed))
-            candidates.sort(key=lambda c: -c[0])
-            for score, row, token in candidates[:width]:
-                cursor = slots[row][1].clone()
-                if token is not None:
-                    cursor.accept(token)
-                next_slots.append((score, cursor))
-                parents.append(row)
-            for _ in range(width - min(width, len(candidates))):
-                next_slots.append((float("-inf"), None))
-                parents.append(user * width)
-        cache.batch_select_indices(torch.tensor(parents, device=device))
-        attention, last_position = attention[parents], last_position[parents]
-        slots = next_slots
-
-    results = []
-    for user in range(users):
-        finished = [(score, c) for score, c in slots[user * width:(user + 1) * width] if c is not None and c.done()]
-        finished.sort(key=lambda sc: -sc[0])
-        results.append([RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in finished[:k]])
-    return results
+    return [finished_items(b, k) for b in beams]
 
 
 def beam_search_items(model, prompts: Sequence[Sequence[int]], trie: SIDTrie,
@@ -211,61 +228,24 @@ def score_paths(model, prompts: Sequence[Sequence[int]], paths: Sequence[Sequenc
                 items: Sequence[Sequence[Hashable]] | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate token path after its prompt (teacher forcing):
     ``paths[u]`` are user ``u``'s candidates (SIDs, ending where an item ends). The numbers are
-    the ones beam search ranks by, so beams and re-scored candidates compare directly. Each
-    prompt is encoded once; its cache is copied to its candidates for the path tokens.
+    the ones beam search ranks by, so beams and re-scored candidates compare directly. The
+    candidates are a small :class:`ItemTree` scored by :func:`score_trees`, the one tree scorer.
     With an item ``head`` and ``head_weight``, each candidate (``items[u]``, parallel to ``paths``)
-    also gets ``head_weight`` × the head's log-probability: the scale :func:`score_trees` ranks by."""
-    from engine.item_head import last_hidden
-
-    device = next(model.parameters()).device
+    also gets ``head_weight`` × the head's log-probability."""
     with_head = head is not None and bool(head_weight)
     if with_head and items is None:
         raise ValueError("score_paths: the item head needs the candidates' item ids")
+    trees = [ItemTree.of(items[u] if with_head else range(len(cands)), cands) for u, cands in enumerate(paths)]
     was_training = model.training
     model.eval()
-    out_scores: list[list[float]] = []
     try:
+        out: list[list[float]] = []
         for start in range(0, len(prompts), batch_size):
-            chunk, chunk_paths = prompts[start:start + batch_size], paths[start:start + batch_size]
-            ids, attention = _left_pad(chunk, pad_id, device)
-            positions = (attention.cumsum(-1) - 1).clamp(min=0)
-            hidden, out = last_hidden(model, input_ids=ids, attention_mask=attention, position_ids=positions,
-                                      use_cache=True)
-            first = torch.log_softmax(model.get_output_embeddings()(hidden[:, -1]).float(), dim=-1)
-            head_lp = head.log_probs(hidden[:, -1]) if with_head else None
-            owners = [u for u, cands in enumerate(chunk_paths) for _ in cands]
-            flat = [list(p) for cands in chunk_paths for p in cands]
-            flat_items = [i for cands in items[start:start + batch_size] for i in cands] if with_head else []
-            scores = [0.0] * len(flat)
-            if flat:
-                depth = max(len(p) for p in flat)
-                for row, (u, path) in enumerate(zip(owners, flat)):
-                    scores[row] = first[u, path[0]].item()
-                    if with_head:
-                        scores[row] += head_weight * head_lp[u, head.row_of[str(flat_items[row])]].item()
-                if depth > 1:
-                    cache = cache_of(out)
-                    index = torch.tensor(owners, device=device)
-                    cache.batch_select_indices(index)
-                    # Shorter paths are padded with their last token; their extra steps are not summed.
-                    steps = torch.tensor([p[:depth - 1] + [p[-1]] * (depth - 1 - len(p[:depth - 1])) for p in flat],
-                                         device=device)
-                    mask = torch.cat([attention[index], torch.ones(len(flat), depth - 1, dtype=attention.dtype,
-                                                                    device=device)], dim=1)
-                    step_positions = positions[index, -1:] + torch.arange(1, depth, device=device)[None, :]
-                    logits = model(input_ids=steps, attention_mask=mask, position_ids=step_positions,
-                                   **with_cache(model, cache), use_cache=True).logits.float()
-                    logprobs = torch.log_softmax(logits, dim=-1)
-                    for row, path in enumerate(flat):
-                        for j in range(1, len(path)):
-                            scores[row] += logprobs[row, j - 1, path[j]].item()
-            at = 0
-            for cands in chunk_paths:
-                out_scores.append(scores[at:at + len(cands)])
-                at += len(cands)
+            out += score_trees(model, prompts[start:start + batch_size], trees[start:start + batch_size], pad_id,
+                               head if with_head else None, head_weight if with_head else 0.0)
+        return out
     finally:
         model.train(was_training)
-    return out_scores
 
 
 @torch.no_grad()
@@ -425,10 +405,8 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
     """Every admissible item's full SID log-probability after its prompt (each prompt ends with
     ``<|item_begin|>``), plus ``head_weight`` × the item head's log-probability when there is a head.
 
-    One forward over the prompts; then one forward per tree level for all prompts at once, each
-    distinct prefix one token that attends to its prompt's cached keys and values and to its own
-    ancestors (tree attention through a 4-D mask), so no prompt cache is copied. The deepest level
-    is not kept in the cache (nothing attends to it); levels wider than the mask budget go in chunks.
+    One forward over the prompts; then :func:`score_levels`, one forward per tree level for all
+    prompts at once.
     ``parts``: return (SID scores, head log-probabilities) per prompt instead of their weighted sum.
     ``extra`` > 0 (with a head): from the same prompt pass, the head's ``extra`` best items that
     ``admissible[u]`` accepts join tree ``u`` (``trees`` is a list, its entries replaced; ``path_of(item)``
@@ -462,10 +440,30 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
         for u, tree in enumerate(trees):
             rows = torch.tensor([head.row_of[str(i)] for i in tree.items], dtype=torch.long, device=device)
             head_scores[u] = head_lp[u, rows].tolist() if len(rows) else []
+    score_levels(model, cache, attention, positions[:, -1], trees, scores, pad_id, max_mask_cells)
+    if parts:
+        return list(zip(scores, head_scores))
+    return [[s + head_weight * h for s, h in zip(sid, extra)] for sid, extra in zip(scores, head_scores)]
+
+
+@torch.no_grad()
+def score_levels(model, cache, attention: torch.Tensor, last_position: torch.Tensor, trees: Sequence[ItemTree],
+                 scores: list[list[float]], pad_id: int, max_mask_cells: int = 1 << 25) -> None:
+    """Adds to ``scores[u]`` (each tree path's first-token log-probability) the log-probabilities of
+    the rest of each path: one forward per tree level for all prompts at once, each distinct prefix
+    one token that attends to its prompt's cached keys and values (``cache``, real columns marked by
+    ``attention``, the prompt's last position ``last_position``) and to its own ancestors (tree
+    attention through a 4-D mask), so no prompt cache is copied. The deepest level is not kept in
+    the cache (nothing attends to it); levels wider than the mask budget go in chunks. The batch
+    scheduler calls this with a prompt from its prefix cache."""
+    from engine.item_head import last_hidden
+
+    device = attention.device
+    lm_head = model.get_output_embeddings()
+    dtype = next(model.parameters()).dtype
     num_levels = max((len(t.levels) for t in trees), default=0)
     where: list[dict[tuple, int]] = [dict() for _ in trees]      # prefix -> its cached position
     users = len(trees)
-    last_position = positions[:, -1]
     for depth in range(num_levels):
         level = [t.levels[depth] if depth < len(t.levels) else [] for t in trees]
         width = max(len(nodes) for nodes in level)
@@ -490,7 +488,7 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
                     tokens[u, c] = prefix[-1]
                     for d in range(depth):
                         ancestors[u, c, d] = where[u][prefix[:d + 1]]
-            mask = _tree_chunk_mask(attention, ancestors, cached, stop - start, hidden.dtype)
+            mask = _tree_chunk_mask(attention, ancestors, cached, stop - start, dtype)
             node_positions = (last_position + depth + 1)[:, None].expand(users, stop - start)
             step_hidden, step_out = last_hidden(model, input_ids=tokens, attention_mask=mask, position_ids=node_positions,
                                                 use_cache=True, **with_cache(base_decoder(model), cache))
@@ -512,9 +510,6 @@ def score_trees(model, prompts: Sequence[Sequence[int]], trees: Sequence[ItemTre
                                                               device=device)], dim=1)
             else:
                 cache.crop(-(stop - start))       # a negative count drops that many (transformers 5)
-    if parts:
-        return list(zip(scores, head_scores))
-    return [[s + head_weight * h for s, h in zip(sid, extra)] for sid, extra in zip(scores, head_scores)]
 
 
 def base_decoder(model):

@@ -1,59 +1,76 @@
 """Continuous batching for the in-process model: many sessions' turns share each forward pass.
 
-One thread owns the model and repeats one engine step:
+One thread owns the model and repeats one engine step (nano-vllm's schedule → run → postprocess):
 
-1. **schedule**: jobs that arrived since the last step join (a reasoning stream is one row, a
-   beam search ``num_beams`` rows) while the batch has room; finished or abandoned jobs left
-   during the last step;
-2. **run**: the newcomers' prompts are prefilled in one padded forward and their key/value cache
-   rows are merged into the running batch's cache, then one decode forward runs every running
+1. **schedule**: waiting jobs join (a reasoning stream is one row, a beam search ``width`` rows)
+   in arrival order while the batch has room. A job that does not fit may be passed by smaller
+   ones only until it has waited ``max_wait_s``; after that nothing passes it, the batch drains
+   and it runs (FIFO with aging, so steady one-row load cannot starve a wide beam search);
+2. **run**: the :class:`~engine.runner.ModelRunner` prefills the newcomers' prompts (continuing
+   what its prefix cache knows) and joins their rows, then decodes one token for every running
    row — reasoning tokens of some sessions beside SID beam steps of others;
 3. **postprocess**: each job reads its rows' logits. A reasoning row goes through its own gated
-   trie constraint (the same ``GatedTrieProcessor`` as a single session) and its token goes to
-   the session's stream at once; a beam search keeps its best partial SIDs and tells the cache
-   which parent row each survivor continues. A job that is done hands back its rows.
+   trie constraint and its token goes to the session's stream at once; a beam search keeps its
+   best partial SIDs (``engine.decoding.beam_step``, the rule every backend uses). A job that is
+   done hands back its rows.
 
-A turn asks about the same context several times (each reasoning stage continues the last, the
-item prompt continues the reasoning, candidates are scored after prompts beam search just ran), so
-prefills start from a :class:`PrefixCache` of recent keys and values and run only what is new.
-
-Rows sit in one left-padded cache: a row's attention mask hides the columns before its own
-prompt, and each row keeps its own positions, so a row computes what it would alone (up to
-float rounding; ``tests/test_scheduler.py`` checks greedy results against the unbatched path).
-Other model work (teacher-forced scoring, batched reasoning for many users) runs in the same
-thread between steps, so nothing else ever touches the model at the same time.
+Failures stay with their job: a prefill or decode forward that fails is run again job by job, and a
+job whose own step raises is failed and its rows dropped; the others go on. Anything else that goes
+wrong in the loop fails the jobs running at that moment, and the loop starts again (``restarts``);
+a thread that died anyway is started again by the next submission. Every wait has a timeout
+(:class:`SchedulerTimeout`). Other model work (teacher-forced scoring, batched reasoning for many
+users) runs in the same thread between steps, so nothing else ever touches the model at once.
 
     scheduler = BatchScheduler(model, tokenizer, trie, slots)
     for token in scheduler.stream(prompt, exclude=set(), max_new_tokens=160):
         ...
-    items = scheduler.beams(item_prompt, exclude, k=10, width=20)
+    items = scheduler.beams(item_prompt, exclude, k=10, width=20).result()
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
-import numpy as np
 import torch
-from transformers import DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer
 
-from engine.decoding import GatedTrieProcessor, RankedItem, cache_of, with_cache
-from engine.sid import SIDTrie, TrieCursor, TrieFilter
+from engine.decoding import GatedTrieProcessor, beam_step, beams_done, finished_items, row_logprobs
+from engine.runner import ModelRunner
+from engine.sid import SIDTrie, TrieFilter
 from engine.slots import SlotGrammar
 
+log = logging.getLogger(__name__)
 _DONE = object()        # end of a reasoning stream
 
 
-class _Job:
+class SchedulerTimeout(TimeoutError):
+    """A wait on the scheduler ran past its timeout (the model is overloaded or stuck)."""
+
+
+class _Work:
+    """Anything submitted to the scheduler; ``rows`` is what it holds of the running batch."""
+
+    rows = 0
+    cancelled = False
+
+    def __init__(self):
+        self.arrived = time.monotonic()
+        self.future: Future = Future()
+
+    def fail(self, error: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(error)
+
+
+class _Job(_Work):
     """Work that holds rows of the running batch."""
 
-    cancelled = False
+    prompt: list[int]
 
     def start(self, logits: torch.Tensor) -> list[int]:
         """Read the prefill's last logits (one row); return the tokens its rows feed next (none: done)."""
@@ -63,15 +80,15 @@ class _Job:
         """Read this job's rows' logits; return (parent row within the job, next token) per kept row."""
         raise NotImplementedError
 
-    def fail(self, error: BaseException) -> None:
-        raise NotImplementedError
-
 
 class _Reasoning(_Job):
     """One session's reasoning: greedy or sampled, under the gated trie constraint."""
 
+    rows = 1
+
     def __init__(self, tokenizer, trie: SIDTrie, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int,
                  temperature: float, stops: set[int], cite: set[Hashable] | None, slots: SlotGrammar | None):
+        super().__init__()
         self.prompt = list(prompt)
         self.sequence = list(prompt)
         self.gate = GatedTrieProcessor(tokenizer, trie, len(prompt), [set(exclude)],
@@ -107,177 +124,108 @@ class _Reasoning(_Job):
 
 
 class _Beams(_Job):
-    """One prompt's beam search over the SID trie (the same rule as ``engine.decoding``)."""
+    """One prompt's beam search over the SID trie (``engine.decoding.beam_step``)."""
 
     def __init__(self, prompt: Sequence[int], trie: SIDTrie, exclude: set[Hashable], k: int, width: int,
                  restrict: TrieFilter | None):
+        super().__init__()
         self.prompt = list(prompt)
-        self.k, self.width = k, width
-        self.root = trie.cursor(exclude=exclude, restrict=restrict)
-        self.slots: list[tuple[float, TrieCursor]] = []
-        self.future: Future = Future()
+        self.k, self.width, self.rows = k, width, width
+        self.beams = [(0.0, trie.cursor(exclude=exclude, restrict=restrict))]
 
-    def _finish(self) -> list[int]:
-        finished = sorted(((s, c) for s, c in self.slots if c.done()), key=lambda sc: -sc[0])
-        self.future.set_result([RankedItem(c.item, float(s), tuple(c.prefix)) for s, c in finished[:self.k]])
-        return []
+    def _advance(self, logits: torch.Tensor) -> list[tuple[int, int]]:
+        self.beams, parents = beam_step(self.beams, row_logprobs(torch.log_softmax(logits.float(), dim=-1)),
+                                        self.width)
+        if self.cancelled or beams_done(self.beams):
+            self.future.set_result(finished_items(self.beams, self.k))
+            return []
+        return [(parent, cursor.prefix[-1]) for parent, (_, cursor) in zip(parents, self.beams)]
 
     def start(self, logits):
-        logprobs = torch.log_softmax(logits[0].float(), dim=-1)
-        allowed = self.root.allowed()
-        ranked = sorted(((logprobs[t].item(), t) for t in allowed), reverse=True)[:self.width]
-        for score, token in ranked:
-            cursor = self.root.clone()
-            cursor.accept(token)
-            self.slots.append((score, cursor))
-        if self.cancelled or all(c.done() for _, c in self.slots):
-            return self._finish()
-        return [c.prefix[-1] for _, c in self.slots]
+        return [token for _, token in self._advance(logits)]
 
     def step(self, logits):
-        logprobs = torch.log_softmax(logits.float(), dim=-1)
-        candidates = []
-        for row, (score, cursor) in enumerate(self.slots):
-            if cursor.done():          # a shorter SID finished earlier: carried along unchanged
-                candidates.append((score, row, None))
-                continue
-            allowed = cursor.allowed()
-            if allowed:
-                step = logprobs[row, torch.tensor(allowed)].tolist()
-                candidates.extend((score + lp, row, t) for lp, t in zip(step, allowed))
-        candidates.sort(key=lambda c: -c[0])
-        slots, kept = [], []
-        for score, row, token in candidates[:self.width]:
-            cursor = self.slots[row][1].clone()
-            if token is not None:
-                cursor.accept(token)
-            slots.append((score, cursor))
-            kept.append(row)
-        self.slots = slots
-        if self.cancelled or all(c.done() for _, c in slots):
-            return self._finish()
-        return [(row, c.prefix[-1]) for row, (_, c) in zip(kept, slots)]
-
-    def fail(self, error):
-        if not self.future.done():
-            self.future.set_exception(error)
+        return self._advance(logits)
 
 
-class _Call:
+class _Call(_Work):
     """Any other model work, run in the scheduler's thread between steps."""
 
     def __init__(self, fn: Callable, args: tuple):
+        super().__init__()
         self.fn, self.args = fn, args
-        self.future: Future = Future()
 
 
-class _Score:
+class _Score(_Work):
     """Teacher-forced scores of candidate SID paths; every session's waiting requests are scored
-    in one batched call (``engine.decoding.score_paths``)."""
+    in one batched call (``ModelRunner.score``)."""
 
     def __init__(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]]):
-        self.prompts, self.paths = list(prompts), list(paths)
-        self.future: Future = Future()
-
-
-class _GrowLayer(DynamicLayer):
-    """One layer of the running batch's keys and values, in buffers with room to grow: a decode
-    step writes its column in place instead of copying the whole cache (``DynamicLayer`` grows by
-    concatenation, a copy of every row at every step)."""
-
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
         super().__init__()
-        self.device, self.is_initialized = keys.device, True
-        self.buffers, self.length = (keys, values), length
-        self._views()
-
-    def _views(self) -> None:
-        keys, values = self.buffers
-        self.keys, self.values = keys[:, :, :self.length], values[:, :, :self.length]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        keys, values = self.buffers
-        new = key_states.shape[2]
-        if self.length + new > keys.shape[2]:
-            room = max(new, keys.shape[2] // 2, 32)
-            keys = torch.cat([keys, keys.new_zeros(*keys.shape[:2], room, keys.shape[3])], dim=2)
-            values = torch.cat([values, values.new_zeros(*values.shape[:2], room, values.shape[3])], dim=2)
-            self.buffers = (keys, values)
-        keys[:, :, self.length:self.length + new] = key_states
-        values[:, :, self.length:self.length + new] = value_states
-        self.length += new
-        self._views()
-        return self.keys, self.values
-
-
-def _growing_cache(parts: list[list[tuple[torch.Tensor, torch.Tensor]]], width: int, room: int = 64) -> Cache:
-    """Row blocks (each a list of per-layer keys and values, any length up to ``width``) stacked
-    into one growing cache, each block right-aligned (left padding), with ``room`` free columns."""
-    rows = sum(block[0][0].shape[0] for block in parts)
-    layers = []
-    for n in range(len(parts[0])):
-        k0 = parts[0][n][0]
-        keys = k0.new_zeros(rows, k0.shape[1], width + room, k0.shape[3])
-        values = torch.zeros_like(keys)
-        at = 0
-        for block in parts:
-            k, v = block[n]
-            keys[at:at + k.shape[0], :, width - k.shape[2]:width] = k
-            values[at:at + k.shape[0], :, width - v.shape[2]:width] = v
-            at += k.shape[0]
-        layers.append(_GrowLayer(keys, values, width))
-    return Cache(layers=layers)
-
-
-def _layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+        self.prompts = [list(p) for p in prompts]
+        self.paths = [[list(p) for p in cands] for cands in paths]
 
 
 class BatchScheduler:
     """Runs reasoning streams and beam searches from many threads as one batch (module docstring).
 
-    ``max_rows`` caps the running batch: a job that would pass it waits for rows to free up (a
-    job wider than the cap runs alone)."""
+    ``max_rows`` caps the running batch (a job wider than the cap runs alone); ``max_wait_s`` is how
+    long a job that does not fit may be passed by smaller ones; ``timeout_s`` bounds every wait."""
 
     def __init__(self, model, tokenizer, trie: SIDTrie, slots: SlotGrammar | None = None, max_rows: int = 256,
-                 prefix_cache_bytes: int = 512 * 2**20):
-        self.model, self.tokenizer, self.trie, self.slots = model, tokenizer, trie, slots
-        self.max_rows = max_rows
-        self.device = next(model.parameters()).device
-        self._waiting: list = []
+                 prefix_cache_bytes: int = 512 * 2**20, max_wait_s: float = 1.0, timeout_s: float = 300.0):
+        self.tokenizer, self.trie, self.slots = tokenizer, trie, slots
+        self.max_rows, self.max_wait_s, self.timeout_s = max_rows, max_wait_s, timeout_s
+        self.runner = ModelRunner(model, tokenizer.pad_id, prefix_cache_bytes)
+        self._waiting: list[_Work] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        # The running batch: one cache row per (job, row within the job).
-        self._cache = None
-        self._mask: torch.Tensor | None = None          # [rows, columns], 0 where a row has no token
-        self._positions: torch.Tensor | None = None     # [rows], the last fed token's position
-        self._owners: list[tuple[_Job, int]] = []
+        self._owners: list[tuple[_Job, int]] = []      # (job, row within the job) per running row
         self._feed: list[int] = []                      # the token each row feeds at the next step
-        self.prefixes = PrefixCache(prefix_cache_bytes)
-        self.min_prefix = 16             # shorter shared prefixes are not worth a separate forward
+        self._admitted: list[_Work] = []
+        self.heartbeat = time.monotonic()
         self.stats = {"steps": 0, "rows": 0, "max_rows": 0, "prefills": 0, "calls": 0, "scores": 0,
-                      "prefill_tokens": 0, "prefix_tokens": 0}
+                      "failed_jobs": 0, "restarts": 0, "max_admission_wait_s": 0.0}
 
-    # -- submitting (any thread) --------------------------------------------------------------
-    def _submit(self, job) -> None:
+    @property
+    def prefixes(self):
+        return self.runner.prefixes
+
+    def health(self) -> dict:
+        """Is the loop alive, how long since it last stepped, and how much it holds."""
+        with self._wake:
+            return {"alive": self._thread is not None and self._thread.is_alive(), "restarts": self.stats["restarts"],
+                    "since_step_s": round(time.monotonic() - self.heartbeat, 3), "rows": len(self._owners),
+                    "waiting": len(self._waiting)}
+
+    # -- submitting and waiting (any thread) ---------------------------------------------------------
+    def _submit(self, job: _Work) -> None:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the batch scheduler is closed")
             self._waiting.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="thinkrec-scheduler", daemon=True)
-                self._thread.start()
+            self._watch()
             self._wake.notify()
+
+    def _watch(self) -> None:
+        """Start the loop's thread, or start it again if it died (caller holds ``_wake``)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        if self._thread is not None:
+            self.stats["restarts"] += 1
+            log.error("the batch scheduler's thread had stopped; starting it again")
+        self._thread = threading.Thread(target=self._run, name="thinkrec-scheduler", daemon=True)
+        self._thread.start()
+
+    def _result(self, job: _Work, timeout: float | None = None):
+        try:
+            return job.future.result(self.timeout_s if timeout is None else timeout)
+        except FutureTimeout:
+            job.cancelled = True
+            with self._wake:
+                self._watch()
+            raise SchedulerTimeout(f"the model did not answer within {self.timeout_s:.0f} s") from None
 
     def stream(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
                temperature: float = 0.0, stop_ids: Sequence[int] | None = None,
@@ -290,7 +238,12 @@ class BatchScheduler:
         self._submit(job)
         try:
             while True:
-                token = job.out.get()
+                try:
+                    token = job.out.get(timeout=self.timeout_s)
+                except queue.Empty:
+                    with self._wake:
+                        self._watch()
+                    raise SchedulerTimeout(f"no reasoning token came within {self.timeout_s:.0f} s") from None
                 if token is _DONE:
                     return
                 if isinstance(token, BaseException):
@@ -303,23 +256,31 @@ class BatchScheduler:
               restrict: TrieFilter | None = None) -> Future:
         """A future for the top ``k`` distinct items after ``prompt`` (ending with ``<|item_begin|>``)."""
         job = _Beams(prompt, self.trie, exclude, k, max(k, width), restrict)
-        if not job.root.allowed():     # nothing left to recommend: no rows needed
+        if not job.beams[0][1].allowed():     # nothing left to recommend: no rows needed
             job.future.set_result([])
             return job.future
         self._submit(job)
         return job.future
 
+    def wait_beams(self, futures: Sequence[Future]) -> list:
+        """Results of :meth:`beams` futures in order, within the timeout (the first error is raised)."""
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            return [f.result(max(0.0, deadline - time.monotonic())) for f in futures]
+        except FutureTimeout:
+            raise SchedulerTimeout(f"the beam search did not finish within {self.timeout_s:.0f} s") from None
+
     def score(self, prompts: Sequence[Sequence[int]], paths: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
-        """``engine.decoding.score_paths`` for these prompts, batched with other sessions' requests."""
+        """Summed log-probabilities of candidate paths, batched with other sessions' requests."""
         job = _Score(prompts, paths)
         self._submit(job)
-        return job.future.result()
+        return self._result(job)
 
-    def call(self, fn: Callable, *args):
+    def call(self, fn: Callable, *args, timeout: float | None = None):
         """``fn(*args)`` in the scheduler's thread, between two steps; its result (or its error)."""
         job = _Call(fn, args)
         self._submit(job)
-        return job.future.result()
+        return self._result(job, timeout)
 
     def close(self) -> None:
         with self._wake:
@@ -328,194 +289,122 @@ class BatchScheduler:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    # -- the loop (scheduler thread) ---------------------------------------------------------------
+    # -- the loop (scheduler thread) -----------------------------------------------------------------
     def _run(self) -> None:
+        while True:
+            try:
+                self._loop()
+                return
+            except BaseException as error:      # outside any one job's work: fail what runs, start again
+                log.exception("the batch scheduler's loop failed; failing its running jobs and going on")
+                self.stats["restarts"] += 1
+                for job in self._admitted + list(dict.fromkeys(owner for owner, _ in self._owners)):
+                    self._fail(job, error)
+                self._owners, self._feed, self._admitted = [], [], []
+                self.runner.reset()
+                with self._wake:
+                    if self._closed:
+                        return
+
+    def _loop(self) -> None:
         while True:
             with self._wake:
                 while not self._waiting and not self._owners and not self._closed:
                     self._wake.wait()
                 if self._closed and not self._waiting and not self._owners:
                     return
-                admitted, rows = [], len(self._owners)
-                for job in list(self._waiting):
-                    need = 1 if isinstance(job, _Reasoning) else (job.width if isinstance(job, _Beams) else 0)
-                    if rows and rows + need > self.max_rows:
-                        continue            # waits for rows to free up
-                    admitted.append(job)
-                    self._waiting.remove(job)
-                    rows += need
-            try:
-                with torch.no_grad():
-                    self._step(admitted)
-            except Exception as error:       # one bad step fails its jobs, never the thread
-                for job in admitted + [owner for owner, row in self._owners if row == 0]:
-                    if isinstance(job, (_Call, _Score)):
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    else:
-                        job.fail(error)
-                self._reset()
+                self._admitted = self._admit()
+            self.heartbeat = time.monotonic()
+            with torch.no_grad():
+                self._step(self._admitted)
+            self._admitted = []
 
-    def _reset(self) -> None:
-        self._cache, self._mask, self._positions, self._owners, self._feed = None, None, None, [], []
+    def _admit(self) -> list[_Work]:
+        """FIFO with aging (module docstring); the caller holds ``_wake``."""
+        admitted, rows, now, door_open = [], len(self._owners), time.monotonic(), True
+        for job in list(self._waiting):
+            if job.cancelled and not isinstance(job, _Reasoning):
+                job.fail(SchedulerTimeout("given up before it ran"))
+                self._waiting.remove(job)
+                continue
+            if job.rows and (not door_open or (rows and rows + job.rows > self.max_rows)):
+                if now - job.arrived >= self.max_wait_s:
+                    door_open = False           # it has waited long enough: nobody passes it now
+                continue
+            admitted.append(job)
+            self._waiting.remove(job)
+            rows += job.rows
+            self.stats["max_admission_wait_s"] = max(self.stats["max_admission_wait_s"], round(now - job.arrived, 3))
+        return admitted
 
-    def _step(self, admitted: list) -> None:
-        calls = [job for job in admitted if isinstance(job, _Call)]
-        for job in calls:
-            self.stats["calls"] += 1
-            try:
-                job.future.set_result(job.fn(*job.args))
-            except Exception as error:
-                job.future.set_exception(error)
+    def _fail(self, job: _Work, error: BaseException) -> None:
+        self.stats["failed_jobs"] += 1
+        job.cancelled = True
+        job.fail(error)
+
+    def _step(self, admitted: list[_Work]) -> None:
+        for job in admitted:
+            if isinstance(job, _Call):
+                self.stats["calls"] += 1
+                try:
+                    job.future.set_result(job.fn(*job.args))
+                except Exception as error:
+                    job.future.set_exception(error)
         scores = [job for job in admitted if isinstance(job, _Score)]
         if scores:
-            self._score(scores)
+            self.stats["scores"] += 1
+            self._alone_on_failure(scores, self._score)
         joining = [job for job in admitted if isinstance(job, _Job)]
         if joining:
-            self._prefill(joining)
+            self.stats["prefills"] += 1
+            self._alone_on_failure(joining, self._prefill)
         if self._owners:
             self._decode()
 
-    # -- prefix cache ----------------------------------------------------------------------------
-    def _known(self, prompt: list[int]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
-        """Keys and values for the longest prefix of ``prompt`` this scheduler has computed (an
-        earlier stage of the same reasoning, the item prompt after it, a prompt scored before),
-        and that prefix's length (0: nothing useful cached). At least one token is left to run,
-        since its logits are what the caller needs."""
-        found = self.prefixes.lookup(prompt)
-        if found is None:
-            return [], 0
-        layers, common = found
-        common = min(common, len(prompt) - 1)
-        if common < self.min_prefix:
-            return [], 0
-        self.stats["prefix_tokens"] += common
-        return [(k[:, :, :common], v[:, :, :common]) for k, v in layers], common
-
-    def _forward_ragged(self, pasts: list[list], inputs: list[list[int]], last_only: bool = False):
-        """One forward for rows that each continue their own cached prefix (``pasts[i]``: layers of
-        shape [1, heads, c_i, dim], or [] for none) with their own tokens ``inputs[i]``. Prefixes
-        are left-padded and inputs right-padded to common widths; the attention mask hides every
-        pad, and each row keeps its own positions. Returns (logits [rows, width, vocab], the
-        forward's cache, the mask, and the columns where each row's tokens lie). ``last_only``:
-        logits only at each row's last token ([rows, 1, vocab]), which is all a prefill needs."""
-        rows = len(inputs)
-        lengths = [layers[0][0].shape[2] if layers else 0 for layers in pasts]
-        past_width, width = max(lengths), max(len(tokens) for tokens in inputs)
-        ids = torch.full((rows, width), self.tokenizer.pad_id, dtype=torch.long, device=self.device)
-        mask = torch.zeros((rows, past_width + width), dtype=torch.long, device=self.device)
-        positions = torch.zeros((rows, width), dtype=torch.long, device=self.device)
-        for row, (tokens, length) in enumerate(zip(inputs, lengths)):
-            ids[row, :len(tokens)] = torch.tensor(tokens, device=self.device)
-            mask[row, past_width - length:past_width + len(tokens)] = 1
-            positions[row] = length + torch.arange(width, device=self.device)
-        cache = None
-        if past_width:
-            template = next(layers for layers in pasts if layers)
-            padded = []
-            for n, (k0, v0) in enumerate(template):
-                keys = [_pad_left(layers[n][0], past_width, 2) if layers else k0.new_zeros(1, *k0.shape[1:2], past_width, k0.shape[3])
-                        for layers in pasts]
-                values = [_pad_left(layers[n][1], past_width, 2) if layers else v0.new_zeros(1, *v0.shape[1:2], past_width, v0.shape[3])
-                          for layers in pasts]
-                padded.append((torch.cat(keys), torch.cat(values)))
-            cache = DynamicCache(ddp_cache_data=padded)
-        keep = (torch.tensor([[len(tokens) - 1] for tokens in inputs], device=self.device) if last_only else 0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, **with_cache(self.model, cache),
-                         use_cache=True, logits_to_keep=keep)
-        spans = [(past_width - length, past_width + len(tokens)) for tokens, length in zip(inputs, lengths)]
-        return out.logits, cache_of(out), mask, spans
-
-    def _run_prompts(self, prompts: list[list[int]]) -> list[tuple[torch.Tensor, list]]:
-        """Each prompt's last logits ([vocab]) and its keys and values ([1, heads, length, dim] per
-        layer), all in one forward: what the prefix cache knows of each is not run again."""
-        known = [self._known(prompt) for prompt in prompts]
-        logits, cache, _, spans = self._forward_ragged([layers for layers, _ in known],
-                                                       [prompt[common:] for prompt, (_, common) in zip(prompts, known)],
-                                                       last_only=True)
-        layers = _layers(cache)
-        results = []
-        for row, (prompt, (_, common), (begin, end)) in enumerate(zip(prompts, known, spans)):
-            own = [(k[row:row + 1, :, begin:end], v[row:row + 1, :, begin:end]) for k, v in layers]
-            results.append((logits[row, -1], own))
-            self.prefixes.store(prompt, own)
-        self.stats["prefill_tokens"] += sum(len(p) for p in prompts)
-        return results
-
-    # -- scoring, prefill, decode -------------------------------------------------------------------
-    def _score(self, jobs: list[_Score]) -> None:
-        """Teacher-forced scores for every waiting request: the prompts in one forward (from the
-        prefix cache where it can), then each prompt's candidates as one tree (:meth:`_score_tree`)."""
-        self.stats["scores"] += 1
-        pairs = [(list(prompt), [list(p) for p in paths]) for job in jobs for prompt, paths in zip(job.prompts, job.paths)]
+    def _alone_on_failure(self, jobs: list, run: Callable[[list], None]) -> None:
+        """``run(jobs)`` as one batch; if it fails, each job alone, so a failure is its own job's."""
         try:
-            firsts = self._run_prompts([prompt for prompt, _ in pairs]) if pairs else []
-            scores = [self._score_tree(last, layers, paths) for (_, paths), (last, layers) in zip(pairs, firsts)]
+            run(jobs)
         except Exception as error:
+            if len(jobs) == 1:
+                self._fail(jobs[0], error)
+                return
             for job in jobs:
-                job.future.set_exception(error)
-            return
+                self._alone_on_failure([job], run)
+
+    def _score(self, jobs: list[_Score]) -> None:
+        scores = self.runner.score([p for job in jobs for p in job.prompts], [c for job in jobs for c in job.paths])
         at = 0
         for job in jobs:
             job.future.set_result(scores[at:at + len(job.prompts)])
             at += len(job.prompts)
 
-    def _score_tree(self, last: torch.Tensor, layers: list, paths: list[list[int]]) -> list[float]:
-        """Summed log-probabilities of ``paths`` after a prompt (its last logits and its keys and
-        values). Every distinct proper prefix of the paths is one token of a single row after the
-        prompt; a 4D mask lets each see the prompt, its own ancestors and itself, never a
-        sibling, so the prompt's keys and values are used once instead of copied per candidate."""
-        first = torch.log_softmax(last.float(), dim=-1)
-        nodes: dict[tuple[int, ...], int] = {}
-        for path in paths:
-            for j in range(1, len(path)):
-                nodes.setdefault(tuple(path[:j]), len(nodes))
-        if not nodes:
-            return [first[p[0]].item() for p in paths]
-        length, count = layers[0][0].shape[2], len(nodes)
-        mask = torch.zeros((1, 1, count, length + count), dtype=torch.bool, device=self.device)
-        mask[..., :length] = True
-        ids, positions = [], []
-        for prefix, n in nodes.items():
-            ids.append(prefix[-1])
-            positions.append(length + len(prefix) - 1)
-            for j in range(1, len(prefix) + 1):
-                mask[0, 0, n, length + nodes[prefix[:j]]] = True
-        out = self.model(input_ids=torch.tensor([ids], device=self.device), attention_mask=mask,
-                         position_ids=torch.tensor([positions], device=self.device),
-                         **with_cache(self.model, DynamicCache(ddp_cache_data=layers)), use_cache=True)
-        logprobs = torch.log_softmax(out.logits[0].float(), dim=-1)
-        return [first[p[0]].item() + sum(logprobs[nodes[tuple(p[:j])], p[j]].item() for j in range(1, len(p)))
-                for p in paths]
-
     def _prefill(self, jobs: list[_Job]) -> None:
         """The newcomers' prompts (from the prefix cache where possible); their rows join the batch."""
-        self.stats["prefills"] += 1
-        joined = []
-        for job, (last, layers) in zip(jobs, self._run_prompts([job.prompt for job in jobs])):
-            tokens = job.start(last[None])
+        blocks = []
+        for job, (last, layers) in zip(jobs, self.runner.run_prompts([job.prompt for job in jobs])):
+            try:
+                tokens = job.start(last[None])
+            except Exception as error:
+                self._fail(job, error)
+                continue
             if tokens:
-                joined.append((job, tokens, layers))
-        if joined:
-            self._merge(joined)
+                blocks.append((len(tokens), layers))
+                self._owners += [(job, row) for row in range(len(tokens))]
+                self._feed += tokens
+        if blocks:
+            self.runner.join(blocks)
 
-    def _merge(self, joined: list[tuple[_Job, list[int], list]]) -> None:
-        """Add each job's rows (its prompt's keys and values, once per row) to the running batch,
-        everything left-padded to the widest row."""
-        widths = [layers[0][0].shape[2] for _, _, layers in joined]
-        width = max(widths + ([self._mask.shape[1]] if self._mask is not None else []))
-        parts = [] if self._cache is None else [(_layers(self._cache), self._mask)]
-        positions = [] if self._positions is None else [self._positions]
-        for job, tokens, layers in joined:
-            rows, length = len(tokens), layers[0][0].shape[2]
-            parts.append(([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in layers],
-                          torch.ones(rows, length, dtype=torch.long, device=self.device)))
-            positions.append(torch.full((rows,), length - 1, dtype=torch.long, device=self.device))
-            self._owners += [(job, row) for row in range(rows)]
-            self._feed += tokens
-        self._cache = _growing_cache([layers for layers, _ in parts], width)
-        self._mask = torch.cat([_pad_left(mask, width, 1) for _, mask in parts])
-        self._positions = torch.cat(positions)
+    def _groups(self) -> list[range]:
+        """The running rows, one range per job (a job's rows are consecutive)."""
+        groups, start = [], 0
+        while start < len(self._owners):
+            end = start
+            while end < len(self._owners) and self._owners[end][0] is self._owners[start][0]:
+                end += 1
+            groups.append(range(start, end))
+            start = end
+        return groups
 
     def _decode(self) -> None:
         """One forward over every running row, then each job's postprocessing."""
@@ -523,101 +412,34 @@ class BatchScheduler:
         self.stats["steps"] += 1
         self.stats["rows"] += rows
         self.stats["max_rows"] = max(self.stats["max_rows"], rows)
-        tokens = torch.tensor(self._feed, device=self.device)[:, None]
-        mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
-        positions = self._positions + 1
-        out = self.model(input_ids=tokens, attention_mask=mask, position_ids=positions[:, None],
-                         **with_cache(self.model, self._cache), use_cache=True)
-        logits = out.logits[:, -1]
-        layers = _layers(cache_of(out))
+        groups = self._groups()
+        try:
+            logits, layers, failed = self.runner.decode(self._feed, groups)
+        except Exception as error:         # one job only, or every job failed alone
+            failed, logits, layers = {g: error for g in range(len(groups))}, None, None
         keep, feed, owners = [], [], []
-        start = 0
-        while start < rows:
-            job = self._owners[start][0]
-            end = start
-            while end < rows and self._owners[end][0] is job:
-                end += 1
-            survivors = job.step(logits[start:end])
+        for g, span in enumerate(groups):
+            job = self._owners[span.start][0]
+            if g in failed:
+                self._fail(job, failed[g])
+                continue
+            try:
+                survivors = job.step(logits[span.start:span.stop])
+            except Exception as error:
+                self._fail(job, error)
+                continue
             if not survivors and isinstance(job, _Reasoning) and not job.cancelled:
                 # A finished reasoning's keys and values cover everything it fed (all but its
                 # last token): the next stage and the item prompt start from them.
                 fed = job.sequence[:-1]
-                length = int(mask[start].sum())
-                if length == len(fed):
-                    self.prefixes.store(fed, [(k[start:start + 1, :, -length:], v[start:start + 1, :, -length:])
-                                              for k, v in layers])
+                if self.runner.row_length(span.start) == len(fed):
+                    self.runner.store_prefix(fed, span.start, layers)
             for n, (parent, token) in enumerate(survivors):
-                keep.append(start + parent)
+                keep.append(span.start + parent)
                 owners.append((job, n))
                 feed.append(token)
-            start = end
-        if not keep:
-            self._reset()
-            return
-        if keep == list(range(rows)):      # nobody left, nothing reordered: the cache stays as it is
-            positions, cache = positions, cache_of(out)
+        if layers is None:
+            self.runner.reset()
         else:
-            index = torch.tensor(keep, device=self.device)
-            layers = [(k[index], v[index]) for k, v in layers]
-            mask, positions, cache = mask[index], positions[index], None
-            # Columns no remaining row attends to (their rows left) are dropped.
-            first = int(mask.any(dim=0).nonzero()[0])
-            if first:
-                layers = [(k[:, :, first:], v[:, :, first:]) for k, v in layers]
-                mask = mask[:, first:]
-            cache = _growing_cache([layers], mask.shape[1])
-        self._cache = cache
-        self._mask, self._positions, self._owners, self._feed = mask, positions, owners, feed
-
-
-class PrefixCache:
-    """Keys and values of recent token sequences, for the longest shared prefix of a new prompt.
-
-    A turn asks the model about the same context again and again: each reasoning stage continues
-    the last, the item prompt continues the reasoning, candidates are scored after prompts that
-    beam search has just run. Bounded by bytes, least recently used first out."""
-
-    def __init__(self, max_bytes: int = 512 * 2**20):
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[int, ...], tuple[np.ndarray, list]] = OrderedDict()
-        self._bytes = 0
-
-    @staticmethod
-    def _size(layers) -> int:
-        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
-
-    def store(self, tokens: Sequence[int], layers: list) -> None:
-        key = tuple(tokens)
-        if key in self._entries:
-            self._entries.move_to_end(key)
-            return
-        # Own copies: the batch's tensors are views of a larger cache that is about to be dropped.
-        layers = [(k.contiguous().clone(), v.contiguous().clone()) for k, v in layers]
-        self._entries[key] = (np.asarray(key, dtype=np.int64), layers)
-        self._bytes += self._size(layers)
-        while self._bytes > self.max_bytes and len(self._entries) > 1:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._bytes -= self._size(dropped)
-
-    def lookup(self, prompt: Sequence[int]) -> tuple[list, int] | None:
-        """(layers, length of the prefix shared with ``prompt``) for the best entry, or None."""
-        query = np.asarray(prompt, dtype=np.int64)
-        best, best_key = 0, None
-        for key, (tokens, _) in self._entries.items():
-            m = min(len(tokens), len(query))
-            if m <= best:
-                continue
-            differ = np.flatnonzero(tokens[:m] != query[:m])
-            common = int(differ[0]) if len(differ) else m
-            if common > best:
-                best, best_key = common, key
-        if best_key is None:
-            return None
-        self._entries.move_to_end(best_key)
-        return self._entries[best_key][1], best
-
-
-def wait_all(futures: Sequence[Future], timeout: float | None = None) -> list:
-    """Results of many futures in order (the first error is raised)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    return [f.result(None if deadline is None else max(0.0, deadline - time.monotonic())) for f in futures]
+            self.runner.keep(keep, layers)
+        self._owners, self._feed = owners, feed

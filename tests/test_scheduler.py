@@ -153,3 +153,138 @@ def test_bench_measures_batched_against_one_turn_at_a_time(engines):
     assert together["p95_s"] >= together["p50_s"] > 0
     assert report["throughput_gain"] == pytest.approx(together["turns_per_s"] / alone["turns_per_s"], abs=0.01)
     assert report["batch"]["max_rows"] > 1
+
+
+def _read(job) -> list[int]:
+    """A submitted reasoning job's tokens, raising its error if it failed."""
+    from engine.scheduler import _DONE
+
+    tokens = []
+    while True:
+        token = job.out.get(timeout=120)
+        if token is _DONE:
+            return tokens
+        if isinstance(token, BaseException):
+            raise token
+        tokens.append(token)
+
+
+def test_a_job_that_fails_mid_batch_fails_alone(engines):
+    """One job feeds a token the model cannot embed while others decode beside it: the batched
+    forward fails, each job's rows run alone, and only that job fails; the others get exactly
+    what they get alone."""
+    from engine.scheduler import _Reasoning
+
+    _, batched = engines
+    scheduler = batched.backend.scheduler
+    vocabulary = batched.model.get_input_embeddings().weight.shape[0]
+    users = list(batched.user_histories)[:3]
+    prompts = [batched.recommender.prompt_ids(batched.dataset_history(u), None, [], True) for u in users]
+    alone = [list(scheduler.stream(p, set(), max_new_tokens=12)) for p in prompts]
+
+    class Poisoned(_Reasoning):
+        def _next(self, logits):
+            fed = super()._next(logits)
+            return [vocabulary + 5] if fed else fed        # no such token: its next forward fails
+
+    def job(prompt, kind=_Reasoning):
+        stops = {batched.tokenizer.think_end_id, batched.tokenizer.end_id}
+        return kind(batched.tokenizer, scheduler.trie, prompt, set(), 12, 0.0, stops, None, scheduler.slots)
+
+    failed, isolated = scheduler.stats["failed_jobs"], scheduler.runner.stats["isolated_decodes"]
+    good = [job(p) for p in prompts]
+    bad = job(prompts[0], Poisoned)
+    with scheduler._wake:                # admitted in one step, so they share every forward
+        for j in good[:2] + [bad] + good[2:]:
+            scheduler._submit(j)
+    with pytest.raises((IndexError, RuntimeError)):
+        _read(bad)
+    assert [_read(j) for j in good] == alone
+    assert scheduler.stats["failed_jobs"] == failed + 1
+    assert scheduler.runner.stats["isolated_decodes"] > isolated
+
+
+def test_the_loop_starts_again_after_a_failure_outside_any_job(engines, monkeypatch):
+    _, batched = engines
+    scheduler = batched.backend.scheduler
+    prompt = batched.recommender.prompt_ids(batched.dataset_history(list(batched.user_histories)[0]), None, [], True)
+    expected = list(scheduler.stream(prompt, set(), max_new_tokens=6))
+    admit, calls = scheduler._admit, []
+
+    def broken_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in admission")
+        return admit()
+
+    monkeypatch.setattr(scheduler, "_admit", broken_once)
+    restarts = scheduler.stats["restarts"]
+    # The job waited through the failure and runs once the loop is back.
+    assert list(scheduler.stream(prompt, set(), max_new_tokens=6)) == expected
+    assert scheduler.stats["restarts"] == restarts + 1
+    assert scheduler.health()["alive"]
+
+
+def test_a_dead_thread_is_noticed_and_started_again(engines):
+    from engine.scheduler import BatchScheduler, SchedulerTimeout
+
+    _, batched = engines
+    scheduler = BatchScheduler(batched.model, batched.tokenizer, batched.recommender.trie, timeout_s=1.0)
+    prompt = batched.recommender.prompt_ids(batched.dataset_history(list(batched.user_histories)[0]), None, [], True)
+    loop = scheduler._loop
+    scheduler._loop = lambda: None        # the thread ends at once, as if it had died
+    with pytest.raises(SchedulerTimeout):
+        list(scheduler.stream(prompt, set(), max_new_tokens=4))
+    scheduler._loop = loop
+    scheduler._thread.join(5)
+    assert list(scheduler.stream(prompt, set(), max_new_tokens=4))       # the next caller restarts it
+    assert scheduler.stats["restarts"] >= 1 and scheduler.health()["alive"]
+    scheduler.close()
+
+
+def test_admission_is_fifo_with_aging(engines):
+    """A wide beam search that does not fit may be passed by one-row jobs only until it has
+    waited ``max_wait_s``; then nothing with rows passes it (the batch drains and it runs)."""
+    import time
+
+    from engine.scheduler import BatchScheduler, _Beams, _Call, _Reasoning
+
+    _, batched = engines
+    scheduler = BatchScheduler(batched.model, batched.tokenizer, batched.recommender.trie, max_rows=8,
+                               max_wait_s=0.5)
+    tokenizer, trie = batched.tokenizer, batched.recommender.trie
+    scheduler._owners = [(object(), 0)] * 4                       # 4 rows running
+    wide = _Beams([1, 2, 3], trie, set(), k=4, width=6, restrict=None)
+    small = _Reasoning(tokenizer, trie, [1, 2, 3], set(), 4, 0.0, {tokenizer.end_id}, None, None)
+    call = _Call(print, ())
+    scheduler._waiting = [wide, small, call]
+    assert scheduler._admit() == [small, call]                   # young: the small job passes it
+    wide.arrived -= 1.0
+    later = _Reasoning(tokenizer, trie, [1, 2, 3], set(), 4, 0.0, {tokenizer.end_id}, None, None)
+    scheduler._waiting = [wide, later, call]
+    assert scheduler._admit() == [call]                          # aged: only rowless work passes
+    scheduler._owners = []
+    assert scheduler._admit() == [wide, later]                   # the batch drained: it goes first
+    assert time.monotonic() - wide.arrived >= 1.0
+
+
+def test_prefix_cache_finds_the_longest_shared_prefix_by_block_hashes():
+    from engine.prefix_cache import PrefixCache
+
+    def layers(n):
+        return [(torch.zeros(1, 2, n, 4), torch.zeros(1, 2, n, 4))]
+
+    cache = PrefixCache(max_bytes=10**9, block=4)
+    cache.store(list(range(10)), layers(10))
+    cache.store(list(range(6)) + [99, 98], layers(8))
+    found = cache.lookup(list(range(9)) + [7, 7])
+    assert found is not None and found[1] == 9 and found[0][0][0].shape[2] == 10
+    assert cache.lookup(list(range(6)) + [99, 1])[1] == 7          # shares one block, then 3 more
+    assert cache.lookup([5, 5, 5, 5, 5]) is None                   # no whole block in common
+    assert cache.lookup([0, 1, 2]) is None                         # shorter than a block
+    # Bounded by bytes: the oldest entry goes, and with it its index entries.
+    small = PrefixCache(max_bytes=layers(10)[0][0].numel() * 4 * 2 + 1, block=4)
+    small.store(list(range(10)), layers(10))
+    small.store([50 + n for n in range(10)], layers(10))
+    assert len(small) == 1 and small.lookup(list(range(10))) is None
+    assert small.lookup([50 + n for n in range(10)])[1] == 10
