@@ -18,10 +18,10 @@ from collections.abc import Hashable, Iterator, Sequence
 from typing import Callable, Protocol
 
 from engine.constraints import Constraints
-from engine.decoding import (ItemTree, RankedItem, beam_search_items, generate_reasoning, score_paths,
-                             score_trees, stream_reasoning)
+from engine.decoding import (ItemTree, RankedItem, beam_search_items, beam_step, beams_done, finished_items,
+                             generate_reasoning, score_paths, score_trees, stream_reasoning)
 from engine.scheduler import BatchScheduler
-from engine.sid import SIDTrie, TrieCursor, TrieFilter
+from engine.sid import SIDTrie, TrieFilter
 from engine.slots import SlotGrammar
 from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
 
@@ -280,10 +280,10 @@ class VLLMBackend:
                                      f"{response.text[:500]}")
         return response.json()
 
-    def _top_allowed(self, prompts: list[list[int]], exclude: set[Hashable], width: int,
-                     constraints: Constraints | None = None) -> list[dict[int, float]]:
-        """Per prompt: the ``width`` best next SID tokens and their log-probabilities."""
-        body = self._request(prompts, exclude, constraints, max_tokens=1, temperature=0.0, logprobs=width,
+    def _top(self, prompts: list[list[int]], exclude: set[Hashable], width: int,
+             constraints: Constraints | None = None, cite: set[Hashable] | None = None) -> list[dict[int, float]]:
+        """Per prompt: the ``width`` best next SID tokens the server allows, with log-probabilities."""
+        body = self._request(prompts, exclude, constraints, cite=cite, max_tokens=1, temperature=0.0, logprobs=width,
                              return_tokens_as_token_ids=True)
         tops = [{} for _ in prompts]
         for choice in self._post(body)["choices"]:
@@ -298,28 +298,25 @@ class VLLMBackend:
         return self._map(self._score_one, prompts, paths)
 
     def _score_one(self, prompt, candidates) -> list[float]:
+        """One candidate tree (``ItemTree``): per depth, one request for its distinct prefixes."""
         paths = [tuple(p) for p in candidates]
         items = [self.trie.lookup(p) for p in paths]
         if any(i is None for i in items):
             raise ValueError("score_paths: a candidate path is not a catalog item")
-        scores = [0.0] * len(paths)
-        for depth in range(max((len(p) for p in paths), default=0)):
-            prefixes = sorted({p[:depth] for p in paths if len(p) > depth})
-            width = max(len({p[depth] for p in paths if p[:depth] == prefix}) for prefix in prefixes)
-            body = self._request([list(prompt) + list(prefix) for prefix in prefixes], set(),
-                                 cite={str(i) for i in items}, max_tokens=1, temperature=0.0, logprobs=width,
-                                 return_tokens_as_token_ids=True)
-            tops = [{} for _ in prefixes]
-            for choice in self._post(body)["choices"]:
-                top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
-                tops[choice["index"]] = {int(key.split(":", 1)[1]): value for key, value in top[0].items()}
-            at = {prefix: n for n, prefix in enumerate(prefixes)}
-            for n, path in enumerate(paths):
-                if len(path) > depth:
-                    top = tops[at[path[:depth]]]
-                    if path[depth] not in top:
-                        raise RuntimeError(f"the vLLM server returned no log-probability for token {path[depth]}")
-                    scores[n] += top[path[depth]]
+        tree = ItemTree.of(items, paths)
+        cite = {str(i) for i in items}
+        logprob: dict[tuple[int, ...], dict[int, float]] = {}
+        for prefixes in [[()]] + tree.levels:
+            width = max(len({p[len(prefix)] for p in paths if p[:len(prefix)] == prefix}) for prefix in prefixes)
+            for prefix, top in zip(prefixes, self._top([list(prompt) + list(p) for p in prefixes], set(), width,
+                                                       cite=cite)):
+                logprob[prefix] = top
+        scores = []
+        for path in paths:
+            missing = [path[j] for j in range(len(path)) if path[j] not in logprob[path[:j]]]
+            if missing:
+                raise RuntimeError(f"the vLLM server returned no log-probability for token {missing[0]}")
+            scores.append(sum(logprob[path[:j]][path[j]] for j in range(len(path))))
         return scores
 
     def beam_search(self, prompts, excludes, k, num_beams=None, batch_size=16, constraints=None):
@@ -333,32 +330,23 @@ class VLLMBackend:
     def _beam_search_one(self, prompt: list[int], exclude: set[Hashable], k: int, width: int,
                          constraints: Constraints | None = None,
                          restrict: TrieFilter | None = None) -> list[RankedItem]:
-        root = self.trie.cursor(exclude=exclude, restrict=restrict)
-        if not root.allowed():         # nothing left to recommend (constraint and exclusions): no request
+        """``engine.decoding.beam_step`` with the server's top log-probabilities: each step is one
+        request for the unfinished beams."""
+        beams = [(0.0, self.trie.cursor(exclude=exclude, restrict=restrict))]
+        if not beams[0][1].allowed():      # nothing left to recommend (constraint and exclusions): no request
             return []
-        beams: list[tuple[float, TrieCursor]] = [(0.0, root)]
-        while any(not cursor.done() for _, cursor in beams):
+        while not beams_done(beams):
             live = [n for n, (_, cursor) in enumerate(beams) if not cursor.done()]
-            tops = self._top_allowed([prompt + beams[n][1].prefix for n in live], exclude, width, constraints)
-            top_of = dict(zip(live, tops))
-            candidates = []
-            for n, (score, cursor) in enumerate(beams):
-                if cursor.done():      # a shorter SID finished earlier: carry it along unchanged
-                    candidates.append((score, n, None))
-                    continue
-                allowed = set(cursor.allowed())
-                # Masked tokens can still fill a top list shorter than width: keep allowed ones only.
-                candidates.extend((score + lp, n, t) for t, lp in top_of[n].items() if t in allowed)
-            candidates.sort(key=lambda c: -c[0])
-            next_beams = []
-            for score, n, token in candidates[:width]:
-                cursor = beams[n][1].clone()
-                if token is not None:
-                    cursor.accept(token)
-                next_beams.append((score, cursor))
-            beams = next_beams
+            top_of = dict(zip(live, self._top([prompt + beams[n][1].prefix for n in live], exclude, width,
+                                              constraints)))
+
+            def served(n: int, allowed: list[int], top_of=top_of) -> list[tuple[int, float]]:
+                # Masked tokens can still fill a top list shorter than width: allowed ones only.
+                ok = set(allowed)
+                return [(token, lp) for token, lp in top_of[n].items() if token in ok]
+
+            beams, _ = beam_step(beams, served, width)
             if not beams:
                 return []
-        beams.sort(key=lambda b: -b[0])
-        return [RankedItem(c.item, float(score), tuple(c.prefix)) for score, c in beams[:k]]
+        return finished_items(beams, k)
 

@@ -381,3 +381,15 @@ def test_serve_model_writes_the_catalogs_facets(built_dataset, tiny_checkpoint, 
     assert {i for i in facets.item_ids if restrict.allows(i)} == set(facets.allowed_items(comedy))
     assert all("Comedy" in facets.categories_of(i) for i in facets.allowed_items(comedy))
 
+
+
+def test_backend_beams_and_rescoring_agree(spec, backend):
+    """The client's beam search (``engine.decoding.beam_step`` over the server's top lists) and its
+    candidate scoring (one request per tree level) put the same numbers on the same items."""
+    vllm, _ = backend
+    tok = FakeTokenizer()
+    prompt = [1, 2, tok.item_begin_id]
+    ranked = vllm.beam_search([prompt], [set()], k=4, num_beams=6)[0]
+    assert len({r.item_id for r in ranked}) == 4
+    scores = vllm.score_paths([prompt], [[list(r.token_ids) for r in ranked]])[0]
+    assert scores == pytest.approx([r.score for r in ranked], abs=1e-4)
