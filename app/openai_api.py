@@ -35,14 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
-from engine.events import (
-    ErrorEvent,
-    ItemsEvent,
-    NoticeEvent,
-    ReasoningDelta,
-    ReplyDelta,
-    TraceEvent,
-)
+from engine.events import ErrorEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TurnResult
 from engine.messages import item_lines, level_header, replay_messages
 
 from app.openai_request import (  # noqa: F401 - the limits are part of this module's interface
@@ -254,18 +247,30 @@ class ChatAPI:
 
 @dataclass
 class _Answer:
-    """One turn's events gathered into an OpenAI message; ``feed`` also returns the stream deltas."""
+    """One turn's events gathered (``TurnResult.add``) into an OpenAI message; ``feed`` also
+    returns the stream deltas."""
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
     session_id: str = ""
+    result: TurnResult = field(default_factory=TurnResult)
     reasoning: str = ""
     level: str | None = None
     content: str = ""
-    items: list[dict] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    trace: dict | None = None
+    said: list[str] = field(default_factory=list)      # errors told in the content ("nothing satisfies ...")
     outage: str = ""
     busy: str = ""
+
+    @property
+    def items(self) -> list[dict]:
+        return self.result.item_dicts()
+
+    @property
+    def trace(self) -> dict | None:
+        return self.result.trace.model_dump() if self.result.trace else None
+
+    @property
+    def notices(self) -> list[str]:
+        return self.result.notices + self.said
 
     def _say(self, text: str) -> dict:
         piece = ("\n" if self.content else "") + text
@@ -275,28 +280,23 @@ class _Answer:
     def feed(self, event) -> list[dict]:
         if isinstance(event, str):                       # the session the turn runs in
             self.session_id = event
-        elif isinstance(event, ReasoningDelta) and event.text:
+            return []
+        self.result.add(event)
+        if isinstance(event, ReasoningDelta) and event.text:
             piece = level_header(event.level, self.level) + event.text
             self.level = event.level
             self.reasoning += piece
             return [{"reasoning_content": piece}]
-        elif isinstance(event, ItemsEvent):
-            self.items = [card.model_dump() for card in event.items]
-        elif isinstance(event, ReplyDelta) and event.text:
+        if isinstance(event, ReplyDelta) and event.text:
             return [self._say(event.text)]
-        elif isinstance(event, TraceEvent):
-            self.trace = event.trace.model_dump()
-        elif isinstance(event, NoticeEvent):
-            self.notices.append(event.text)
-        elif isinstance(event, ErrorEvent):
+        if isinstance(event, ErrorEvent):
             if event.code == "busy":
                 self.busy = event.message
-                return []
-            if event.message.startswith(OUTAGE):
+            elif event.message.startswith(OUTAGE):
                 self.outage = event.message
-                return []
-            self.notices.append(event.message)
-            return [self._say(event.message)]             # "nothing satisfies ...": said, with no items
+            else:
+                self.said.append(event.message)
+                return [self._say(event.message)]         # "nothing satisfies ...": said, with no items
         return []
 
     def finish(self) -> list[dict]:

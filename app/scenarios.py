@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from engine.constraints import Constraints
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+from engine.events import collect
 
 BUNDLED = Path(__file__).parent / "demo_scenarios"
 USER_CHOICES = ("fresh", "longest", "two-interests")
@@ -222,21 +222,13 @@ def play_step(engine, scenario: Scenario, state: dict) -> StepOutcome:
     outcome = StepOutcome(number=number, action=text, expect=_fill(step.expect, values), session_id=session_id)
     thinking = scenario.thinking if step.thinking is None else step.thinking
     budget = step.budget if step.budget is not None else scenario.budget
-    for event in engine.turn(session_id, text, thinking=thinking, k=step.k or scenario.k, budget=budget):
-        if isinstance(event, ReasoningDelta):
-            outcome.levels[event.level] = outcome.levels.get(event.level, "") + event.text
-        elif isinstance(event, ItemsEvent):
-            outcome.items = [c.model_dump() for c in event.items]
-        elif isinstance(event, ReplyDelta):
-            outcome.reply += event.text
-        elif isinstance(event, NoticeEvent):
-            outcome.notices.append(event.text)
-        elif isinstance(event, ErrorEvent):
-            outcome.notices.append(f"Error: {event.message}")
-        elif isinstance(event, TraceEvent):
-            outcome.active = event.trace.request.active
-            outcome.latency_ms = event.trace.latency_ms.get("total_ms", 0.0)
-            outcome.matching = _matching(event.trace.request.constraints, outcome.items)
+    result = collect(engine.turn(session_id, text, thinking=thinking, k=step.k or scenario.k, budget=budget))
+    outcome.levels, outcome.items = result.levels, result.item_dicts()
+    outcome.reply, outcome.notices = result.reply, result.told
+    if result.trace is not None:
+        outcome.active = result.trace.request.active
+        outcome.latency_ms = result.trace.latency_ms.get("total_ms", 0.0)
+        outcome.matching = _matching(result.trace.request.constraints, outcome.items)
     state["last_items"] = outcome.items or state["last_items"]
     return outcome
 

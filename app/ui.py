@@ -24,7 +24,7 @@ import gradio as gr
 from app.compare_tab import compare_tab, model_tab
 from app.demo_tab import demo_tab
 from app.openai_api import openai_routes
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent, collect, describe_ranking
+from engine.events import ReasoningDelta, TurnResult, collect, describe_ranking
 from engine.trace_export import FORMATS, build_export, catalog_lookup, export_session
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
@@ -64,44 +64,31 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         if not session_id:
             session_id = engine.start_session().id
         chat = list(chat or []) + [gr.ChatMessage(role="user", content=message or "(no text: what next?)")]
-        levels: dict[str, str] = {}
-        items: list[dict] = []
-        trace: dict = {}
-        notes: list[str] = []
-        reply = ""
-        active = ""
+        result = TurnResult()
 
         def render(status: str):
             messages = list(chat)
-            if levels:
+            if result.levels:
                 messages.append(gr.ChatMessage(role="assistant", content="Three levels, coarse to fine.",
                                                metadata={"title": "Reasoning", "id": "reasoning", "status": status}))
-                for name, text in levels.items():
+                for name, text in result.levels.items():
                     messages.append(gr.ChatMessage(role="assistant", content=text or "…",
                                                    metadata={"title": LEVEL_TITLES[name], "parent_id": "reasoning",
                                                              "status": status}))
-            if reply or notes:
-                lines = [reply] + ([f"**Active request:** {active}"] if active else []) + [f"{i['rank']}. **{i['title']}**" + (f" ({i['year']})" if i["year"] else "")
-                                   for i in items] + [f"_{n}_" for n in notes]
+            active = result.trace.request.active if result.trace else ""     # what stays active after this turn
+            if result.reply or result.told:
+                lines = [result.reply] + ([f"**Active request:** {active}"] if active else []) + [
+                    f"{c.rank}. **{c.title}**" + (f" ({c.year})" if c.year else "") for c in result.items] + [
+                    f"_{n}_" for n in result.told]
                 messages.append(gr.ChatMessage(role="assistant", content="\n\n".join(line for line in lines if line)))
             return messages
 
         for event in engine.turn(session_id, message, thinking=thinking, k=int(k), num_beams=int(num_beams),
                                  budget=budget or "full"):
+            result.add(event)
             if isinstance(event, ReasoningDelta):
-                levels[event.level] = levels.get(event.level, "") + event.text
                 yield render("pending"), session_id, gr.skip(), gr.skip(), gr.skip(), gr.skip(), ""
-            elif isinstance(event, ItemsEvent):
-                items = [c.model_dump() for c in event.items]
-            elif isinstance(event, ReplyDelta):
-                reply += event.text
-            elif isinstance(event, TraceEvent):
-                trace = event.trace.model_dump()
-                active = event.trace.request.active        # what stays active after this turn
-            elif isinstance(event, NoticeEvent):
-                notes.append(event.text)
-            elif isinstance(event, ErrorEvent):
-                notes.append(f"Error: {event.message}")
+        items, trace = result.item_dicts(), result.trace.model_dump() if result.trace else {}
         yield (render("done"), session_id, history_markdown(session_id), _item_rows(items),
                gr.update(choices=_choices(items), value=items[0]["item_id"] if items else None), trace, "")
 
@@ -190,7 +177,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         return {"reply": result.reply, "reasoning": result.reasoning,
                 "items": [{"item_id": c.item_id, "title": c.title, "year": c.year, "categories": c.categories,
                            "sid": c.sid, "score": c.score} for c in result.items],
-                "trace": result.trace.model_dump() if result.trace else None, "notices": result.notices,
+                "trace": result.trace.model_dump() if result.trace else None, "notices": result.told,
                 "session_id": session_id, "request": result.trace.request.model_dump() if result.trace else None,
                 # Set when the turn asked instead of answering; answer it with the same session_id.
                 "question": result.trace.request.question if result.trace else None}

@@ -114,27 +114,46 @@ Event = Annotated[ReasoningDelta | ItemsEvent | ReplyDelta | TraceEvent | Notice
 
 
 class TurnResult(BaseModel):
-    """A whole turn's events gathered up, for callers that do not stream (API, LangChain)."""
+    """A turn's events gathered up. :meth:`add` is the one reducer: the UI, the recommend API, the
+    OpenAI endpoint, LangChain and the scenario player all fold events with it, and add only what
+    their own output needs (a streamed delta, a header)."""
     reasoning: dict[str, str] = Field(default_factory=lambda: {"derivation": "", "evolution": "", "recommendation": ""})
     items: list[ItemCard] = []
     reply: str = ""
     trace: Trace | None = None
     notices: list[str] = []
+    errors: list[ErrorEvent] = []
+
+    def add(self, event) -> None:
+        if isinstance(event, ReasoningDelta):
+            self.reasoning[event.level] = self.reasoning.get(event.level, "") + event.text
+        elif isinstance(event, ItemsEvent):
+            self.items = event.items
+        elif isinstance(event, ReplyDelta):
+            self.reply += event.text
+        elif isinstance(event, TraceEvent):
+            self.trace = event.trace
+        elif isinstance(event, NoticeEvent):
+            self.notices.append(event.text)
+        elif isinstance(event, ErrorEvent):
+            self.errors.append(event)
+
+    @property
+    def told(self) -> list[str]:
+        """The notices, then the errors, as a person reads them."""
+        return self.notices + [f"Error: {error.message}" for error in self.errors]
+
+    @property
+    def levels(self) -> dict[str, str]:
+        """The reasoning levels written so far, in order."""
+        return {level: text for level, text in self.reasoning.items() if text}
+
+    def item_dicts(self) -> list[dict]:
+        return [card.model_dump() for card in self.items]
 
 
 def collect(events) -> TurnResult:
     result = TurnResult()
     for event in events:
-        if isinstance(event, ReasoningDelta):
-            result.reasoning[event.level] += event.text
-        elif isinstance(event, ItemsEvent):
-            result.items = event.items
-        elif isinstance(event, ReplyDelta):
-            result.reply += event.text
-        elif isinstance(event, TraceEvent):
-            result.trace = event.trace
-        elif isinstance(event, NoticeEvent):
-            result.notices.append(event.text)
-        elif isinstance(event, ErrorEvent):
-            result.notices.append(f"Error: {event.message}")
+        result.add(event)
     return result

@@ -26,7 +26,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, Huma
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TraceEvent
+from engine.events import ReasoningDelta, TurnResult
 from engine.messages import item_lines, level_header, replay_messages
 
 
@@ -59,11 +59,10 @@ class ThinkrecChatModel(BaseChatModel):
         session_id, text = self._session(messages)
         events = self.engine.turn(session_id, text, thinking=kwargs.get("thinking", self.thinking),
                                   k=kwargs.get("k", self.k))
-        items, reply, trace, notices, level = [], "", None, [], None
+        result, level = TurnResult(), None
         for event in events:
-            if isinstance(event, ReasoningDelta):
-                if not event.text:
-                    continue
+            result.add(event)
+            if isinstance(event, ReasoningDelta) and event.text:
                 header = level_header(event.level, level)
                 level = event.level
                 chunk = ChatGenerationChunk(message=AIMessageChunk(
@@ -71,17 +70,8 @@ class ThinkrecChatModel(BaseChatModel):
                 if run_manager:
                     run_manager.on_llm_new_token(event.text, chunk=chunk)
                 yield chunk
-            elif isinstance(event, ItemsEvent):
-                items = [card.model_dump() for card in event.items]
-            elif isinstance(event, ReplyDelta):
-                reply += event.text
-            elif isinstance(event, TraceEvent):
-                trace = event.trace.model_dump()
-            elif isinstance(event, NoticeEvent):
-                notices.append(event.text)
-            elif isinstance(event, ErrorEvent):
-                notices.append(f"Error: {event.message}")
-        lines = [reply] + item_lines(items) + notices
+        items, trace = result.item_dicts(), result.trace.model_dump() if result.trace else None
+        lines = [result.reply] + item_lines(items) + result.told
         body = "\n".join(line for line in lines if line)
         yield ChatGenerationChunk(message=AIMessageChunk(
             content=[{"type": "text", "text": ("\n" if level else "") + body}],
