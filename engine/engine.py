@@ -55,7 +55,7 @@ from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_sp
 from engine.recommender import open_recommender
 from engine.request import Request
 from engine.request import apply as apply_request
-from engine.sessions import ChatSession, SessionStore, Turn
+from engine.sessions import ChatSession, ConstraintConflict, SessionStore, Turn
 from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
 from engine.understanding import (
     apply_answer,
@@ -204,7 +204,7 @@ class Engine:
         turns = [Turn("user", text, request=request.model_dump())]
         if known or reply:
             turns.append(Turn("assistant", reply, known))
-        self.sessions.add_exchange(session_id, turns, constraints)
+        self._save(session, text, turns, constraints)
         return self.sessions.get(session_id, traces=False)
 
     def feedback(self, session_id: str, item_id: str, kind: str) -> ChatSession:
@@ -437,9 +437,8 @@ class Engine:
                       backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info,
                       latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
         yield ReplyDelta(text=turn.info.question)
-        self.sessions.add_exchange(turn.session.id, [turn.user_turn(),
-                                                     Turn("assistant", turn.info.question, [],
-                                                          trace=trace.model_dump(mode="json"))], turn.constraints)
+        self._store(turn, [turn.user_turn(), Turn("assistant", turn.info.question, [],
+                                                   trace=trace.model_dump(mode="json"))])
         yield TraceEvent(trace=trace)
 
     def _refuse(self, turn: _TurnState) -> Iterator[Event]:
@@ -450,10 +449,31 @@ class Engine:
                       latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
         user = turn.user_turn()
         user.trace = trace.model_dump(mode="json")
-        self.sessions.add_exchange(turn.session.id, [user], turn.constraints)
+        self._store(turn, [user])
         yield ErrorEvent(message=f"No item you have not seen satisfies: {turn.info.active}. Change or lift a "
                                  "constraint (\"any decade\", \"horror is fine\", \"start over\").")
         yield TraceEvent(trace=trace)
+
+    def _store(self, turn: _TurnState, turns: list[Turn]) -> None:
+        """Save the exchange with the constraints it leaves, as a compare-and-swap on the version the
+        turn read: if another process changed the constraints meanwhile, this message is merged into
+        theirs (understood again against the fresh session) and the swap tried again, so neither
+        update is lost."""
+        self._save(turn.session, turn.text, turns, turn.constraints)
+
+    def _save(self, session: ChatSession, text: str, turns: list[Turn], constraints: Constraints,
+              attempts: int = 5) -> None:
+        for _ in range(attempts):
+            try:
+                self.sessions.add_exchange(session.id, turns, constraints, read_version=session.constraints_version)
+                return
+            except ConstraintConflict:
+                session = self.sessions.get(session.id, traces=False)
+                pending = constraints.pending           # a question this turn asked stays asked
+                _, constraints = self.understand(session, text)
+                if pending:
+                    constraints = constraints.model_copy(update={"pending": pending})
+        raise ConstraintConflict(f"session '{session.id}': the constraints kept changing under {attempts} tries")
 
     def _rank(self, turn: _TurnState):
         """Step 3: the items, through the same ``recommend`` as eval and RL, after the reasoning."""
@@ -488,10 +508,8 @@ class Engine:
                       num_beams=turn.num_beams, request=turn.info,
                       max_reasoning_tokens=turn.budget if turn.thinking else 0, ranking=result.ranking)
         stored = trace.model_dump(mode="json") | {"items": [c.model_dump(mode="json") for c in cards]}
-        self.sessions.add_exchange(turn.session.id, [turn.user_turn(), Turn("assistant", reply,
-                                                                            [c.item_id for c in cards], turn.levels,
-                                                                            trace=stored)],
-                                   turn.constraints)
+        self._store(turn, [turn.user_turn(), Turn("assistant", reply, [c.item_id for c in cards], turn.levels,
+                                                  trace=stored)])
         yield TraceEvent(trace=trace)
 
     def preview(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,

@@ -3,7 +3,10 @@ feedback (a like adds the item to the history; a dislike excludes it for the res
 
 Sessions also keep the active request constraints (engine/constraints.py), so "no horror" survives
 a restart. Updates are serialised (a process lock, ``SELECT ... FOR UPDATE`` where the database
-has it, ``BEGIN IMMEDIATE`` on SQLite), so two clicks at once both land.
+has it, ``BEGIN IMMEDIATE`` on SQLite), so two clicks at once both land. A turn reads the
+constraints when it starts and writes them when it ends, so that write is a compare-and-swap on
+``constraints_version``: a writer that read an older version gets :class:`ConstraintConflict` and
+merges again (``Engine._save``), so two processes on one database cannot lose an update.
 
 Stored with SQLAlchemy in any database URL, in its own tables (rebuilding the catalog drops only
 the catalog's tables). Each session is isolated by its id. Note for the app: the manifest hashes
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import delete as sa_delete
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, event, func, inspect, select, text
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, event, func, inspect, select, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, defer, mapped_column
 
 from data.catalog_db import make_engine
@@ -42,6 +45,9 @@ class SessionRow(SessionBase):
     history: Mapped[list] = mapped_column(JSON, default=list)                 # item ids, oldest first
     excluded: Mapped[list] = mapped_column(JSON, default=list)                # disliked item ids
     constraints: Mapped[dict] = mapped_column(JSON, default=dict)             # active request constraints
+    # Bumped by every constraint write: a write names the version it read, and loses if another
+    # process wrote in between (compare-and-swap; see SessionStore.add_exchange).
+    constraints_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
@@ -68,6 +74,10 @@ class FeedbackRow(SessionBase):
     item_id: Mapped[str] = mapped_column(String(128))
     kind: Mapped[str] = mapped_column(String(16))          # like | dislike
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class ConstraintConflict(RuntimeError):
+    """A constraint write named a version that is no longer current (another writer came first)."""
 
 
 @dataclass
@@ -101,6 +111,7 @@ class ChatSession:
     constraints: Constraints = field(default_factory=Constraints)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    constraints_version: int = 0             # what a constraint write must name (add_exchange)
 
     def shown(self) -> list[str]:
         """Every item this session's answers have shown, oldest first."""
@@ -145,14 +156,16 @@ class SessionStore:
         self._lock = threading.Lock()      # one writer at a time from this process, on any database
 
     def _add_missing_columns(self) -> None:
-        """Sessions saved by an older thinkrec lack the newer JSON columns: add them, keep the rows."""
+        """Sessions saved by an older thinkrec lack the newer columns: add them, keep the rows."""
         inspector = inspect(self.engine)
         for table in (SessionRow.__table__, TurnRow.__table__):
             have = {c["name"] for c in inspector.get_columns(table.name)}
             for column in table.columns:
                 if column.name not in have:
+                    kind = column.type.compile(self.engine.dialect)
+                    default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
                     with self.engine.begin() as connection:
-                        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} JSON"))
+                        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}{default}"))
 
     def create(self, user_id: str | None = None, history: list[str] | None = None) -> ChatSession:
         session_id = str(uuid.uuid4())
@@ -180,7 +193,8 @@ class SessionStore:
                                [Turn(t.role, t.text, list(t.items), dict(t.reasoning or {}), dict(t.request or {}),
                                      dict(t.trace or {}) if traces else {}, t.created_at)
                                 for t in turns],
-                               Constraints.model_validate(row.constraints or {}), row.created_at, row.updated_at)
+                               Constraints.model_validate(row.constraints or {}), row.created_at, row.updated_at,
+                               row.constraints_version or 0)
 
     def delete(self, session_id: str) -> None:
         """Remove a session and everything stored with it (unknown ids are ignored)."""
@@ -223,17 +237,33 @@ class SessionStore:
     def add_turn(self, session_id: str, turn: Turn) -> None:
         self.add_exchange(session_id, [turn])
 
-    def add_exchange(self, session_id: str, turns: list[Turn], constraints: Constraints | None = None) -> None:
-        """Store a turn's messages and the constraints they leave active, all or nothing."""
+    def add_exchange(self, session_id: str, turns: list[Turn], constraints: Constraints | None = None,
+                     read_version: int | None = None) -> None:
+        """Store a turn's messages and the constraints they leave active, all or nothing.
+
+        ``read_version``: the ``constraints_version`` the constraints were derived from. The write
+        is a compare-and-swap in the database (``UPDATE … WHERE constraints_version = read``): if
+        another thread or process wrote the constraints since, nothing is stored and
+        :class:`ConstraintConflict` is raised, so the caller can merge again instead of losing that
+        update. None writes unconditionally."""
         with self._lock, Session(self.engine) as db, db.begin():
             row = self._locked_row(db, session_id)
+            if constraints is not None:
+                swap = (update(SessionRow).where(SessionRow.id == session_id)
+                        .values(constraints=constraints.model_dump(),
+                                constraints_version=func.coalesce(SessionRow.constraints_version, 0) + 1,
+                                updated_at=_now()))
+                if read_version is not None:
+                    swap = swap.where(func.coalesce(SessionRow.constraints_version, 0) == read_version)
+                if db.execute(swap.execution_options(synchronize_session=False)).rowcount != 1:
+                    raise ConstraintConflict(f"session '{session_id}': its constraints changed since version "
+                                             f"{read_version} was read")
             for turn in turns:
                 db.add(TurnRow(session_id=session_id, role=turn.role, text=turn.text, items=list(turn.items),
                                reasoning=dict(turn.reasoning), request=dict(turn.request),
                                trace=dict(turn.trace) or None))
-            if constraints is not None:
-                row.constraints = constraints.model_dump()
-            row.updated_at = _now()
+            if constraints is None:
+                row.updated_at = _now()
 
     def set_constraints(self, session_id: str, constraints: Constraints) -> None:
         self.add_exchange(session_id, [], constraints)

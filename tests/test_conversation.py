@@ -7,6 +7,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from engine.events import ErrorEvent, ItemsEvent, NoticeEvent, TraceEvent
 from engine.prompt import NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION
 
@@ -181,3 +183,36 @@ def test_the_auto_budget_reasons_only_where_reasoning_reads_more(engine):
     wanted = engine.facets.vocabulary[0]
     asked, levels = thought(f"a {wanted.lower()} please")
     assert asked is True and levels["recommendation"].startswith(f"You asked for {wanted}")
+
+
+def test_two_processes_writing_one_sessions_constraints_lose_neither(engine, built_dataset, tiny_checkpoint,
+                                                                     monkeypatch):
+    """Constraints are read when a turn starts and written when it ends. A second engine on the same
+    sessions database (another process) writes "no <avoided>" while this engine's turn for
+    "<wanted> please" is running: the write is a compare-and-swap on the version, so this turn's
+    save finds the newer constraints, merges its request into them, and both stay active."""
+    from engine.engine import Engine
+    from engine.sessions import ConstraintConflict
+
+    wanted, avoided = engine.facets.vocabulary[0], engine.facets.vocabulary[2]
+    other = Engine(built_dataset, tiny_checkpoint, sessions_url=str(engine.sessions.engine.url))
+    session = engine.start_session(user_id="u9")
+    rank = engine._rank
+
+    def meanwhile(turn):
+        run(other, session.id, f"no {avoided.lower()}", k=2, thinking=False)
+        return rank(turn)
+
+    monkeypatch.setattr(engine, "_rank", meanwhile)
+    run(engine, session.id, f"a {wanted.lower()} please", k=2, thinking=False)
+    monkeypatch.undo()
+    stored = engine.sessions.get(session.id, traces=False)
+    assert wanted in [c for group in stored.constraints.want for c in group]
+    assert avoided in stored.constraints.avoid
+    assert stored.constraints_version == 2 and len(stored.turns) == 4
+    # At the store: a write that names a stale version stores nothing and says why.
+    stale = stored.constraints_version - 1
+    with pytest.raises(ConstraintConflict, match="changed since version"):
+        engine.sessions.add_exchange(session.id, [], stored.constraints.model_copy(update={"avoid": []}),
+                                     read_version=stale)
+    assert engine.sessions.get(session.id).constraints == stored.constraints
