@@ -52,7 +52,7 @@ from engine.events import (
     TraceEvent,
 )
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
-from engine.recommender import open_recommender
+from engine.recommender import FULL_REASONING_TOKENS, open_recommender
 from engine.request import Request
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, ConstraintConflict, SessionStore, Turn
@@ -79,10 +79,13 @@ class _SessionLock:
     def __init__(self):
         self.lock = threading.Lock()
 
-# Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap the reasoning
-# tokens (level 3 keeps 40 of them, levels 1-2 get the rest; engine/recommender.py). "short" gives
-# one interest with its evidence; "full" is the length the model was trained and evaluated at.
-BUDGETS = {"off": 0, "short": 64, "full": 192, "auto": 192}
+# Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap every
+# reasoning token, the engine-written levels 1-2 and the closing one included (engine/recommender.py:
+# levels 1-2 take a shorter form until level 3 has its room). "short" gives one or two interests with
+# one citation each; "full" holds the whole reading of any ML-100K history (longest 233 tokens) and
+# level 3's 40, so it cuts nothing the model was trained and evaluated with. A budget smaller than a
+# turn's shortest three levels (ReasoningPlan.min_tokens) is raised to it, with a notice.
+BUDGETS = {"off": 0, "short": 64, "full": FULL_REASONING_TOKENS, "auto": FULL_REASONING_TOKENS}
 # "auto" reasons only where reasoning carries what the direct answer lacks (Recommender.worth_reasoning:
 # a history longer than the prompt's window, or an active request) and answers directly otherwise.
 
@@ -128,7 +131,7 @@ class _TurnState:
     thinking: bool
     k: int
     num_beams: int
-    budget: int                       # reasoning tokens at most (thinking)
+    budget: int                       # reasoning tokens at most, every one counted (thinking)
     earlier: list[Message]
     prompt: list[int]
     started: float
@@ -301,7 +304,11 @@ class Engine:
                 if body:
                     yield ReasoningDelta(level=level, text=body)
         else:
-            plan = self.recommender.plan(turn.session.history, turn.constraints, turn.text or None)
+            plan = self.recommender.plan(turn.session.history, turn.constraints, turn.text or None, budget=turn.budget)
+            if plan.min_tokens > turn.budget:
+                yield NoticeEvent(text=f"The reasoning needs at least {plan.min_tokens} tokens for this history and "
+                                       f"request, more than the budget of {turn.budget}; it used {plan.min_tokens}.")
+                turn.budget = plan.min_tokens
             tokens = self.recommender.stream_reasoning(turn.prompt, plan, max_new_tokens=turn.budget)
             for level, delta, token in self._stream_levels(self._timed(tokens, turn.timings, started)):
                 turn.reasoning_ids.append(token)

@@ -22,7 +22,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -419,14 +419,28 @@ class InterestReader:
         set_aside = [known[r] for r in sorted(noise - claimed, reverse=True)]
         return interests, set_aside
 
-    def derivation_text(self, interests: list[Interest], set_aside: list[str], size: int) -> str:
+    def derivation_text(self, interests: list[Interest], set_aside: list[str], size: int,
+                        max_cites: int = MAX_EVIDENCE) -> str:
         cite = self.cite
-        parts = [f"({i + 1}) {it.name}: {', '.join(cite(e) for e in it.evidence_ids)}." for i, it in enumerate(interests)]
+        parts = [f"({i + 1}) {it.name}: {', '.join(cite(e) for e in it.evidence_ids[:max_cites])}."
+                 for i, it in enumerate(interests)]
         text = f"From {size} items: " + (" ".join(parts) if parts else "no clear interest, the history is scattered.")
         if set_aside:
             more = f" and {len(set_aside) - MAX_SET_ASIDE} more" if len(set_aside) > MAX_SET_ASIDE else ""
             text += f" Set aside: {', '.join(cite(i) for i in set_aside[:MAX_SET_ASIDE])}{more}."
         return text
+
+    def shorter(self, reading: Reading) -> Iterator[Reading]:
+        """Shorter forms of a reading, longest first, for a reasoning budget that cannot hold the
+        whole: without the set-aside items, then fewer citations per interest, then fewer interests
+        (the strongest kept). Every form is as true as the whole; it says less."""
+        if reading.size < LITTLE_HISTORY or not reading.interests:
+            return
+        count = len(reading.interests)
+        for keep, cites in [(count, 2), (count, 1)] + [(n, 1) for n in range(count - 1, 0, -1)]:
+            kept = reading.interests[:keep]
+            yield Reading(kept, [], self.derivation_text(kept, [], reading.size, cites), self.evolution_text(kept),
+                          reading.size)
 
     @staticmethod
     def evolution_text(interests: list[Interest]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.backends import Backend, TransformersBackend, VLLMBackend
@@ -101,6 +101,9 @@ class ReasoningPlan:
     # Levels 1-2 read from the long history by the engine (engine/interests.py) are the prefix: the
     # model writes level 3 only.
     levels_written: bool = False
+    # The fewest tokens these three levels take (the prefix and level 3's room): a smaller budget is
+    # raised to this, so every level is there and the cap still holds.
+    min_tokens: int = 0
 
 
 _SPAN_TEXT = re.compile(re.escape(ITEM_BEGIN) + r"(?:<[a-z]_\d+>)+" + re.escape(ITEM_END))
@@ -113,6 +116,10 @@ _SPAN_TEXT = re.compile(re.escape(ITEM_BEGIN) + r"(?:<[a-z]_\d+>)+" + re.escape(
 # decade) is ranked exactly, while the whole unseen ML-100K catalog (~830 steps) goes to the beams
 # plus the head's favourites, which scored the same NDCG on valid at 0.6x the latency.
 DEFAULT_HEAD_WEIGHT = 1.0
+# The full reasoning budget, in tokens, every reasoning token counted (written ones and the closing one
+# too): it holds the whole reading of levels 1-2 of any ML-100K history (233 tokens at most) and level
+# 3's own tokens.
+FULL_REASONING_TOKENS = 320
 EXACT_FACTOR = 10
 DEFAULT_EXACT_STEPS = None      # None: sized as above; 0: never exact
 
@@ -200,29 +207,44 @@ class Recommender:
         return set(latest.values())
 
     def plan(self, history: Sequence[str], constraints: Constraints | None,
-             user_text: str | None = None) -> ReasoningPlan:
+             user_text: str | None = None, budget: int | None = None) -> ReasoningPlan:
         """Users with a history: the model reasons, and level 3 opens with the active request.
         Users without one: all three levels are written from the request (nothing to derive, so
-        nothing the model could say there would be true)."""
+        nothing the model could say there would be true). ``budget`` (reasoning tokens): levels 1-2
+        read from the history take a shorter form (``InterestReader.shorter``) until they leave
+        level 3 its room."""
         if any(i in self.sid_codes for i in history):
             described = constraints.describe() if constraints is not None else ""
             required, ends = self.required_pieces(constraints)
             if self.reader is not None and self.read_levels:
-                reading = self.reader.read([i for i in history if i in self.sid_codes])
-                lead = self.request_lead(reading, constraints, described) if described else ""
-                prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
-                          + self.encode_written(reading.evolution))
-                return ReasoningPlan(prefix=prefix, statement=self.tokenizer.encode(lead, trusted=False) if lead else [],
-                                     cite=self.shown_history(history), required=required, required_ends=ends,
-                                     levels_written=True)
+                whole = self.reader.read([i for i in history if i in self.sid_codes])
+                for reading in [whole, *self.reader.shorter(whole)] if budget is not None else [whole]:
+                    lead = self.request_lead(reading, constraints, described) if described else ""
+                    statement = self.tokenizer.encode(lead, trusted=False) if lead else []
+                    prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
+                              + self.encode_written(reading.evolution))
+                    if budget is None or len(prefix) + self.level3_room(statement, required) <= budget:
+                        break
+                return ReasoningPlan(prefix=prefix, statement=statement, cite=self.shown_history(history),
+                                     required=required, required_ends=ends, levels_written=True,
+                                     min_tokens=len(prefix) + self.level3_room(statement, required))
             statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
             return ReasoningPlan(statement=statement, cite=self.shown_history(history), required=required,
-                                 required_ends=ends)
+                                 required_ends=ends, min_tokens=self.level3_room(statement, required))
         text = fresh_user_recommendation(constraints, user_text, self.category_word)
         prefix = (self.tokenizer.encode(NO_HISTORY_DERIVATION, trusted=False) + [self.tokenizer.ids[EVOLUTION]]
                   + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]]
                   + self.tokenizer.encode(text, trusted=False) + [self.tokenizer.think_end_id])
-        return ReasoningPlan(prefix=prefix, complete=True)
+        return ReasoningPlan(prefix=prefix, complete=True, min_tokens=len(prefix))
+
+    # The fewest tokens level 3 gets of its own before the statement (see level3_room).
+    MIN_LEVEL3_TOKENS = 8
+
+    def level3_room(self, statement: Sequence[int], required: Sequence[int]) -> int:
+        """Tokens level 3 needs at least: its opener, the engine's lead, a few of the model's own,
+        the "Next item:" opener with the request's pieces, and the closing ``</think>``."""
+        opener = self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
+        return 1 + len(statement) + self.MIN_LEVEL3_TOKENS + len(opener) + len(required) + 1
 
     def worth_reasoning(self, history: Sequence[str], constraints: Constraints | None) -> bool:
         """The adaptive budget's rule: reason where the reasoning carries what the direct answer
@@ -341,27 +363,32 @@ class Recommender:
         return ([] if state.in_statement() else opener), True
 
     def stream_reasoning(self, prompt: Sequence[int], plan: ReasoningPlan,
-                         max_new_tokens: int = 192, temperature: float = 0.0) -> Iterator[int]:
+                         max_new_tokens: int = FULL_REASONING_TOKENS, temperature: float = 0.0) -> Iterator[int]:
         """One user's reasoning tokens as they come, the plan's written tokens included in place
-        (the prompt opened the first level). Ends with ``</think>`` (or ``<|end|>``) when closed."""
+        (the prompt opened the first level). Ends with ``</think>`` (or ``<|end|>``) when closed.
+        ``max_new_tokens`` caps everything, written tokens and the closing one included: each stage
+        gets what is left after the room the later ones need (``level3_room``). A cap below the
+        plan's ``min_tokens`` is raised to it."""
+        max_new_tokens = max(max_new_tokens, plan.min_tokens)
         yield from plan.prefix
         if plan.complete:
             return
         opened, close, end, levels_1_2 = self._stages(max_new_tokens)
+        closing_ids = (close, end)
         evolution = self.tokenizer.ids[EVOLUTION]
+        room = self.level3_room(plan.statement, plan.required)
         context = list(prompt) + plan.prefix
         if not plan.levels_written:
-            generated = yield from self._stream_stage(context, levels_1_2, [opened, close, end], plan.cite,
-                                                      temperature)
-            self._tidy(generated)
-            context += generated
-            if evolution not in generated:
+            for wanted in (levels_1_2, self.LEVEL2_TOKENS):
+                budget = min(wanted, max_new_tokens - (len(context) - len(prompt)) - room)
+                generated = (yield from self._stream_stage(context, budget, [opened, close, end], plan.cite,
+                                                           temperature)) if budget > 0 else []
+                self._tidy(generated)
+                context += generated
+                if evolution in context[len(prompt):]:
+                    break
                 yield evolution
                 context.append(evolution)
-                more = yield from self._stream_stage(context, self.LEVEL2_TOKENS, [opened, close, end], plan.cite,
-                                                     temperature)
-                self._tidy(more)
-                context += more
         written = [opened] + plan.statement
         yield from written
         context += written
@@ -369,21 +396,26 @@ class Recommender:
         # With a request, the model's own "Next item:" list is held back: the engine writes the
         # request's pieces first (see _statement_needed).
         stops = self._sentence_end() if plan.levels_written else None
-        if plan.levels_written and plan.statement:
+        statement_room = room - 1 - len(plan.statement) - self.MIN_LEVEL3_TOKENS
+        budget = min(self.LEVEL3_TOKENS, max_new_tokens - (len(context) - len(prompt)) - statement_room)
+        if (plan.levels_written and plan.statement) or budget <= 0:
             level3 = []          # the engine's lead is level 3's sentence: the statement follows at once
         else:
-            level3 = yield from self._stream_stage(context, self.LEVEL3_TOKENS, stops, plan.cite, temperature,
+            level3 = yield from self._stream_stage(context, budget, stops, plan.cite, temperature,
                                                    final=True, hold_statement=bool(plan.required))
-        closing = [t for t in level3[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+        closing = [t for t in level3[-1:] if t in closing_ids]
         fix = self._statement_needed(context + level3, level3, plan)
         if fix is not None:
             written, more_needed = fix
-            yield from written
-            closing = [self.tokenizer.think_end_id]
-            if more_needed:
-                more = yield from self._stream_stage(context + level3 + written, self.STATEMENT_TOKENS, stops,
-                                                     plan.cite, temperature, final=True)
-                closing = [t for t in more[-1:] if t in (self.tokenizer.think_end_id, self.tokenizer.end_id)]
+            used = len(context) - len(prompt) + len(level3)
+            closing = [close]
+            if used + len(written) + 1 <= max_new_tokens:
+                yield from written
+                budget = min(self.STATEMENT_TOKENS, max_new_tokens - used - len(written) - 1)
+                if more_needed and budget > 0:
+                    more = yield from self._stream_stage(context + level3 + written, budget, stops, plan.cite,
+                                                         temperature, final=True)
+                    closing = [t for t in more[-1:] if t in closing_ids]
         yield from closing
 
     def _stream_stage(self, context: list[int], budget: int, stops, cite, temperature: float, final: bool = False,
@@ -419,23 +451,32 @@ class Recommender:
 
     def _reason_batch(self, prompts: list[list[int]], plans: list[ReasoningPlan],
                       max_new_tokens: int, sample: bool, temperature: float, batch_size: int) -> list[list[int]]:
-        """Batched reasoning with the plans applied: what ``stream_reasoning`` yields, for many users."""
+        """Batched reasoning with the plans applied: what ``stream_reasoning`` yields, for many users
+        (the same stages under the same cap; users whose stages get the same budget share a batch)."""
         opened, close, end, levels_1_2 = self._stages(max_new_tokens)
         evolution = self.tokenizer.ids[EVOLUTION]
         reasoning = [list(plan.prefix) for plan in plans]
+        rooms = [self.level3_room(plan.statement, plan.required) for plan in plans]
+        caps = [max(max_new_tokens, plan.min_tokens) for plan in plans]      # as stream_reasoning raises them
 
-        def run(group: list[int], budget: int, stops) -> None:
-            if not group:
-                return
-            out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in group], [set() for _ in group],
-                                                  budget, sample=sample, temperature=temperature,
-                                                  batch_size=batch_size, stop_ids=stops,
-                                                  cites=[plans[i].cite for i in group])
-            for i, tokens in zip(group, out):
-                reasoning[i] += tokens
+        def run(group: list[int], wanted: int, keep: Callable[[int], int], stops) -> None:
+            """Generate for ``group``: each gets ``wanted`` tokens at most, less what must stay free."""
+            by_budget: dict[int, list[int]] = {}
+            for i in group:
+                budget = min(wanted, caps[i] - len(reasoning[i]) - keep(i))
+                if budget > 0:
+                    by_budget.setdefault(budget, []).append(i)
+            for budget, members in by_budget.items():
+                out = self.backend.generate_reasoning([prompts[i] + reasoning[i] for i in members],
+                                                      [set() for _ in members], budget, sample=sample,
+                                                      temperature=temperature, batch_size=batch_size, stop_ids=stops,
+                                                      cites=[plans[i].cite for i in members])
+                for i, tokens in zip(members, out):
+                    reasoning[i] += tokens
 
         todo = [i for i, plan in enumerate(plans) if not plan.complete]
-        run([i for i in todo if not plans[i].levels_written], levels_1_2, [opened, close, end])
+        room = rooms.__getitem__
+        run([i for i in todo if not plans[i].levels_written], levels_1_2, room, [opened, close, end])
         level_2 = []
         for i in todo:
             if plans[i].levels_written:
@@ -444,31 +485,36 @@ class Recommender:
             if evolution not in reasoning[i]:
                 reasoning[i].append(evolution)
                 level_2.append(i)
-        run(level_2, self.LEVEL2_TOKENS, [opened, close, end])
+        run(level_2, self.LEVEL2_TOKENS, room, [opened, close, end])
         starts = {}
         for i in todo:
             self._tidy(reasoning[i])
             reasoning[i] += [opened] + plans[i].statement
             starts[i] = len(reasoning[i])
+
+        def statement_room(i: int) -> int:
+            return rooms[i] - 1 - len(plans[i].statement) - self.MIN_LEVEL3_TOKENS
+
         # Under engine-written levels 1-2 the model writes one sentence of its own, then the
         # statement: level 3 ends at its first period (a small model otherwise loops on "(k) name.").
         # With a request, the engine's lead is that sentence: the statement follows at once.
-        run([i for i in todo if not plans[i].levels_written], self.LEVEL3_TOKENS, None)
+        run([i for i in todo if not plans[i].levels_written], self.LEVEL3_TOKENS, statement_room, None)
         run([i for i in todo if plans[i].levels_written and not plans[i].statement], self.LEVEL3_TOKENS,
-            self._sentence_end())
+            statement_room, self._sentence_end())
         unstated = []
         for i in todo:
             level3 = reasoning[i][starts[i]:]
             fix = self._statement_needed(prompts[i] + reasoning[i], level3, plans[i])
             if fix is not None:
                 written, more_needed = fix
-                reasoning[i][starts[i]:] = level3 + written
-                if more_needed:
+                fits = starts[i] + len(level3) + len(written) + 1 <= caps[i]
+                reasoning[i][starts[i]:] = level3 + (written if fits else [])
+                if fits and more_needed and caps[i] - len(reasoning[i]) - 1 > 0:
                     unstated.append(i)
                 else:
                     reasoning[i].append(self.tokenizer.think_end_id)
-        run([i for i in unstated if not plans[i].levels_written], self.STATEMENT_TOKENS, None)
-        run([i for i in unstated if plans[i].levels_written], self.STATEMENT_TOKENS, self._sentence_end())
+        run([i for i in unstated if not plans[i].levels_written], self.STATEMENT_TOKENS, lambda i: 1, None)
+        run([i for i in unstated if plans[i].levels_written], self.STATEMENT_TOKENS, lambda i: 1, self._sentence_end())
         return reasoning
 
     def _sentence_end(self) -> list[int] | None:
@@ -491,7 +537,7 @@ class Recommender:
     def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, num_beams: int | None = None,
                   thinking: bool = False, user_texts: Sequence[str | None] | None = None,
                   earlier_turns: Sequence[Sequence[Message]] | None = None,
-                  exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = 192,
+                  exclude: Sequence[set[str]] | None = None, max_reasoning_tokens: int = FULL_REASONING_TOKENS,
                   sample: bool = False, temperature: float = 1.0, batch_size: int = 16,
                   constraints: Sequence[Constraints | None] | None = None,
                   reasoning: Sequence[Sequence[int] | None] | None = None,
@@ -518,7 +564,7 @@ class Recommender:
             if reasoning is not None:
                 generated = [list(r or []) for r in reasoning]
             else:
-                plans = [self.plan(histories[i], constraints[i], user_texts[i]) for i in range(n)]
+                plans = [self.plan(histories[i], constraints[i], user_texts[i], max_reasoning_tokens) for i in range(n)]
                 generated = self._reason_batch(prompts, plans, max_reasoning_tokens, sample, temperature,
                                                max(batch_size, 16))
             share = (time.perf_counter() - started) / max(n, 1)

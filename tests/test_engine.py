@@ -98,6 +98,8 @@ def test_reasoning_budget_caps_the_reasoning_and_off_skips_it(engine):
     events, short_items, short = run(engine, short_session.id, "anything good?", k=3, budget="short")
     assert short.max_reasoning_tokens < full.max_reasoning_tokens
     assert 0 < short.reasoning_tokens <= full.reasoning_tokens
+    # A hard cap: every reasoning token counts, the engine-written levels and the closing one too.
+    assert short.reasoning_tokens <= short.max_reasoning_tokens and full.reasoning_tokens <= full.max_reasoning_tokens
     assert {e.level for e in events if isinstance(e, ReasoningDelta)} == {"derivation", "evolution", "recommendation"}
     assert len(short_items) == len(full_items) == 3
     events, off_items, off = run(engine, off_session.id, "anything good?", k=3, budget="off")
@@ -105,3 +107,25 @@ def test_reasoning_budget_caps_the_reasoning_and_off_skips_it(engine):
     assert not any(isinstance(e, ReasoningDelta) for e in events)
     events, items, _ = run(engine, off_session.id, "again", budget="endless")
     assert not items and "unknown reasoning budget" in next(e.message for e in events if isinstance(e, ErrorEvent))
+    # A budget too small for the three levels is raised to their shortest form, and says so.
+    events, items, tiny = run(engine, engine.start_session(user_id="u9").id, "anything good?", k=3, budget=5)
+    notice = next(e.text for e in events if isinstance(e, NoticeEvent))
+    assert items and "more than the budget of 5" in notice and 5 < tiny.reasoning_tokens <= tiny.max_reasoning_tokens
+
+
+def test_the_budget_caps_every_reasoning_token_for_every_history(engine):
+    """Over every user of the tiny dataset, with and without a request, streamed (the app) and
+    batched (eval): the reasoning never has more tokens than the budget, and both paths agree."""
+    from engine.constraints import Constraints
+
+    wanted = engine.facets.vocabulary[0]
+    recommender = engine.recommender
+    for budget in (64, 96):
+        for user in list(engine.user_histories)[:6]:
+            history = engine.dataset_history(user)
+            for constraints in (None, Constraints(want=[[wanted]])):
+                plan = recommender.plan(history, constraints, None, budget=budget)
+                prompt = recommender.prompt_ids(history, None, [], True)
+                streamed = list(recommender.stream_reasoning(prompt, plan, max_new_tokens=budget))
+                (batched,) = recommender._reason_batch([prompt], [plan], budget, False, 1.0, 4)
+                assert len(streamed) <= max(budget, plan.min_tokens) and streamed == batched, (user, budget)

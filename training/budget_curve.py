@@ -27,6 +27,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from engine.recommender import FULL_REASONING_TOKENS
+
 
 @dataclass
 class BudgetArgs:
@@ -102,7 +104,7 @@ def run_budget_curve(args: BudgetArgs) -> dict:
         + (["thinkrec-think"] if thinking else [])
     accuracy = run_eval(EvalArgs(data=args.data, checkpoint=args.checkpoint, split=args.split,
                                  max_users=args.max_users, methods=",".join(methods), seed=args.seed,
-                                 max_reasoning_tokens=thinking[-1] if thinking else 192,
+                                 max_reasoning_tokens=thinking[-1] if thinking else FULL_REASONING_TOKENS,
                                  reasoning_budgets=",".join(str(t) for t in thinking)))
     results = accuracy["results"]
 

@@ -37,7 +37,7 @@ class EvalArgs:
     num_beams: int = 20                 # beam width over the SID steps (>= 20, the largest K)
     max_users: int = 0                  # 0: every user of the split
     batch_size: int = 16                # users decoded together
-    max_reasoning_tokens: int = 192     # reasoning budget (thinking mode; level 3 keeps 40 of it)
+    max_reasoning_tokens: int = 320     # reasoning budget, every token counted (engine.recommender.FULL_REASONING_TOKENS)
     sasrec: str | None = None           # a saved SASRec; trained (and saved beside the checkpoint) if missing
     sasrec_epochs: int = 200            # upper bound on SASRec epochs when it must be trained
     seed: int = 0                       # seed for data order, initialisation and sampling
