@@ -16,6 +16,8 @@ shims: every job starts here.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import sys
 from pathlib import Path
@@ -190,7 +192,7 @@ def trace_export_command(
     sessions_url: SessionsUrl = None,
 ) -> None:
     """Export a stored session with every turn's trace: reasoning levels, items, beams, request, latency."""
-    from engine.trace_export import FORMATS, catalog_lookup, export_session
+    from app.trace_export import FORMATS, catalog_lookup, export_session
 
     if fmt not in FORMATS:
         fail(f"--format must be one of {', '.join(FORMATS)}, not '{fmt}'")
@@ -252,12 +254,17 @@ def app_command(
     """Start the chat app (builds the default dataset and model first when they are missing)."""
     from training.stages import AllArgs, ensure_dataset, run_all
 
-    ensure_dataset(str(data))
-    if not (checkpoint / "thinkrec.json").exists():
-        if checkpoint != Path("checkpoints/ml-100k-tiny/sft"):
-            fail(f"{checkpoint} is not a thinkrec checkpoint (no thinkrec.json)")
-        typer.echo("No model yet: training the default one (about 25 minutes on 2 CPU cores) ...")
-        run_all(AllArgs(data=str(data), out=str(checkpoint.parent)))
+    default = checkpoint == Path("checkpoints/ml-100k-tiny/sft")
+    if not (checkpoint / "thinkrec.json").exists() and not default:
+        fail(f"{checkpoint} is not a thinkrec checkpoint (no thinkrec.json)")
+    if default:
+        # The first start builds the default dataset and trains the default model (and SASRec) once;
+        # a second app started meanwhile waits on the lock, then finds them built.
+        with _build_lock(checkpoint.parent):
+            ensure_dataset(str(data))
+            if not (checkpoint / "thinkrec.json").exists():
+                typer.echo("No model yet: training the default one (about 25 minutes on 2 CPU cores) ...")
+                run_all(AllArgs(data=str(data), out=str(checkpoint.parent)))
     from app.ui import serve
     from engine.backends import ServerMismatch
     from engine.checkpoint import CheckpointMismatch
@@ -274,16 +281,31 @@ def app_command(
     demo.block_thread()
 
 
+@contextlib.contextmanager
+def _build_lock(folder: Path):
+    """An exclusive lock on ``folder``'s build (a lock file), held while building."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _sasrec_ranker(data: Path, checkpoint: Path, facets):
-    """SASRec beside the checkpoint (trained first, about a minute, when missing) as the Compare
-    tab's ranker, under the turn's request filter (``filtered_sasrec_ranker``)."""
+    """SASRec beside the checkpoint (``thinkrec train all`` trains it) as the Compare tab's ranker,
+    under the turn's request filter (``filtered_sasrec_ranker``). The app trains nothing: without
+    the file the tab says how to get it."""
     from training.sasrec import SASRecModel
-    from training.stages import BaselineArgs, run_baseline
 
     path = checkpoint.parent / "sasrec.pt"
     if not path.exists():
-        typer.echo(f"Training SASRec for the Compare tab -> {path} ...")
-        run_baseline(BaselineArgs(data=str(data), out=str(path)))
+        typer.echo(f"No SASRec at {path}: the Compare tab shows thinkrec alone "
+                   f"(train it: thinkrec train baseline --data {data} --out {path}).")
+        return None
     return filtered_sasrec_ranker(SASRecModel.load(path), facets)
 
 
@@ -319,7 +341,7 @@ def bench_command(
     """Engine latency: first reasoning token, turns with/without thinking, concurrent sessions."""
     import tempfile
 
-    from engine.bench import run_bench
+    from app.bench.turns import run_bench
     from engine.engine import Engine
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -378,7 +400,7 @@ def _register_training_commands() -> None:
     from app.cli_args import add_dataclass_command
     from training.evaluate import EvalArgs
     from training.pretrain import PretrainArgs
-    from training.rl import RLArgs
+    from training.rl_args import RLArgs
     from training.sft import SFTArgs
     from training.stages import (AllArgs, BaselineArgs, run_all, run_baseline, run_eval, run_pretrain, run_rl,
                                  run_sft)
@@ -393,27 +415,27 @@ def _register_training_commands() -> None:
                           "Pretrain then SFT: the default model the app uses.")
     add_dataclass_command(train_app, "baseline", BaselineArgs, run_baseline,
                           "Train the SASRec baseline (popularity needs no training).")
-    from engine.scale_bench import CatalogBenchArgs
-    from engine.scale_bench import main as bench_catalog
+    from app.bench.catalog import CatalogBenchArgs
+    from app.bench.catalog import main as bench_catalog
 
     add_dataclass_command(app, "bench-catalog", CatalogBenchArgs, bench_catalog,
                           "Catalog-scale benchmark: SIDs, trie, FAISS and constrained decoding on N synthetic items.")
-    from engine.exact_bench import ExactBenchArgs
-    from engine.exact_bench import main as bench_exact
+    from app.bench.exact import ExactBenchArgs
+    from app.bench.exact import main as bench_exact
 
     add_dataclass_command(app, "bench-exact", ExactBenchArgs, bench_exact,
                           "Latency of exact ranking of the admissible catalog against beam search, by catalog size.")
-    from app.loadtest import LoadArgs
-    from app.loadtest import main as bench_load
+    from app.bench.load import LoadArgs
+    from app.bench.load import main as bench_load
 
     add_dataclass_command(app, "bench-load", LoadArgs, bench_load,
                           "The app under many clients through its API, and killed mid-turn (kill -9) and restarted.")
-    from engine.vllm_server import ServeArgs
-    from engine.vllm_server import main as serve_model
+    from engine.serving.vllm_server import ServeArgs
+    from engine.serving.vllm_server import main as serve_model
 
     add_dataclass_command(app, "serve-model", ServeArgs, serve_model,
                           "Serve a checkpoint with vLLM (own environment, SID trie as a logits processor).")
-    from training.budget_curve import BudgetArgs, run_budget_curve
+    from app.bench.budget import BudgetArgs, run_budget_curve
 
     add_dataclass_command(app, "bench-budget", BudgetArgs, run_budget_curve,
                           "Reasoning budget: accuracy (valid) against turn latency at off / short / full.")

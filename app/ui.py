@@ -23,9 +23,9 @@ import gradio as gr
 
 from app.compare_tab import compare_tab, model_tab
 from app.demo_tab import demo_tab
-from app.openai_api import openai_routes
+from app.integrations.openai_api import openai_routes
 from engine.events import ReasoningDelta, TurnResult, collect, describe_ranking
-from engine.trace_export import FORMATS, build_export, catalog_lookup, export_session
+from app.trace_export import FORMATS, build_export, catalog_lookup, export_session
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
                 "evolution": "2 · Evolution — how they move in time",
@@ -266,7 +266,7 @@ def serve(engine, port: int = 7860, host: str = "127.0.0.1", baseline=None):
     users = list(engine.user_histories)[:200]
     demo = build_app(engine, users, baseline)
     demo.queue(default_concurrency_limit=10)
-    # The OpenAI-compatible endpoint (app/openai_api.py) is served on the same port, under /v1.
+    # The OpenAI-compatible endpoint (app/integrations/openai_api.py) is served on the same port, under /v1.
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft(),
                 app_kwargs={"routes": openai_routes(engine)})
     return demo

@@ -23,7 +23,7 @@ from engine.decoding import (ItemTree, RankedItem, beam_search_items, beam_step,
 from engine.scheduler import BatchScheduler
 from engine.sid import SIDTrie, TrieFilter
 from engine.slots import SlotGrammar
-from engine.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
+from engine.serving.vllm_trie import ENABLE_ARG, EXCLUDE_ARG, served_model_name
 
 
 class Backend(Protocol):
@@ -210,7 +210,7 @@ class VLLMBackend:
 
     def _request(self, prompt, exclude: set[Hashable], constraints: Constraints | None = None,
                  cite: set[Hashable] | None = None, reasoning: bool = False, **fields) -> dict:
-        from engine.vllm_trie import CITE_ARG, CONSTRAINT_ARG, SLOTS_ARG
+        from engine.serving.vllm_trie import CITE_ARG, CONSTRAINT_ARG, SLOTS_ARG
 
         xargs = {ENABLE_ARG: 1, EXCLUDE_ARG: sorted(str(i) for i in exclude)}
         if constraints is not None and constraints.is_hard():

@@ -5,7 +5,6 @@ question when two catalog items share the title. Mixed into ``engine.request.Req
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 from engine.request_words import (
     DISLIKED_AFTER,
@@ -23,14 +22,11 @@ from engine.request_words import (
     normalize,
 )
 
-if TYPE_CHECKING:
-    from engine.request import Request
-
 
 class TitleReading:
     """Needs ``find_title``, ``exact_title``, ``same_title`` and ``phrases`` on the parser."""
 
-    def _like(self, text: str, request: Request) -> str:
+    def _like(self, text: str, request) -> str:
         """Resolve "more like <title>" and cut the title out of the text (its words are no request).
         The longest run of words after the cue that names a catalog title wins, so "more like
         Escape from New York" keeps its "from", "Mr. Holland's Opus" its full stop, and "more like
@@ -60,7 +56,7 @@ class TitleReading:
         results = self.find_title(title)
         return results[0] if results and (getattr(results[0], "score", None) or 0) >= 0.8 else None
 
-    def _titles(self, message: str, text: str, request: Request) -> str:
+    def _titles(self, message: str, text: str, request) -> str:
         """Catalog titles named anywhere ("I loved Scream", "not another Toy Story", "fargo was
         great"): quoted or capitalised spans, the words after a liking or disliking cue, and any run
         of two or more words that is exactly a catalog title. The words around a title say whether
@@ -133,7 +129,7 @@ class TitleReading:
             tried.add(normalize(found.title))
         return text
 
-    def _ask_which(self, found, request: Request, disliked: bool) -> bool:
+    def _ask_which(self, found, request, disliked: bool) -> bool:
         """When two catalog items share ``found``'s title, set a question asking which one."""
         same = self.same_title(found.title) if self.same_title is not None else []
         if len(same) < 2:

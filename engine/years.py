@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,9 +23,6 @@ from engine.request_words import (
     WORD_DECADES,
 )
 
-if TYPE_CHECKING:
-    from engine.request import Request
-
 
 class YearReading:
     """Needs ``facets``, ``phrases``, ``known_facets``, ``first_year``, ``last_year``,
@@ -38,7 +34,7 @@ class YearReading:
         start = candidates[counts.index(max(counts))] if max(counts) else candidates[-1 if two_digits < 30 else 0]
         return start, start + 9
 
-    def _years(self, text: str, request: Request, last_years: Sequence[int] = (),
+    def _years(self, text: str, request, last_years: Sequence[int] = (),
                active: tuple[int | None, int | None] = (None, None)) -> str:
         """Year ranges; returns the text with them blanked out. ``last_years``: the years of the
         last answer's items, against which "older" and "more recent" are read."""
@@ -165,7 +161,7 @@ class YearReading:
                                      "none fits that year range.")
         return text
 
-    def _numbers(self, text: str, request: Request) -> str:
+    def _numbers(self, text: str, request) -> str:
         """Ages, counts and durations are not years; facets the catalog lacks are said to be unknown.
         Returns the text with them cut out."""
         for match in list(AGE.finditer(text)):

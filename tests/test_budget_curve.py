@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from training.budget_curve import BudgetArgs, parse_budgets, run_budget_curve
+from app.bench.budget import BudgetArgs, parse_budgets, run_budget_curve
 
 
 def test_budgets_parse_names_and_counts_and_refuse_the_rest():

@@ -156,13 +156,13 @@ def test_catalog_scale_benchmark_runs_small(tmp_path):
 
 
 def test_vllm_request_gates_mask_like_the_transformers_gate(built_dataset, tiny_checkpoint, tmp_path):
-    """The server-side state (engine/vllm_trie.py, no vLLM needed): rows that asked are masked to
+    """The server-side state (engine/serving/vllm_trie.py, no vLLM needed): rows that asked are masked to
     the trie and carry log-probabilities; rows that did not are untouched; rows follow moves."""
     import torch
 
     from data.catalog import Catalog
     from engine.tokenizer import ThinkrecTokenizer
-    from engine.vllm_trie import RequestGates, TrieSpec, request_excludes, write_trie_spec
+    from engine.serving.vllm_trie import RequestGates, TrieSpec, request_excludes, write_trie_spec
 
     tok = ThinkrecTokenizer.load(tiny_checkpoint)
     codes = Catalog(built_dataset).sid_codes()

@@ -177,7 +177,7 @@ def test_a_decode_time_prior_moves_items_and_says_so(built_dataset, tiny_checkpo
 
 
 def test_bench_exact_reports_both_ways_by_size():
-    from engine.exact_bench import ExactBenchArgs, markdown, run
+    from app.bench.exact import ExactBenchArgs, markdown, run
 
     report = run(ExactBenchArgs(items="300,2000", repeats=1, prompt_tokens=20, history=5), progress=lambda row: None)
     small, large = report["rows"]
@@ -187,7 +187,7 @@ def test_bench_exact_reports_both_ways_by_size():
 
 
 def test_the_benchmark_leaves_autograd_on():
-    from engine.exact_bench import ExactBenchArgs, run
+    from app.bench.exact import ExactBenchArgs, run
 
     run(ExactBenchArgs(items="100", repeats=1, prompt_tokens=8, history=2), progress=lambda row: None)
     assert torch.is_grad_enabled()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from engine.langchain import ThinkrecChatModel
+from app.integrations.langchain import ThinkrecChatModel
 
 
 def test_invoke_returns_reasoning_and_items(engine):

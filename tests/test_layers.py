@@ -23,6 +23,7 @@ PACKAGES = ("data", "engine", "training", "app")
 CONTRACTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
 LAYERS = next(c["name"] for c in CONTRACTS if c["type"] == "layers")
 NO_TORCH = next(c["name"] for c in CONTRACTS if "torch" in c.get("forbidden_modules", []))
+INSIDE = {c["containers"][0]: c["name"] for c in CONTRACTS if c.get("containers")}
 
 
 def lint_imports(folder: Path) -> subprocess.CompletedProcess:
@@ -46,7 +47,13 @@ def test_import_contracts_hold():
     # The UI asking for the engine itself pulls torch in through data.embed: the chain is named.
     ("app/ui.py", "\nfrom engine.engine import Engine\n",
      NO_TORCH, ["app.ui is not allowed to import torch", "app.ui -> engine.engine", "-> torch"]),
-], ids=["data-imports-engine", "ui-imports-torch-through-engine"])
+    # Inside a package: a back-arrow (decoding reaching up to the scheduler) and a new circle
+    # (the GRPO maths importing the rollouts that import it) fail too.
+    ("engine/decoding.py", "\n\ndef _reach_up():\n    from engine.scheduler import BatchScheduler\n",
+     INSIDE["engine"], ["engine.decoding -> engine.scheduler"]),
+    ("training/grpo.py", "\n\ndef _circle():\n    from training.rollouts import Rollout\n",
+     INSIDE["training"], ["training.grpo -> training.rollouts"]),
+], ids=["data-imports-engine", "ui-imports-torch-through-engine", "engine-back-arrow", "training-circle"])
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, added, contract, expected):
     for package in PACKAGES:
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -70,9 +77,9 @@ def test_the_ui_loads_without_torch():
 
 
 def test_the_catalog_bench_model_is_the_tiny_preset():
-    """engine/scale_bench.py writes the ``tiny`` preset's shape out (the engine may not import
+    """app/bench/catalog.py writes the ``tiny`` preset's shape out (the engine may not import
     training): the two configs must stay the same."""
-    from engine.scale_bench import bench_model_config
+    from app.bench.catalog import bench_model_config
     from training.presets import preset_config
 
     assert bench_model_config(1000).to_dict() == preset_config("tiny", 1000, pad_id=0, eos_id=1).to_dict()

@@ -3,7 +3,7 @@ API by several clients, then killed with SIGKILL mid-turn and restarted on the s
 
 from __future__ import annotations
 
-from app.loadtest import LoadArgs, main
+from app.bench.load import LoadArgs, main
 
 
 def test_load_and_crash_lose_nothing(built_dataset, tiny_checkpoint, tmp_path):

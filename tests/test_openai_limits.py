@@ -1,4 +1,4 @@
-"""Limits and bad input at the OpenAI-compatible edge (app/openai_api.py), on the real app server
+"""Limits and bad input at the OpenAI-compatible edge (app/integrations/openai_api.py), on the real app server
 (``app.ui.serve``) over real HTTP: each refusal is an OpenAI-style 4xx that states its limit,
 nothing is stored for it, and the server answers a normal request afterwards; a failure inside
 the engine mid-stream ends the stream with an error chunk and ``data: [DONE]``."""
@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from app.openai_api import (
+from app.integrations.openai_api import (
     MAX_BODY_BYTES,
     MAX_MESSAGE_CHARS,
     MAX_MESSAGES,

@@ -144,7 +144,7 @@ def test_scores_of_many_callers_are_batched_and_match(engines):
 
 
 def test_bench_measures_batched_against_one_turn_at_a_time(engines):
-    from engine.bench import run_bench
+    from app.bench.turns import run_bench
 
     serial, batched = engines
     report = run_bench(batched, list(batched.user_histories), turns=1, concurrent=2, serial=serial)

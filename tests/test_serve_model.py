@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from engine.checkpoint import CheckpointMismatch
-from engine.vllm_server import ServeArgs, main, server_command, server_environment
-from engine.vllm_trie import TRIE_ENV, TrieSpec, served_model_name, write_trie_spec
+from engine.serving.vllm_server import ServeArgs, main, server_command, server_environment
+from engine.serving.vllm_trie import TRIE_ENV, TrieSpec, served_model_name, write_trie_spec
 
 
 def test_refuses_a_checkpoint_of_another_catalog_before_building_anything(tiny_checkpoint, built_dataset, tmp_path):

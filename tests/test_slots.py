@@ -128,7 +128,7 @@ def test_generated_reasoning_names_only_supported_interests(engine):
 
 def test_the_grammar_travels_to_the_vllm_server_unchanged(engine, tmp_path):
     """The server rebuilds the grammar from the catalog file and allows exactly the same tokens."""
-    from engine.vllm_trie import TrieSpec, write_trie_spec
+    from engine.serving.vllm_trie import TrieSpec, write_trie_spec
 
     rec, tok = engine.recommender, engine.tokenizer
     spec = TrieSpec(write_trie_spec(tmp_path / "trie.json", tok, rec.sid_codes, "fp", facets=engine.facets,

@@ -1,6 +1,6 @@
 """Traces persist and export (issue 16, part 3): every turn's trace is stored with the session (an
 older database is migrated), and a session exports as Markdown, JSON or one self-contained HTML
-file, from engine/trace_export.py and from ``thinkrec trace export|list``."""
+file, from app/trace_export.py and from ``thinkrec trace export|list``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from engine.events import BeamCandidate, ItemCard, RequestInfo, Trace, TraceEvent
 from engine.sessions import SessionStore, Turn
-from engine.trace_export import LEVEL_NAMES, SessionExport, export_session
+from app.trace_export import LEVEL_NAMES, SessionExport, export_session
 
 ROOT = Path(__file__).resolve().parents[1]
 ATTACK = "<script>alert(1)</script> & a 90s comedy"

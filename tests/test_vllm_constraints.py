@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from engine.constraints import Constraints, Facets
-from engine.vllm_trie import (CITE_ARG, CONSTRAINT_ARG, ENABLE_ARG, EXCLUDE_ARG, RequestGates, TrieSpec,
+from engine.serving.vllm_trie import (CITE_ARG, CONSTRAINT_ARG, ENABLE_ARG, EXCLUDE_ARG, RequestGates, TrieSpec,
                               request_args, spec_has_facets, write_trie_spec)
 
 LEVELS, CODEBOOK = 3, 4
@@ -286,7 +286,7 @@ class Meta:
 @pytest.fixture()
 def backend(spec, monkeypatch):
     from engine import backends
-    from engine.vllm_trie import served_model_name
+    from engine.serving.vllm_trie import served_model_name
 
     server = FakeServer(spec, served_model_name("fp", LEVELS, CODEBOOK))
     client = httpx.Client
@@ -356,7 +356,7 @@ def test_backend_reasoning_stops_at_the_given_ids(backend):
 # -- serve-model -------------------------------------------------------------------------------
 def test_server_runs_without_async_scheduling():
     """The trie processor reads output ids; vLLM's async scheduling would hand it -1 placeholders."""
-    from engine.vllm_server import ServeArgs, server_command
+    from engine.serving.vllm_server import ServeArgs, server_command
 
     args = ServeArgs(checkpoint="ckpt", max_model_len=0)
     for device in ("cpu", "cuda"):
@@ -367,7 +367,7 @@ def test_server_runs_without_async_scheduling():
 def test_serve_model_writes_the_catalogs_facets(built_dataset, tiny_checkpoint, tmp_path):
     from data.catalog import Catalog
     from engine.checkpoint import load_checked
-    from engine.vllm_server import write_catalog_spec
+    from engine.serving.vllm_server import write_catalog_spec
 
     catalog = Catalog(built_dataset)
     tokenizer, _ = load_checked(tiny_checkpoint, built_dataset)

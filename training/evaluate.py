@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from training.labelled import parse_checkpoints
 from training.metrics import hit_ndcg
 
 KS = (1, 5, 10, 20)
@@ -74,18 +75,12 @@ def _rows(view, split: str, max_users: int) -> list[dict]:
 
 
 def _sasrec(view, args: EvalArgs):
-    from training.sasrec import SASRecConfig, SASRecModel, train_sasrec
+    """SASRec beside the (first) checkpoint, or at ``--sasrec``; trained there when missing."""
+    from training.sasrec import load_or_fit
 
     first = next(iter(parse_checkpoints(args.checkpoint).values()))
     path = Path(args.sasrec) if args.sasrec else Path(first).parent / "sasrec.pt"
-    if path.exists():
-        return SASRecModel.load(path)
-    model = train_sasrec(list(view.items), [r["item_ids"] for r in view.train],
-                         [(r["history"], r["target"]) for r in view.valid],
-                         SASRecConfig(epochs=args.sasrec_epochs, seed=args.seed))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path)
-    return model
+    return load_or_fit(path, view, args.sasrec_epochs, args.seed)
 
 
 def _score(ranked: list[list[str]], rows: list[dict], seconds: float, catalog: set[str], extra: dict | None = None) -> dict:
@@ -135,20 +130,6 @@ def teacher_prior(view, args: EvalArgs):
 
         return markov_prior
     raise ValueError(f"unknown prior '{args.prior}' (choose sasrec or markov)")
-
-
-def parse_checkpoints(spec: str) -> dict[str, str]:
-    """``DIR`` -> {"": DIR}; ``sft=DIR,rl=DIR`` -> labelled checkpoints, evaluated side by side."""
-    parts = [p.strip() for p in spec.split(",") if p.strip()]
-    if len(parts) == 1 and "=" not in parts[0]:
-        return {"": parts[0]}
-    labelled = {}
-    for part in parts:
-        label, _, path = part.partition("=")
-        if not path or not label:
-            raise ValueError(f"--checkpoint with several checkpoints needs label=DIR entries, got '{part}'")
-        labelled[label] = path
-    return labelled
 
 
 def _recommend_with_progress(recommender, histories: list, desc: str, reasoning=None, **options):

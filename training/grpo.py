@@ -10,8 +10,7 @@ import random
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.rl import RLArgs
-    from training.rollouts import Rollout
+    from training.rl_args import RLArgs
 
 
 def group_advantages(rewards, group_size: int, scale: bool = True, eps: float = 1e-6):
@@ -41,7 +40,7 @@ def right_pad(rows: list[list[int]], pad_id: int, device):
     return ids.to(device), attention.to(device)
 
 
-def pad_rollouts(rollouts: list[Rollout], pad_id: int, device):
+def pad_rollouts(rollouts: list, pad_id: int, device):
     """(ids, attention, mask): the mask is 1 where a completion token is predicted (not the prompt)."""
     import torch
 
@@ -106,7 +105,7 @@ def target_logprobs(model, prefixes: list[list[int]], targets: list[list[int]], 
     return values
 
 
-def update_policy(model, reference, optimizer, scheduler, accelerator, rows: list[Rollout], pad_id: int,
+def update_policy(model, reference, optimizer, scheduler, accelerator, rows: list, pad_id: int,
                   args: RLArgs, rng: random.Random) -> dict:
     """One rollout batch as ``args.minibatches`` optimizer steps. The old log-probabilities are taken
     once before the first step, so later minibatches are a little off-policy: that is what the clip

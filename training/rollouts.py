@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from training.grpo import target_logprobs
 
 if TYPE_CHECKING:
-    from training.rl import RLArgs
+    from training.rl_args import RLArgs
 
 
 @dataclass

@@ -16,6 +16,8 @@ excluded:
 
 from __future__ import annotations
 
+import os
+
 import copy
 import math
 from dataclasses import asdict, dataclass, field
@@ -165,10 +167,15 @@ class SASRecModel:
         return recommendations
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        """Written beside the target and renamed into place: a reader (or a second writer) never
+        sees half a file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in self.network.state_dict().items()}
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
         torch.save({"config": asdict(self.config), "item_ids": list(self.item_ids), "state_dict": state,
-                    "best_epoch": self.best_epoch, "valid_curve": [list(p) for p in self.valid_curve]}, path)
+                    "best_epoch": self.best_epoch, "valid_curve": [list(p) for p in self.valid_curve]}, partial)
+        os.replace(partial, path)
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> SASRecModel:
@@ -267,4 +274,19 @@ def train_sasrec(item_ids: list[str], train_sequences: list[list[str]],
     else:
         model.best_epoch = epoch
     network.eval()
+    return model
+
+
+def fit_on(view, epochs: int, seed: int) -> SASRecModel:
+    """SASRec trained on a dataset's train split, early-stopped on its valid split."""
+    return train_sasrec(list(view.items), [r["item_ids"] for r in view.train],
+                        [(r["history"], r["target"]) for r in view.valid], SASRecConfig(epochs=epochs, seed=seed))
+
+
+def load_or_fit(path: str | Path, view, epochs: int, seed: int) -> SASRecModel:
+    """The SASRec saved at ``path``, or one trained now (``fit_on``) and saved there."""
+    if Path(path).exists():
+        return SASRecModel.load(path)
+    model = fit_on(view, epochs, seed)
+    model.save(path)
     return model

@@ -101,19 +101,20 @@ def run_all(args: AllArgs):
                   epochs=args.sft_epochs, precision=args.precision, seed=args.seed,
                   head_loss_weight=args.head_loss_weight)
     run_pretrain(pre)
-    return run_sft(sft)
+    done = run_sft(sft)
+    # SASRec: the Compare tab's baseline and eval's (and distillation's) teacher, so the app never
+    # has to train anything when it starts.
+    if not (out / "sasrec.pt").exists():
+        run_baseline(BaselineArgs(data=args.data, out=str(out / "sasrec.pt"), seed=args.seed))
+    return done
 
 
 def run_baseline(args: BaselineArgs):
     def train(args: BaselineArgs):
         from training.dataset_view import DatasetView
-        from training.sasrec import SASRecConfig, train_sasrec
+        from training.sasrec import fit_on
 
-        view = DatasetView.load(args.data)
-        model = train_sasrec(list(view.items), [r["item_ids"] for r in view.train],
-                             [(r["history"], r["target"]) for r in view.valid],
-                             SASRecConfig(epochs=args.epochs, seed=args.seed))
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        model = fit_on(DatasetView.load(args.data), args.epochs, args.seed)
         model.save(args.out)
         print(f"sasrec: best valid epoch {model.best_epoch} -> {args.out}")
         return Path(args.out)

@@ -179,7 +179,7 @@ def run_steering(args) -> dict:
     from engine.request import apply
     from engine.tokenizer import Message
     from training.dataset_view import DatasetView
-    from training.evaluate import parse_checkpoints
+    from training.labelled import parse_checkpoints
 
     torch.manual_seed(args.seed)
     view = DatasetView.load(args.data)
@@ -249,10 +249,11 @@ def run_steering(args) -> dict:
     seconds = time.perf_counter() - started
 
     # The fair anchor: each baseline's full ranking under the same parsed constraints (training/filtered.py).
-    from training.evaluate import _sasrec
+    from training.sasrec import load_or_fit
     from training.transitions import TransitionRecommender, known_sequences
 
-    sasrec = _sasrec(view, args)
+    sasrec = load_or_fit(Path(args.sasrec) if args.sasrec else Path(checkpoint).parent / "sasrec.pt", view,
+                         args.sasrec_epochs, args.seed)
     markov = TransitionRecommender().fit(known_sequences(view, args.split))
     catalog_ids = list(view.items)
     user_histories = [c.history for c in cases]

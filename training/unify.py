@@ -19,7 +19,7 @@ from engine.checkpoint import CheckpointMeta
 from training.checkpointing import child_meta, load_model, save_checkpoint
 
 if TYPE_CHECKING:
-    from training.rl import RLArgs
+    from training.rl_args import RLArgs
     from training.rollouts import Rollout
 
 KEPT_FILE = "rollouts.jsonl"      # in each GRPO run's folder: the kept rollouts, one JSON row each

@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 
-from engine.bench import percentile
+from app.bench.turns import percentile
 
 
 def main() -> None:

@@ -8,13 +8,13 @@ client, or LangChain's ``ChatOpenAI(base_url=...)``, talks to thinkrec with no t
     reply.choices[0].message.reasoning_content      # "Derivation: ...\\nEvolution: ...\\nRecommendation: ..."
     reply.choices[0].message.items                  # [{"rank", "item_id", "title", "year", "categories", "sid", "score"}]
 
-The message list is the conversation (engine/messages.py replays it); ``user`` picks a dataset
+The message list is the conversation (app/integrations/messages.py replays it); ``user`` picks a dataset
 user; ``k``, ``reasoning_effort`` and ``session_id`` steer the turn. The reasoning streams as
 ``reasoning_content`` (the field vLLM and DeepSeek-R1 use). Schema: docs/openai_api.md. Like
 app/ui.py this module is handed a built engine and imports only the engine's pure-Python parts.
 
 Sizes are capped here, at the edge, before any session is created or touched (the ``MAX_*``
-constants of app/openai_request.py): a refused request gets an OpenAI-style error (413 for the body's size, 400 for
+constants of app/integrations/openai_request.py): a refused request gets an OpenAI-style error (413 for the body's size, 400 for
 the rest) that states the limit, and leaves nothing stored. The whole request is checked in
 ``ChatAPI.parse`` before the turn starts; a failure inside the engine is a 500 error body, or,
 once a stream has started, an in-stream error chunk followed by ``data: [DONE]``.
@@ -36,9 +36,9 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Mount
 
 from engine.events import ErrorEvent, NoticeEvent, ReasoningDelta, ReplyDelta, TurnResult
-from engine.messages import item_lines, level_header, replay_messages
+from app.integrations.messages import item_lines, level_header, replay_messages
 
-from app.openai_request import (  # noqa: F401 - the limits are part of this module's interface
+from app.integrations.openai_request import (  # noqa: F401 - the limits are part of this module's interface
     EFFORTS,
     ITEM_LINE,
     MAX_BODY_BYTES,

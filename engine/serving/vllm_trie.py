@@ -1,6 +1,6 @@
 """The SID trie as seen by a vLLM server: the catalog file the server reads, and the per-request
 gate state its logits processor keeps. No vLLM import here — the adapter that plugs this into
-vLLM is ``engine/vllm_plugin.py``, which only the server's environment loads.
+vLLM is ``engine/serving/vllm_plugin.py``, which only the server's environment loads.
 
 ``thinkrec serve-model`` writes the catalog's token paths and facets (every item's year and
 categories) to a JSON file and points the server at it with ``THINKREC_TRIE``. A request opts in

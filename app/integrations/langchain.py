@@ -8,7 +8,7 @@ then the reply with the items (a ``text`` block); ``response_metadata`` of the f
 ``invoke()``'s message) carries the item cards, the trace and the session id.
 
     from engine.engine import Engine
-    from engine.langchain import ThinkrecChatModel
+    from app.integrations.langchain import ThinkrecChatModel
     chat = ThinkrecChatModel(engine=Engine("artifacts/ml-100k", "checkpoints/ml-100k-tiny/sft"), user_id="1")
     first = chat.invoke("a 90s comedy please")
     second = chat.invoke([HumanMessage("a 90s comedy please"), first, HumanMessage("no drama")])
@@ -27,7 +27,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict
 
 from engine.events import ReasoningDelta, TurnResult
-from engine.messages import item_lines, level_header, replay_messages
+from app.integrations.messages import item_lines, level_header, replay_messages
 
 
 def _items_of(message: AIMessage) -> list[str]:
@@ -49,7 +49,7 @@ class ThinkrecChatModel(BaseChatModel):
         return "thinkrec"
 
     def _session(self, messages: list[BaseMessage]) -> tuple[str, str]:
-        """The session to answer in, and this turn's text (engine/messages.py replays the rest)."""
+        """The session to answer in, and this turn's text (app/integrations/messages.py replays the rest)."""
         turns = [("user", m.text, []) if isinstance(m, HumanMessage) else ("assistant", m.text, _items_of(m))
                  for m in messages if isinstance(m, (HumanMessage, AIMessage))]
         return replay_messages(self.engine, turns, user_id=self.user_id, session_id=self.session_id)

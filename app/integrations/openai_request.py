@@ -1,5 +1,5 @@
 """The OpenAI endpoint's request edge: size limits, text checks and the error body, applied to a
-request before any session is created or touched (app/openai_api.py uses them)."""
+request before any session is created or touched (app/integrations/openai_api.py uses them)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A client's message list as a session, and a turn's events as chat text: what the LangChain chat
-model (engine/langchain.py) and the OpenAI-compatible endpoint (app/openai_api.py) share.
+model (app/integrations/langchain.py) and the OpenAI-compatible endpoint (app/integrations/openai_api.py) share.
 
 Clients that hold the whole conversation (LangChain, any OpenAI client) send it every time. The
 earlier exchanges are replayed into a new session, so their requests stay active ("a comedy",

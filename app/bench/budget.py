@@ -65,7 +65,7 @@ def parse_budgets(spec: str) -> list[tuple[str, int]]:
 def measure_latency(engine, users: list[str], budgets: list[tuple[str, int]], turns: int, message: str) -> dict:
     """Per budget: p50/p95 of whole turns and the mean reasoning tokens, one turn at a time, each
     for a user no earlier turn used (no Think-Ahead replay)."""
-    from engine.bench import percentile
+    from app.bench.turns import percentile
     from engine.events import ErrorEvent, TraceEvent
 
     if len(users) < turns * len(budgets) + 1:

@@ -59,7 +59,7 @@ def _run(args: ExactBenchArgs, progress) -> dict:
     from engine.decoding import admissible_tree, beam_search_items, score_paths, score_trees
     from engine.item_head import ItemHead, attach
     from engine.recommender import EXACT_FACTOR
-    from engine.scale_bench import bench_model_config
+    from app.bench.catalog import bench_model_config
 
     rows = []
     base = 16

@@ -5,7 +5,7 @@ Only requests that ask for it are constrained (``vllm_xargs: {"thinkrec": 1, "th
 [...], "thinkrec_constraint": "<Constraints JSON>"}``, the last only with hard constraints; a
 reasoning request may instead carry ``"thinkrec_cite": [item ids]``, the only items its spans may
 name); the batch bookkeeping, the constraint and cite filters and the masking live in
-``engine/vllm_trie.py``. The
+``engine/serving/vllm_trie.py``. The
 server runs the V1 model runner (``VLLM_USE_V2_MODEL_RUNNER=0``): this is the V1 interface, and
 Model Runner V2 needs Triton, which the CPU build lacks. It also runs without async scheduling
 (``--no-async-scheduling``): an entry-point processor would otherwise read ``-1`` placeholders for
@@ -20,7 +20,7 @@ import os
 import torch
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from engine.vllm_trie import TRIE_ENV, CONSTRAINT_ARG, RequestGates, TrieSpec, request_args, spec_has_facets
+from engine.serving.vllm_trie import TRIE_ENV, CONSTRAINT_ARG, RequestGates, TrieSpec, request_args, spec_has_facets
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from engine.events import Trace, describe_ranking
-from engine.messages import LEVEL_NAMES
+from app.integrations.messages import LEVEL_NAMES
 
 SCHEMA_VERSION = 1
 FORMATS = ("md", "json", "html")
