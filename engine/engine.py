@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import queue
 import re
 import threading
@@ -66,6 +67,9 @@ from engine.understanding import (
 )
 
 log = logging.getLogger(__name__)
+# For robustness benchmarks (``thinkrec bench-load``): a turn whose message equals this variable's
+# value fails inside the model's thread, as a bug or an out-of-memory error would. Unset: never.
+FAIL_ENV = "THINKREC_FAIL_ON"
 # A turn that produces no event for this long is given up on (its worker is left to finish alone).
 TURN_TIMEOUT_S = 300.0
 _DONE = object()
@@ -167,6 +171,7 @@ class Engine:
         self.user_histories = {row["user_id"]: row["history"] + [row["target"]]
                                for row in read_split(self.data / "splits" / "test.jsonl")}
         self.max_message_chars = max_message_chars
+        self._fail_on = os.environ.get(FAIL_ENV) or None
         # Without batching, one in-process model serves one turn at a time. The batch scheduler and
         # a vLLM server each batch concurrent turns themselves, so those go to them unserialised.
         serial = self.model is not None and not batching
@@ -387,6 +392,8 @@ class Engine:
               budget: int, adaptive: bool = False) -> Iterator[Event]:
         turn = yield from self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, budget,
                                      adaptive)
+        if self._fail_on and turn.text == self._fail_on:
+            self._injected_failure()
         if turn.info.question:
             yield from self._ask(turn)
             return
@@ -460,6 +467,14 @@ class Engine:
         yield ErrorEvent(message=f"No item you have not seen satisfies: {turn.info.active}. Change or lift a "
                                  "constraint (\"any decade\", \"horror is fine\", \"start over\").")
         yield TraceEvent(trace=trace)
+
+    def _injected_failure(self) -> None:
+        def fail():
+            raise RuntimeError(f"a failure injected by {FAIL_ENV}")
+
+        if isinstance(self.backend, BatchedBackend):
+            self.backend.scheduler.call(fail)          # a job that fails in the scheduler's thread
+        fail()
 
     def _store(self, turn: _TurnState, turns: list[Turn]) -> None:
         """Save the exchange with the constraints it leaves, as a compare-and-swap on the version the

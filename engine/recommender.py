@@ -6,6 +6,7 @@ this same code path.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -223,14 +224,14 @@ class Recommender:
                     statement = self.tokenizer.encode(lead, trusted=False) if lead else []
                     prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
                               + self.encode_written(reading.evolution))
-                    if budget is None or len(prefix) + self.level3_room(statement, required) <= budget:
+                    if budget is None or len(prefix) + self.level3_room(statement, required, ends) <= budget:
                         break
                 return ReasoningPlan(prefix=prefix, statement=statement, cite=self.shown_history(history),
                                      required=required, required_ends=ends, levels_written=True,
-                                     min_tokens=len(prefix) + self.level3_room(statement, required))
+                                     min_tokens=len(prefix) + self.level3_room(statement, required, ends))
             statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
             return ReasoningPlan(statement=statement, cite=self.shown_history(history), required=required,
-                                 required_ends=ends, min_tokens=self.level3_room(statement, required))
+                                 required_ends=ends, min_tokens=self.level3_room(statement, required, ends))
         text = fresh_user_recommendation(constraints, user_text, self.category_word)
         prefix = (self.tokenizer.encode(NO_HISTORY_DERIVATION, trusted=False) + [self.tokenizer.ids[EVOLUTION]]
                   + self.tokenizer.encode(NO_HISTORY_EVOLUTION, trusted=False) + [self.tokenizer.ids[RECOMMENDATION]]
@@ -240,11 +241,21 @@ class Recommender:
     # The fewest tokens level 3 gets of its own before the statement (see level3_room).
     MIN_LEVEL3_TOKENS = 8
 
-    def level3_room(self, statement: Sequence[int], required: Sequence[int]) -> int:
+    def level3_room(self, statement: Sequence[int], required: Sequence[int], ends: bool = False) -> int:
         """Tokens level 3 needs at least: its opener, the engine's lead, a few of the model's own,
-        the "Next item:" opener with the request's pieces, and the closing ``</think>``."""
+        the "Next item:" opener with the request's pieces, room for the model to name one more
+        attribute unless the pieces end the list (the catalog's longest attribute piece, so the
+        statement can always say something), and the closing ``</think>``."""
         opener = self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
-        return 1 + len(statement) + self.MIN_LEVEL3_TOKENS + len(opener) + len(required) + 1
+        fill = 0 if ends else self._longest_piece
+        return 1 + len(statement) + self.MIN_LEVEL3_TOKENS + len(opener) + len(required) + fill + 1
+
+    @functools.cached_property
+    def _longest_piece(self) -> int:
+        """Tokens of the catalog's longest "Next item:" piece (a category or decade with its separator)."""
+        if self.slots is None:
+            return 0
+        return max((len(self.slots.pieces.path(key)) for key in self.slots.pieces.items), default=0)
 
     def worth_reasoning(self, history: Sequence[str], constraints: Constraints | None) -> bool:
         """The adaptive budget's rule: reason where the reasoning carries what the direct answer
@@ -376,7 +387,7 @@ class Recommender:
         opened, close, end, levels_1_2 = self._stages(max_new_tokens)
         closing_ids = (close, end)
         evolution = self.tokenizer.ids[EVOLUTION]
-        room = self.level3_room(plan.statement, plan.required)
+        room = self.level3_room(plan.statement, plan.required, plan.required_ends)
         context = list(prompt) + plan.prefix
         if not plan.levels_written:
             for wanted in (levels_1_2, self.LEVEL2_TOKENS):
@@ -456,7 +467,7 @@ class Recommender:
         opened, close, end, levels_1_2 = self._stages(max_new_tokens)
         evolution = self.tokenizer.ids[EVOLUTION]
         reasoning = [list(plan.prefix) for plan in plans]
-        rooms = [self.level3_room(plan.statement, plan.required) for plan in plans]
+        rooms = [self.level3_room(plan.statement, plan.required, plan.required_ends) for plan in plans]
         caps = [max(max_new_tokens, plan.min_tokens) for plan in plans]      # as stream_reasoning raises them
 
         def run(group: list[int], wanted: int, keep: Callable[[int], int], stops) -> None:

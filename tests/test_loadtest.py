@@ -7,7 +7,7 @@ from app.bench.load import LoadArgs, main
 
 
 def test_load_and_crash_lose_nothing(built_dataset, tiny_checkpoint, tmp_path):
-    report = main(LoadArgs(data=str(built_dataset), checkpoint=str(tiny_checkpoint), clients=4, seconds=8,
+    report = main(LoadArgs(data=str(built_dataset), checkpoint=str(tiny_checkpoint), clients=4, seconds=8, shared_streamers=3,
                            json=str(tmp_path / "load.json")))
     load, crash = report["load"], report["crash"]
     assert load["errors"] == 0, load["error_kinds"]
@@ -17,6 +17,13 @@ def test_load_and_crash_lose_nothing(built_dataset, tiny_checkpoint, tmp_path):
     assert store["lost_turns"] == store["lost_clicks"] == store["sessions_with_unpaired_turns"] == 0
     assert store["integrity_check"] == "ok"
     assert load["peak_rss_mb"] > 0
+    # The abusers: the busy shared session answers 409 or a whole stream, oversize bodies 413, the
+    # failing turns fail alone and say so; the normal clients above saw no error.
+    abuse = load["abuse"]
+    assert set(abuse) <= {"stream_done", "stream_http_409", "oversize_http_413", "failing_turn_refused_clearly"}, abuse
+    assert abuse.get("oversize_http_413", 0) >= 1 and abuse.get("failing_turn_refused_clearly", 0) >= 1
+    assert abuse.get("stream_http_409", 0) + abuse.get("stream_done", 0) >= 1
+    assert load["after"]["sessions"] >= load["before"]["sessions"] >= 1
     # The crash: acknowledged work survives, no session is left half-written, all take new turns.
     assert crash["clicks_acknowledged"] == crash["sessions"]
     assert crash["lost_turns"] == crash["lost_clicks"] == crash["sessions_with_unpaired_turns"] == 0

@@ -7,6 +7,12 @@ sessions database, and drives it through Gradio's API with ``gradio_client``, as
   them thinking, continuing its session) and feedback clicks (``/feedback`` on an item it was
   shown). Reports errors, p50/p95 per kind, turns a second and the server's peak RSS; then reads
   the sessions database and checks that every acknowledged click and turn is in it;
+- **abuse** (beside the load): ``shared_streamers`` clients stream OpenAI turns on one shared session
+  and read each chunk slowly (the session is busy: each gets a 409 at once or a whole stream ending
+  in ``[DONE]``), a client posts bodies over the size limit (413), and one client's turns are made
+  to fail inside the model's thread (the app runs with ``THINKREC_FAIL_ON``): each fails alone with
+  a clear error. The normal clients' turns must not fail, and their latency is reported beside the
+  abusers' outcomes by kind; the server's memory and stored sessions before and after;
 - **crash**: clients mid-turn, the server killed with SIGKILL, restarted on the same database:
   every acknowledged session, turn and click must still be there, the database must pass
   SQLite's integrity check, each session's turns must still pair user and assistant (a turn cut
@@ -35,6 +41,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+# The abusers' failing turn: the app under test fails a turn whose message is this (FAIL_ENV).
+FAIL_TEXT = "bench-load: fail this turn inside the model's thread"
 MESSAGES = ["", "what should I watch next?", "a 90s comedy please", "something with drama", "no horror",
             "an 80s action film", "more like the first one", "any decade", "start over"]
 
@@ -47,6 +55,8 @@ class LoadArgs:
     seconds: float = 120.0             # how long the load runs
     feedback_share: float = 0.3        # share of a client's actions that are clicks
     thinking_share: float = 0.5        # share of turns with thinking on
+    abuse: bool = True                 # abusers beside the normal clients (see _abuse)
+    shared_streamers: int = 10         # abuse: clients streaming on one shared session, reading slowly
     crash: bool = True                 # also run the kill -9 test
     crash_only: bool = False           # only the kill -9 test
     seed: int = 0
@@ -73,8 +83,10 @@ class AppProcess:
         self.log = log
         command = [sys.executable, "-m", "app.cli", "app", "--data", data, "--checkpoint", checkpoint,
                    "--port", str(self.port), "--sessions-url", sessions_url]
-        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT,
-                                        env=os.environ | {"GRADIO_ANALYTICS_ENABLED": "False"})
+        from engine.engine import FAIL_ENV
+
+        env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", FAIL_ENV: FAIL_TEXT}
+        self.process = subprocess.Popen(command, stdout=log.open("a"), stderr=subprocess.STDOUT, env=env)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 300.0) -> None:
@@ -92,12 +104,19 @@ class AppProcess:
             time.sleep(0.5)
         raise TimeoutError(f"the app did not answer on {self.url} within {timeout:.0f} s; see {self.log}")
 
-    def peak_rss_mb(self) -> float:
-        """The server's peak resident memory so far (VmHWM), in MB."""
+    def _status_mb(self, field: str) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
         return float("nan")
+
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MB."""
+        return self._status_mb("VmHWM")
+
+    def rss_mb(self) -> float:
+        """The server's resident memory now (VmRSS), in MB."""
+        return self._status_mb("VmRSS")
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)
@@ -166,6 +185,66 @@ def _drive(url: str, users: list[str], deadline: float, args: LoadArgs, rng: ran
             errors.append(f"{type(error).__name__}: {str(error)[:200]}")
 
 
+def _abuse(url: str, session_id: str, deadline: float, args: LoadArgs, outcomes: Counter, lock: threading.Lock,
+           threads: list[threading.Thread]) -> None:
+    """Start the abusers (module docstring); each loops until ``deadline`` and counts its outcomes."""
+    import httpx
+
+    def count(kind: str) -> None:
+        with lock:
+            outcomes[kind] += 1
+
+    def shared_streamer() -> None:
+        body = {"model": "thinkrec", "stream": True, "session_id": session_id, "reasoning_effort": "low",
+                "messages": [{"role": "user", "content": "something different"}]}
+        while time.monotonic() < deadline:
+            try:
+                with httpx.stream("POST", url + "v1/chat/completions", json=body, timeout=120) as response:
+                    if response.status_code != 200:
+                        response.read()
+                        count(f"stream_http_{response.status_code}")
+                        time.sleep(0.2)
+                        continue
+                    done = False
+                    for line in response.iter_lines():
+                        time.sleep(0.05)                         # a slow reader
+                        done = done or line.strip() == "data: [DONE]"
+                    count("stream_done" if done else "stream_cut")
+            except httpx.HTTPError as error:
+                count(f"stream_{type(error).__name__}")
+
+    def oversize() -> None:
+        blob = "x" * (2 << 20)
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.post(url + "v1/chat/completions", timeout=60,
+                                      json={"model": "thinkrec", "messages": [{"role": "user", "content": blob}]})
+                count(f"oversize_http_{response.status_code}")
+            except httpx.HTTPError as error:
+                count(f"oversize_{type(error).__name__}")
+            time.sleep(1.0)
+
+    def failing() -> None:
+        client = _client(url)
+        while time.monotonic() < deadline:
+            try:
+                result = client.predict(FAIL_TEXT, "", False, "", api_name="/recommend")
+                failed = not result["items"] and any("failed" in n for n in result["notices"])
+                count("failing_turn_refused_clearly" if failed else "failing_turn_answered")
+            except Exception as error:
+                count(f"failing_{type(error).__name__}")
+            time.sleep(1.0)
+
+    for target in [shared_streamer] * args.shared_streamers + [oversize, failing]:
+        threads.append(threading.Thread(target=target, daemon=True))
+
+
+def _stored_sessions(sessions_url: str) -> int:
+    from engine.sessions import SessionStore
+
+    return len(SessionStore(sessions_url).recent(limit=10**9))
+
+
 def _check_store(sessions_url: str, ledger: Ledger, at_least: bool = False) -> dict:
     """Every acknowledged turn and click is in the database (``at_least``: a turn the server
     finished but could not acknowledge before a crash may be there too)."""
@@ -198,12 +277,16 @@ def run_load(args: LoadArgs, scratch: Path) -> dict:
         users = _dataset_users(args.data)
         ledger, errors = Ledger(), []
         latencies: dict[str, list[float]] = {"thinking": [], "non_thinking": [], "feedback": []}
-        _client(server.url).predict("", users[0], True, "", api_name="/recommend")        # warm-up
+        warm = _client(server.url).predict("", users[0], True, "", api_name="/recommend")        # warm-up
+        before = {"rss_mb": round(server.rss_mb()), "sessions": _stored_sessions(sessions_url)}
         deadline = time.monotonic() + args.seconds
         threads = [threading.Thread(target=_drive, args=(server.url, users, deadline, args,
                                                          random.Random(args.seed * 1000 + n), ledger, latencies,
                                                          errors), daemon=True)
                    for n in range(args.clients)]
+        outcomes: Counter = Counter()
+        if args.abuse:
+            _abuse(server.url, warm["session_id"], deadline, args, outcomes, threading.Lock(), threads)
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -211,10 +294,12 @@ def run_load(args: LoadArgs, scratch: Path) -> dict:
             thread.join(timeout=args.seconds + 600)
         wall = time.perf_counter() - started
         peak = server.peak_rss_mb()
+        after = {"rss_mb": round(server.rss_mb()), "sessions": _stored_sessions(sessions_url)}
     finally:
         server.stop()
     report = {"clients": args.clients, "seconds": round(wall, 1), "errors": len(errors),
               "error_kinds": Counter(e.split(":")[0] for e in errors).most_common(5), "peak_rss_mb": round(peak),
+              "before": before, "after": after, "abuse": dict(sorted(outcomes.items())),
               "turns_per_s": round((len(latencies["thinking"]) + len(latencies["non_thinking"])) / wall, 2)}
     for kind, values in latencies.items():
         report[kind] = {"n": len(values), "p50_s": round(statistics.median(values), 3) if values else None,
