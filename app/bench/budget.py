@@ -27,8 +27,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from engine.recommender import FULL_REASONING_TOKENS
-
 
 @dataclass
 class BudgetArgs:
@@ -93,7 +91,7 @@ def measure_latency(engine, users: list[str], budgets: list[tuple[str, int]], tu
 
 
 def run_budget_curve(args: BudgetArgs) -> dict:
-    from engine.engine import Engine
+    from engine.engine import BUDGETS, Engine
     from training.evaluate import EvalArgs
     from training.evaluate import run as run_eval
 
@@ -104,7 +102,7 @@ def run_budget_curve(args: BudgetArgs) -> dict:
         + (["thinkrec-think"] if thinking else [])
     accuracy = run_eval(EvalArgs(data=args.data, checkpoint=args.checkpoint, split=args.split,
                                  max_users=args.max_users, methods=",".join(methods), seed=args.seed,
-                                 max_reasoning_tokens=thinking[-1] if thinking else FULL_REASONING_TOKENS,
+                                 max_reasoning_tokens=thinking[-1] if thinking else BUDGETS["full"],
                                  reasoning_budgets=",".join(str(t) for t in thinking)))
     results = accuracy["results"]
 
