@@ -22,9 +22,11 @@ def main() -> None:
     args = parser.parse_args()
     from engine.engine import Engine
 
-    engine = Engine(args.data, args.checkpoint, sessions_url="sqlite://")
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="turn-files-")
+    engine = Engine(args.data, args.checkpoint, sessions_url=f"sqlite:///{scratch}/sessions.db")
     user = next(iter(engine.user_histories))
-    list(engine.turn(engine.start_session(user_id=user).id, "warm up", budget="full"))
     seen: set[str] = set()
 
     def hook(frame, event, arg):
@@ -33,11 +35,21 @@ def main() -> None:
             seen.add(str(Path(name).relative_to(ROOT)))
         return None
 
+    # Set before the warm-up turn, which starts the scheduler's thread: threads started from here on
+    # are profiled too.
     threading.setprofile(hook)
     sys.setprofile(hook)
+    list(engine.turn(engine.start_session(user_id=user).id, "warm up", budget="full"))
+    scheduler = getattr(engine.backend, "scheduler", None)
+    if scheduler is not None:                  # its thread may predate the hook: set it there too
+        scheduler.call(sys.setprofile, hook)
+    seen.clear()
     session = engine.start_session(user_id=user)
-    list(engine.turn(session.id, "a 90s comedy please", budget="full"))
+    events = list(engine.turn(session.id, "a 90s comedy please", budget="full"))
     sys.setprofile(None)
+    if scheduler is not None:
+        scheduler.call(sys.setprofile, None)
+    print("events:", ", ".join(sorted({type(e).__name__ for e in events})))
     threading.setprofile(None)
     print(len(seen), "files:")
     for name in sorted(seen):
