@@ -240,6 +240,15 @@ class Engine:
         except (KeyError, ValueError):
             return "(unknown item)"
 
+    BUSY = "This session is answering another message; send yours once it has finished."
+
+    def busy(self, session_id: str) -> bool:
+        """Whether a turn is running in this session now (a cheap check before any work; the turn
+        itself still refuses a second one atomically)."""
+        with self._locks_guard:
+            held = self._session_locks.get(session_id)
+        return held is not None and held.lock.locked()
+
     def _session_lock(self, session_id: str) -> _SessionLock:
         """Turns of one session run one at a time: the second sees what the first showed."""
         with self._locks_guard:
@@ -351,8 +360,7 @@ class Engine:
         held = self._session_lock(session_id)
         if not held.lock.acquire(blocking=False):
             # Queueing behind a turn in progress would hold a serving thread for nothing.
-            yield ErrorEvent(message="This session is answering another message; send yours once it has finished.",
-                             code="busy")
+            yield ErrorEvent(message=self.BUSY, code="busy")
             return
         # The turn runs to completion on its own thread and hands its events over a queue: the lock
         # is never held while a client reads (a slow reader cannot stall its session or a server

@@ -109,8 +109,10 @@ class ChatAPI:
                            "user", "user_not_found")
         session_id = _id(body.get("session_id"), "session_id")
         if session_id is not None:
+            if self.engine.busy(session_id):           # refused before any session or model work
+                raise _busy(self.engine.BUSY)
             try:
-                self.engine.sessions.get(session_id)
+                self.engine.sessions.get(session_id, traces=False)
             except KeyError:
                 raise APIError(400, f"no session '{session_id}'", "session_id", "session_not_found") from None
         options = body.get("stream_options") or {}
