@@ -430,15 +430,19 @@ class InterestReader:
             text += f" Set aside: {', '.join(cite(i) for i in set_aside[:MAX_SET_ASIDE])}{more}."
         return text
 
-    def shorter(self, reading: Reading) -> Iterator[Reading]:
+    def shorter(self, reading: Reading, first: int | None = None) -> Iterator[Reading]:
         """Shorter forms of a reading, longest first, for a reasoning budget that cannot hold the
         whole: without the set-aside items, then fewer citations per interest, then fewer interests
-        (the strongest kept). Every form is as true as the whole; it says less."""
+        (the strongest kept, and interest ``first`` before them: the one a request is served
+        through). Every form is as true as the whole; it says less."""
         if reading.size < LITTLE_HISTORY or not reading.interests:
             return
         count = len(reading.interests)
+        order = list(reading.interests)
+        if first is not None:
+            order.insert(0, order.pop(first))
         for keep, cites in [(count, 2), (count, 1)] + [(n, 1) for n in range(count - 1, 0, -1)]:
-            kept = reading.interests[:keep]
+            kept = order[:keep] if keep < count else reading.interests
             yield Reading(kept, [], self.derivation_text(kept, [], reading.size, cites), self.evolution_text(kept),
                           reading.size)
 

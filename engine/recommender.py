@@ -219,8 +219,10 @@ class Recommender:
             required, ends = self.required_pieces(constraints)
             if self.reader is not None and self.read_levels:
                 whole = self.reader.read([i for i in history if i in self.sid_codes])
-                for reading in [whole, *self.reader.shorter(whole)] if budget is not None else [whole]:
-                    lead = self.request_lead(reading, constraints, described) if described else ""
+                # A shorter form keeps the interest that serves the request (when one does) first.
+                served = self.request_lead(whole, constraints, described)[0] if described else None
+                for reading in [whole, *self.reader.shorter(whole, served)] if budget is not None else [whole]:
+                    lead = self.request_lead(reading, constraints, described)[1] if described else ""
                     statement = self.tokenizer.encode(lead, trusted=False) if lead else []
                     prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
                               + self.encode_written(reading.evolution))
@@ -266,16 +268,16 @@ class Recommender:
             and known > self.history_items
         return long_history or bool(constraints is not None and (constraints.is_hard() or constraints.is_soft()))
 
-    def request_lead(self, reading, constraints: Constraints, described: str) -> str:
+    def request_lead(self, reading, constraints: Constraints, described: str) -> tuple[int | None, str]:
         """Level 3's first sentence under an active request: the interest that fits it, or that none
-        does (engine.interests.serving_lead, the rule the teacher trains with)."""
+        does (engine.interests.serving_lead, the rule the teacher trains with), and that interest's
+        index (None: none fits)."""
         wanted, avoid, decades, structured = request_terms(constraints)
         liked = self.reader.facts_titled(constraints.like_title) if constraints.like_title else None
         if liked is not None:
             wanted |= set(liked.categories)
-        _, sentence = serving_lead(request_statement(described), reading.interests,
-                                   by_recency(reading.interests, reading.size), wanted, avoid, decades, structured)
-        return sentence
+        return serving_lead(request_statement(described), reading.interests,
+                            by_recency(reading.interests, reading.size), wanted, avoid, decades, structured)
 
     def encode_written(self, text: str) -> list[int]:
         """Text the engine writes into the reasoning: words with special-token parsing off, item

@@ -106,3 +106,21 @@ def test_level_three_serves_what_fits_the_request_or_says_none_does():
     assert terms == (set(), {"Thriller"}, set(), False)     # only an avoidance: keep to an allowed interest
     served, text = serving_lead("You asked for no Thriller", interests, [0, 1], *terms)
     assert served == 1 and text.endswith("serve (2) Comedy.")
+
+
+def test_shorter_forms_say_less_and_stay_true(reader):
+    """For a budget that cannot hold the whole reading: each shorter form is shorter, still recounts
+    true, and with ``first`` (the interest a request is served through) keeps that one to the end."""
+    history = [f"space{j}" for j in range(12)] + [f"romance{j}" for j in range(8)] + [f"noir{j}" for j in range(4)]
+    whole = reader.read(history)
+    assert len(whole.interests) >= 2
+    forms = list(reader.shorter(whole))
+    lengths = [len(whole.derivation + whole.evolution)] + [len(f.derivation + f.evolution) for f in forms]
+    assert lengths == sorted(lengths, reverse=True) and lengths[-1] < lengths[0]
+    for form in forms:
+        assert check_trends(form.derivation, form.evolution, history, reader.items)[1] == len(form.interests)
+    assert len(forms[-1].interests) == 1 and forms[-1].interests[0] is whole.interests[0]   # the strongest
+    weakest = len(whole.interests) - 1
+    kept = list(reader.shorter(whole, first=weakest))[-1]
+    assert kept.interests == [whole.interests[weakest]]
+    assert kept.derivation.startswith(f"From {len(history)} items: (1) {whole.interests[weakest].name}:")
