@@ -459,8 +459,9 @@ class Engine:
                       backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info,
                       latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
         yield ReplyDelta(text=turn.info.question)
-        self._store(turn, [turn.user_turn(), Turn("assistant", turn.info.question, [],
-                                                   trace=trace.model_dump(mode="json"))])
+        self._save(turn.session, turn.text, [turn.user_turn(), Turn("assistant", turn.info.question, [],
+                                                                    trace=trace.model_dump(mode="json"))],
+                   turn.constraints)
         yield TraceEvent(trace=trace)
 
     def _refuse(self, turn: _TurnState) -> Iterator[Event]:
@@ -471,7 +472,7 @@ class Engine:
                       latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
         user = turn.user_turn()
         user.trace = trace.model_dump(mode="json")
-        self._store(turn, [user])
+        self._save(turn.session, turn.text, [user], turn.constraints)
         yield ErrorEvent(message=f"No item you have not seen satisfies: {turn.info.active}. Change or lift a "
                                  "constraint (\"any decade\", \"horror is fine\", \"start over\").")
         yield TraceEvent(trace=trace)
@@ -484,15 +485,12 @@ class Engine:
             self.backend.scheduler.call(fail)          # a job that fails in the scheduler's thread
         fail()
 
-    def _store(self, turn: _TurnState, turns: list[Turn]) -> None:
-        """Save the exchange with the constraints it leaves, as a compare-and-swap on the version the
-        turn read: if another process changed the constraints meanwhile, this message is merged into
-        theirs (understood again against the fresh session) and the swap tried again, so neither
-        update is lost."""
-        self._save(turn.session, turn.text, turns, turn.constraints)
-
     def _save(self, session: ChatSession, text: str, turns: list[Turn], constraints: Constraints,
               attempts: int = 5) -> None:
+        """Save an exchange with the constraints it leaves, as a compare-and-swap on the version
+        ``session`` was read at: if another process changed the constraints meanwhile, ``text`` is
+        merged into theirs (understood again against the fresh session) and the swap tried again,
+        so neither update is lost."""
         for _ in range(attempts):
             try:
                 self.sessions.add_exchange(session.id, turns, constraints, read_version=session.constraints_version)
@@ -538,8 +536,8 @@ class Engine:
                       num_beams=turn.num_beams, request=turn.info,
                       max_reasoning_tokens=turn.budget if turn.thinking else 0, ranking=result.ranking)
         stored = trace.model_dump(mode="json") | {"items": [c.model_dump(mode="json") for c in cards]}
-        self._store(turn, [turn.user_turn(), Turn("assistant", reply, [c.item_id for c in cards], turn.levels,
-                                                  trace=stored)])
+        self._save(turn.session, turn.text, [turn.user_turn(), Turn("assistant", reply, [c.item_id for c in cards],
+                                                                    turn.levels, trace=stored)], turn.constraints)
         yield TraceEvent(trace=trace)
 
     def preview(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,

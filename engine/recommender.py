@@ -219,10 +219,11 @@ class Recommender:
             required, ends = self.required_pieces(constraints)
             if self.reader is not None and self.read_levels:
                 whole = self.reader.read([i for i in history if i in self.sid_codes])
+                served, lead = self.request_lead(whole, constraints, described) if described else (None, "")
                 # A shorter form keeps the interest that serves the request (when one does) first.
-                served = self.request_lead(whole, constraints, described)[0] if described else None
                 for reading in [whole, *self.reader.shorter(whole, served)] if budget is not None else [whole]:
-                    lead = self.request_lead(reading, constraints, described)[1] if described else ""
+                    if reading is not whole and described:
+                        lead = self.request_lead(reading, constraints, described)[1]
                     statement = self.tokenizer.encode(lead, trusted=False) if lead else []
                     prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
                               + self.encode_written(reading.evolution))
@@ -245,12 +246,20 @@ class Recommender:
 
     def level3_room(self, statement: Sequence[int], required: Sequence[int], ends: bool = False) -> int:
         """Tokens level 3 needs at least: its opener, the engine's lead, a few of the model's own,
-        the "Next item:" opener with the request's pieces, room for the model to name one more
-        attribute unless the pieces end the list (the catalog's longest attribute piece, so the
-        statement can always say something), and the closing ``</think>``."""
-        opener = self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
-        fill = 0 if ends else self._longest_piece
-        return 1 + len(statement) + self.MIN_LEVEL3_TOKENS + len(opener) + len(required) + fill + 1
+        then the statement's room (``statement_room``)."""
+        return 1 + len(statement) + self.MIN_LEVEL3_TOKENS + self.statement_room(required, ends)
+
+    def statement_room(self, required: Sequence[int], ends: bool) -> int:
+        """Tokens the statement needs at least: the "Next item:" opener with the request's pieces,
+        room for the model to name one more attribute unless the pieces end the list (the catalog's
+        longest attribute piece, so the statement can always say something), and the closing
+        ``</think>``."""
+        return len(self._next_opener) + len(required) + (0 if ends else self._longest_piece) + 1
+
+    @functools.cached_property
+    def _next_opener(self) -> list[int]:
+        """The tokens of " Next item:", as the engine writes the opener."""
+        return self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
 
     @functools.cached_property
     def _longest_piece(self) -> int:
@@ -359,7 +368,7 @@ class Recommender:
         if self.slots is None:
             return None
         closing = (self.tokenizer.think_end_id, self.tokenizer.end_id)
-        opener = self.tokenizer.encode(" " + NEXT_ITEM, trusted=False)
+        opener = self._next_opener
         if plan.required:
             end = self._opener_end(level3)
             if end is not None:
@@ -409,8 +418,8 @@ class Recommender:
         # With a request, the model's own "Next item:" list is held back: the engine writes the
         # request's pieces first (see _statement_needed).
         stops = self._sentence_end() if plan.levels_written else None
-        statement_room = room - 1 - len(plan.statement) - self.MIN_LEVEL3_TOKENS
-        budget = min(self.LEVEL3_TOKENS, max_new_tokens - (len(context) - len(prompt)) - statement_room)
+        budget = min(self.LEVEL3_TOKENS, max_new_tokens - (len(context) - len(prompt))
+                     - self.statement_room(plan.required, plan.required_ends))
         if (plan.levels_written and plan.statement) or budget <= 0:
             level3 = []          # the engine's lead is level 3's sentence: the statement follows at once
         else:
@@ -506,7 +515,7 @@ class Recommender:
             starts[i] = len(reasoning[i])
 
         def statement_room(i: int) -> int:
-            return rooms[i] - 1 - len(plans[i].statement) - self.MIN_LEVEL3_TOKENS
+            return self.statement_room(plans[i].required, plans[i].required_ends)
 
         # Under engine-written levels 1-2 the model writes one sentence of its own, then the
         # statement: level 3 ends at its first period (a small model otherwise loops on "(k) name.").
