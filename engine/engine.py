@@ -53,7 +53,8 @@ from engine.events import (
     TraceEvent,
 )
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
-from engine.recommender import FULL_REASONING_TOKENS, open_recommender
+from engine.reasoning import FULL_REASONING_TOKENS
+from engine.recommender import open_recommender
 from engine.request import Request
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, ConstraintConflict, SessionStore, Turn
@@ -312,18 +313,18 @@ class Engine:
         if cached is not None:
             turn.cache_hit = True
             turn.reasoning_ids = list(cached)
-            for level, body in self.recommender.describe_reasoning(cached)[1].items():
+            for level, body in self.recommender.writer.describe(cached)[1].items():
                 body = self.render(body)
                 turn.levels[level] = body
                 if body:
                     yield ReasoningDelta(level=level, text=body)
         else:
-            plan = self.recommender.plan(turn.session.history, turn.constraints, turn.text or None, budget=turn.budget)
+            plan = self.recommender.planner.plan(turn.session.history, turn.constraints, turn.text or None, budget=turn.budget)
             if plan.min_tokens > turn.budget:
                 yield NoticeEvent(text=f"The reasoning needs at least {plan.min_tokens} tokens for this history and "
                                        f"request, more than the budget of {turn.budget}; it used {plan.min_tokens}.")
                 turn.budget = plan.min_tokens
-            tokens = self.recommender.stream_reasoning(turn.prompt, plan, max_new_tokens=turn.budget)
+            tokens = self.recommender.writer.stream(turn.prompt, plan, max_new_tokens=turn.budget)
             for level, delta, token in self._stream_levels(self._timed(tokens, turn.timings, started)):
                 turn.reasoning_ids.append(token)
                 if delta:

@@ -59,7 +59,7 @@ class Trace(BaseModel):
     max_reasoning_tokens: int = 0    # the turn's reasoning budget (0: no reasoning)
     # How the items were ranked: method "exact" (every admissible item scored by its full SID
     # log-probability + the item head's) or "beam" (the admissible tree exceeded the budget), with
-    # admissible, steps, budget and head_weight (engine.recommender.Recommender.rank_items).
+    # admissible, steps, budget and head_weight (engine.ranking.Ranker.rank_items).
     ranking: dict = {}
 
 

@@ -14,7 +14,7 @@ backends match them the same way, with no decoding of text):
 - level 3, after ``Next item:``: up to three categories, then at most one decade (or "any
   <category word>" and a decade), each ``,``-separated and the list ended by ``.``: the attributes
   the engine reads back (:func:`engine.prompt.stated_attributes`). The engine makes sure level 3
-  has this statement (:meth:`engine.recommender.Recommender.stream_reasoning`).
+  has this statement (:meth:`engine.reasoning.ReasoningWriter._script`).
 
 Each slot is a walk through a :class:`~engine.sid.SIDTrie` over the words' token paths (the
 machinery of the catalog trie), so a slot is exactly as strict as an item span. The vocabulary is

@@ -124,8 +124,8 @@ def test_the_budget_caps_every_reasoning_token_for_every_history(engine):
         for user in list(engine.user_histories)[:6]:
             history = engine.dataset_history(user)
             for constraints in (None, Constraints(want=[[wanted]])):
-                plan = recommender.plan(history, constraints, None, budget=budget)
+                plan = recommender.planner.plan(history, constraints, None, budget=budget)
                 prompt = recommender.prompt_ids(history, None, [], True)
-                streamed = list(recommender.stream_reasoning(prompt, plan, max_new_tokens=budget))
-                (batched,) = recommender._reason_batch([prompt], [plan], budget, False, 1.0, 4)
+                streamed = list(recommender.writer.stream(prompt, plan, max_new_tokens=budget))
+                (batched,) = recommender.writer.batch([prompt], [plan], budget, False, 1.0, 4)
                 assert len(streamed) <= max(budget, plan.min_tokens) and streamed == batched, (user, budget)

@@ -83,7 +83,7 @@ def test_recommender_ranks_exactly_under_the_budget_and_by_beams_above(built_dat
 
     codes = Catalog(built_dataset).sid_codes()
     recommender, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
-    assert recommender.head is not None and recommender.head_weight > 0
+    assert recommender.ranker.head is not None and recommender.ranker.head_weight > 0
     facets = Facets(*Catalog(built_dataset).attribute_table())
     comedy = Constraints(want=[["Comedy"]])
     allowed = set(facets.allowed_items(comedy))
@@ -95,7 +95,7 @@ def test_recommender_ranks_exactly_under_the_budget_and_by_beams_above(built_dat
     # Exact ranking scores every admissible item: its top 5 are the best of all of them.
     scores = [i.score for i in exact[0].items]
     assert scores == sorted(scores, reverse=True)
-    recommender.exact_steps = 1
+    recommender.ranker.exact_steps = 1
     beams = recommender.recommend([history], k=5, num_beams=8)[0]
     assert beams.ranking["method"] == "beam"
     assert len(beams.items) == 5 and not {i.item_id for i in beams.items} & set(history)
@@ -166,10 +166,10 @@ def test_a_decode_time_prior_moves_items_and_says_so(built_dataset, tiny_checkpo
     plain = recommender.recommend([history], k=5, num_beams=8)[0]
     last = [i for i in codes if i not in history][-1]
     favourite = next(i for i in reversed(list(codes)) if i not in history and i not in {r.item_id for r in plain.items})
-    recommender.prior = lambda histories: [{i: (0.0 if i == favourite else -50.0) for i in codes} for _ in histories]
-    recommender.prior_weight, recommender.prior_name = 1.0, "test"
+    recommender.ranker.prior = lambda histories: [{i: (0.0 if i == favourite else -50.0) for i in codes} for _ in histories]
+    recommender.ranker.prior_weight, recommender.ranker.prior_name = 1.0, "test"
     for steps in (4096, 1):                      # exact, then the beam fallback
-        recommender.exact_steps = steps
+        recommender.ranker.exact_steps = steps
         found = recommender.recommend([history], k=5, num_beams=len(codes))[0]
         assert found.items[0].item_id == favourite and found.ranking["prior"] == "test"
         assert not {i.item_id for i in found.items} & set(history)

@@ -67,15 +67,15 @@ def test_items_follow_level_three_as_a_soft_prior(engine):
     beams = [RankedItem(other[0], -1.0, ()), RankedItem(other[1], -1.5, ()),
              RankedItem(carrying[0], -2.0, ()), RankedItem(carrying[1], -4.0, ())]
     level3 = f"Serve (1) something. Next item: {category}."
-    assert rec.follow(beams, level3, 0.0) == beams
-    followed = [b.item_id for b in rec.follow(beams, level3, 1.5)]
+    assert rec.ranker.follow(beams, level3, 0.0) == beams
+    followed = [b.item_id for b in rec.ranker.follow(beams, level3, 1.5)]
     assert followed == [carrying[0], other[0], other[1], carrying[1]]
-    assert rec.follow(beams, "No clear interest.", 5.0) == beams       # nothing stated: nothing moves
+    assert rec.ranker.follow(beams, "No clear interest.", 5.0) == beams       # nothing stated: nothing moves
 
 
 def test_race_merges_two_rankings_by_rank():
     from engine.decoding import RankedItem
-    from engine.recommender import race
+    from engine.ranking import race
 
     a = [RankedItem(x, -i, ()) for i, x in enumerate("ABCD")]
     b = [RankedItem(x, -i, ()) for i, x in enumerate("EBFA")]
@@ -88,7 +88,7 @@ def test_thinking_mode_ranks_beams_of_both_contexts_within_the_constraints(engin
     """Every thinking rank returns k distinct items that satisfy the request and skip the history;
     ``reasoned`` keeps the reasoned beams' own order; ``fused`` scores add up both contexts."""
     from engine.constraints import Constraints
-    from engine.recommender import ThinkRank
+    from engine.ranking import ThinkRank
 
     rec = engine.recommender
     history = engine.dataset_history("u15")
@@ -125,7 +125,7 @@ def test_a_film_listed_twice_is_cited_once(engine, monkeypatch):
     monkeypatch.setattr(rec, "same_item", {first: first, second: first})
     cite = rec.shown_history(history)
     assert second in cite and first not in cite and len(cite) == len(set(shown)) - 1
-    assert rec.plan(history, None).cite == cite
+    assert rec.planner.plan(history, None).cite == cite
 
 
 def test_two_history_views_rank_within_the_constraints(engine, monkeypatch):
@@ -139,8 +139,8 @@ def test_two_history_views_rank_within_the_constraints(engine, monkeypatch):
     wanted = Constraints(want=[[category]])
     one_view = rec.recommend([history], k=5, num_beams=10, constraints=[wanted])[0]
     recent = rec.recommend([history[-3:]], k=10, num_beams=10, constraints=[wanted], exclude=[set(history)])[0]
-    monkeypatch.setattr(rec, "recent_view", 3)
-    monkeypatch.setattr(rec, "recent_weight", 1.0)
+    monkeypatch.setattr(rec.ranker, "recent_view", 3)
+    monkeypatch.setattr(rec.ranker, "recent_weight", 1.0)
     two_views = rec.recommend([history], k=5, num_beams=10, constraints=[wanted])[0]
     ids = [i.item_id for i in two_views.items]
     assert len(ids) == len(set(ids)) == min(5, rec.available(wanted, set(history))) and not set(ids) & set(history)
@@ -161,12 +161,12 @@ def test_levels_one_and_two_are_read_from_the_long_history(engine):
     from engine.interests import check_trends
 
     rec = engine.recommender
-    assert rec.reader is not None and rec.read_levels
+    assert rec.planner.reader is not None and rec.planner.read_levels
     history = list(rec.sid_codes)[:rec.history_items + 10]     # longer than the prompt's window
-    reading = rec.reader.read(history)
+    reading = rec.planner.reader.read(history)
     [answer] = rec.recommend([history], k=5, thinking=True)
     assert answer.levels["evolution"] == reading.evolution.strip()
-    statements, true = check_trends(reading.derivation, reading.evolution, history, rec.reader.items)
+    statements, true = check_trends(reading.derivation, reading.evolution, history, rec.planner.reader.items)
     assert statements == true > 0
     cited = {i for it in reading.interests for i in it.evidence_ids}
     assert cited <= set(history)

@@ -199,7 +199,7 @@ def test_a_model_server_outage_is_a_503(client, engine, monkeypatch):
     def down(*args, **kwargs):
         raise BackendUnavailable("connection refused")
 
-    monkeypatch.setattr(engine.recommender, "stream_reasoning", down)
+    monkeypatch.setattr(engine.recommender.writer, "stream", down)
     for stream in (False, True):
         with pytest.raises(openai.InternalServerError) as error:
             result = ask(client, f"a thriller {stream}", user="u17", stream=stream)
@@ -211,14 +211,14 @@ def test_a_model_server_outage_is_a_503(client, engine, monkeypatch):
 def test_requests_are_served_while_a_turn_is_in_progress(client, engine, monkeypatch):
     """A turn held inside the engine blocks neither the server nor other conversations."""
     entered, gate = threading.Event(), threading.Event()
-    original = engine.recommender.stream_reasoning
+    original = engine.recommender.writer.stream
 
     def held(*args, **kwargs):
         entered.set()
         assert gate.wait(60)
         yield from original(*args, **kwargs)
 
-    monkeypatch.setattr(engine.recommender, "stream_reasoning", held)
+    monkeypatch.setattr(engine.recommender.writer, "stream", held)
     with ThreadPoolExecutor(max_workers=1) as pool:
         slow = pool.submit(ask, client, "a slow one", user="u18", extra_body={"k": 2})
         try:

@@ -180,7 +180,7 @@ def test_every_bundled_scenario_reads_true(engine, name):
     from engine.interests import check_trends
     from training.reasoning_metrics import ItemInfo, ReasoningScorer
 
-    items = engine.recommender.reader.items
+    items = engine.recommender.planner.reader.items
     scorer = ReasoningScorer({i: ItemInfo(f.title, f.categories, f.year) for i, f in items.items()}, {})
     scenario = _small_answers(bundled()[name])
     thought = 0

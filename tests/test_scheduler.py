@@ -29,7 +29,7 @@ def engines(built_dataset, tiny_checkpoint, tmp_path_factory):
     # its beam jobs: on this tiny catalog the default would rank every item exactly (a scheduler
     # call, tests/test_exact_ranking.py) and no beam step would be left to share.
     for engine in (serial, batched):
-        engine.recommender.head_weight, engine.recommender.exact_steps = 0.0, 0
+        engine.recommender.ranker.head_weight, engine.recommender.ranker.exact_steps = 0.0, 0
     yield serial, batched
     batched.close()
 

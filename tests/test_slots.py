@@ -161,7 +161,7 @@ def test_every_trace_ends_with_a_statement_the_items_can_follow(engine):
         assert seen == openers, tok.decode(ids)
         level3 = ids[ids.index(openers[2]):]
         assert tok.item_begin_id not in level3, tok.decode(level3)
-        categories, decade = stated_attributes(answer.levels["recommendation"], rec.vocabulary)
+        categories, decade = stated_attributes(answer.levels["recommendation"], rec.ranker.vocabulary)
         assert categories or decade is not None, answer.levels["recommendation"]
 
 
@@ -176,7 +176,7 @@ def test_level_three_prior_reaches_past_the_top_k(engine):
     (strong,) = rec.recommend([history], k=5, num_beams=20, thinking=True, follow_weight=100.0, follow_share=0.0,
                               reasoning=[plain.reasoning_ids])
     assert [i.item_id for i in plain.items] == [i.item_id for i in plain.candidates[:5]]
-    categories, decade = stated_attributes(plain.levels["recommendation"], rec.vocabulary)
+    categories, decade = stated_attributes(plain.levels["recommendation"], rec.ranker.vocabulary)
 
     def carries(item) -> bool:
         year = engine.facets.year_of(str(item.item_id))
@@ -201,11 +201,11 @@ def test_the_share_floor_keeps_the_models_order_within_its_allowance(engine):
     order = [other[0], carrying[0], other[1], carrying[1], other[2], carrying[2], carrying[3], carrying[4]]
     items = [RankedItem(i, -float(n), ()) for n, i in enumerate(order)]
     said = f"Serve (1) x. Next item: {category}."
-    followed = [i.item_id for i in rec.follow(items, said, share=0.8, shown=5)]
+    followed = [i.item_id for i in rec.ranker.follow(items, said, share=0.8, shown=5)]
     assert followed[:5] == [other[0], carrying[0], carrying[1], carrying[2], carrying[3]]
     assert sorted(followed) == sorted(order)                      # nothing lost, only moved
-    assert [i.item_id for i in rec.follow(items, said)] == order     # neither way asked: the model's order
-    assert [i.item_id for i in rec.follow(items, "Serve (1) x.", share=1.0, shown=5)] == order   # nothing stated
+    assert [i.item_id for i in rec.ranker.follow(items, said)] == order     # neither way asked: the model's order
+    assert [i.item_id for i in rec.ranker.follow(items, "Serve (1) x.", share=1.0, shown=5)] == order   # nothing stated
 
 
 def test_level_three_states_the_request_first(engine):
@@ -221,20 +221,20 @@ def test_level_three_states_the_request_first(engine):
                             thinking=True, sample=True, temperature=1.6, max_reasoning_tokens=96,
                             constraints=[comedy_90s] * 3)
     for answer in answers:
-        categories, decade = stated_attributes(answer.levels["recommendation"], rec.vocabulary)
+        categories, decade = stated_attributes(answer.levels["recommendation"], rec.ranker.vocabulary)
         assert "Comedy" in categories and decade == 1990, answer.levels["recommendation"]
         assert answer.levels["recommendation"].count("Next item:") == 1
 
     # Only a category asked for: it comes first and the model goes on with the list.
     only = Constraints(want=[["Comedy"]])
     (answer,) = rec.recommend([engine.dataset_history("u15")], k=5, num_beams=8, thinking=True, constraints=[only])
-    categories, _ = stated_attributes(answer.levels["recommendation"], rec.vocabulary)
+    categories, _ = stated_attributes(answer.levels["recommendation"], rec.ranker.vocabulary)
     assert categories[:1] == ["Comedy"], answer.levels["recommendation"]
 
     session = engine.start_session(user_id="u16")
     events = list(engine.turn(session.id, "a 90s comedy please", k=3))
     levels = next(e.trace for e in events if e.type == "trace").levels
-    categories, decade = stated_attributes(levels["recommendation"], rec.vocabulary)
+    categories, decade = stated_attributes(levels["recommendation"], rec.ranker.vocabulary)
     assert "Comedy" in categories and decade == 1990, levels["recommendation"]
 
 

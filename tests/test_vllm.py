@@ -92,7 +92,7 @@ def sid_only(recommender):
     """The vLLM backend ranks by the SID path alone, with beam search: the item head needs the
     backbone's hidden state, which the server does not return, and exact ranking needs tree
     attention in process. The in-process side is compared in the same mode."""
-    recommender.head_weight, recommender.exact_steps = 0.0, 0
+    recommender.ranker.head_weight, recommender.ranker.exact_steps = 0.0, 0
     return recommender
 
 

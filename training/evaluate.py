@@ -38,7 +38,7 @@ class EvalArgs:
     num_beams: int = 20                 # beam width over the SID steps (>= 20, the largest K)
     max_users: int = 0                  # 0: every user of the split
     batch_size: int = 16                # users decoded together
-    max_reasoning_tokens: int = 320     # reasoning budget, every token counted (engine.recommender.FULL_REASONING_TOKENS)
+    max_reasoning_tokens: int = 320     # reasoning budget, every token counted (engine.reasoning.FULL_REASONING_TOKENS)
     sasrec: str | None = None           # a saved SASRec; trained (and saved beside the checkpoint) if missing
     sasrec_epochs: int = 200            # upper bound on SASRec epochs when it must be trained
     seed: int = 0                       # seed for data order, initialisation and sampling
@@ -199,7 +199,7 @@ def run(args: EvalArgs) -> dict:
         from training.reasoning_metrics import scorer_for
 
         scorer = scorer_for(view)
-    from engine.recommender import ThinkRank
+    from engine.ranking import ThinkRank
 
     default_rank = ThinkRank(args.think_rank, args.think_weight, args.contrast)
     budgets = [int(b) for b in args.reasoning_budgets.split(",") if b.strip()] or [args.max_reasoning_tokens]
@@ -208,17 +208,18 @@ def run(args: EvalArgs) -> dict:
     for label, checkpoint in checkpoints.items():
         recommender, meta = open_recommender(checkpoint, args.data, view.codes, args.backend, args.model_url,
                                              history_items=args.history_items)
-        recommender.read_levels = args.read_levels and recommender.reader is not None
-        if recommender.reader is not None:
-            recommender.reader.read_items = args.read_items
-        recommender.recent_view, recommender.recent_weight = args.recent_view, args.recent_weight
-        if args.head_weight is not None and recommender.head is not None:
-            recommender.head_weight = args.head_weight
+        planner, ranker = recommender.planner, recommender.ranker
+        planner.read_levels = args.read_levels and planner.reader is not None
+        if planner.reader is not None:
+            planner.reader.read_items = args.read_items
+        ranker.recent_view, ranker.recent_weight = args.recent_view, args.recent_weight
+        if args.head_weight is not None and ranker.head is not None:
+            ranker.head_weight = args.head_weight
         if args.exact_steps is not None:
-            recommender.exact_steps = args.exact_steps
+            ranker.exact_steps = args.exact_steps
         if args.prior:
-            recommender.prior, recommender.prior_weight = teacher_prior(view, args), args.prior_weight
-            recommender.prior_name = args.prior
+            ranker.prior, ranker.prior_weight = teacher_prior(view, args), args.prior_weight
+            ranker.prior_name = args.prior
         # Thinking rows differ only in how beams become a ranking: the first row at a budget
         # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
         reasoned: dict[int, list[list[int]]] = {}
@@ -239,7 +240,7 @@ def run(args: EvalArgs) -> dict:
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend,
                      "prior": args.prior, "prior_weight": args.prior_weight if args.prior else 0.0,
-                     "head_weight": recommender.head_weight, "exact_steps": recommender.exact_steps,
+                     "head_weight": ranker.head_weight, "exact_steps": ranker.exact_steps,
                      "exact_share": sum(a.ranking.get("method") == "exact" for a in answers) / max(len(answers), 1)}
             if thinking:
                 extra["think_rank"] = {"mode": rank.mode, "weight": rank.weight, "contrast": rank.contrast}
@@ -254,14 +255,14 @@ def run(args: EvalArgs) -> dict:
                 # The levels' quality as numbers: grounding, faithfulness, level-3 accuracy.
                 extra["reasoning"] = scorer.score([a.levels for a in answers], histories, ranked,
                                                   [r["target"] for r in rows], read_items=args.read_items)
-                extra["read_levels"] = recommender.read_levels
+                extra["read_levels"] = planner.read_levels
             results[name] = _score(ranked, rows, seconds, catalog, extra)
             rankings[method] = (name, ranked)
             variants = [("follow", float(w), 0.0) for w in args.follow_weights.split(",") if w.strip()]
             variants += [("share", 0.0, float(w)) for w in args.follow_shares.split(",") if w.strip()]
             for kind, weight, share in (variants if thinking else []):
                 # Following level 3 only re-ranks the candidates this row already has: no decoding again.
-                followed = [[str(i.item_id) for i in recommender.follow(a.candidates, a.levels.get("recommendation", ""),
+                followed = [[str(i.item_id) for i in ranker.follow(a.candidates, a.levels.get("recommendation", ""),
                                                                         weight, share, 10)[:k]] for a in answers]
                 reasoning = scorer.score([a.levels for a in answers], histories, followed, [r["target"] for r in rows])
                 results[f"{name} {kind}={weight or share:g}"] = _score(

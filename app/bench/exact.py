@@ -58,7 +58,7 @@ def _run(args: ExactBenchArgs, progress) -> dict:
 
     from engine.decoding import admissible_tree, beam_search_items, score_paths, score_trees
     from engine.item_head import ItemHead, attach
-    from engine.recommender import EXACT_FACTOR
+    from engine.ranking import EXACT_FACTOR
     from app.bench.catalog import bench_model_config
 
     rows = []

@@ -51,7 +51,7 @@ def main() -> None:
         prompts = [recommender.prompt_ids(r["history"]) for r in chunk]
         trees = [admissible_tree(recommender.trie, set(r["history"]), None, 10**9) for r in chunk]
         for u, (tree, (s, h)) in enumerate(zip(trees, score_trees(recommender.model, prompts, trees,
-                                                                  recommender.tokenizer.pad_id, recommender.head,
+                                                                  recommender.tokenizer.pad_id, recommender.ranker.head,
                                                                   parts=True))):
             cols = [column[str(i)] for i in tree.items]
             sid[start + u, cols] = s

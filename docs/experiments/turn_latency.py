@@ -32,12 +32,12 @@ def main() -> None:
     scratch = tempfile.mkdtemp()
     engine = Engine(args.data, args.checkpoint, sessions_url=f"sqlite:///{scratch}/s.db")
     recommender = engine.recommender
-    weight, budget = recommender.head_weight, recommender.exact_steps
+    weight, budget = recommender.ranker.head_weight, recommender.ranker.exact_steps
     users = list(engine.user_histories)[:args.turns + 1]
     rows = []
     for name, head_weight, steps in [("SID beams only (before)", 0.0, 0), ("beams + item head", weight, 0),
                                      ("default (exact under the budget)", weight, budget)]:
-        recommender.head_weight, recommender.exact_steps = head_weight, steps
+        recommender.ranker.head_weight, recommender.ranker.exact_steps = head_weight, steps
         for message in ("what should I watch next?", "a 90s comedy please"):
             def turn(user):
                 session = engine.start_session(user)
