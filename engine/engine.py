@@ -19,19 +19,12 @@ started by ``thinkrec serve-model`` (``backend="vllm", model_url=...``).
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
 import queue
-import re
 import threading
-import time
-import uuid
 import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from data.catalog import Catalog
@@ -39,33 +32,12 @@ from data.catalog_db import sqlite_url
 from data.clean import read_split
 from engine.backends import BackendUnavailable, BatchedBackend
 from engine.constraints import Constraints, Facets
-from engine.events import (
-    BeamCandidate,
-    ErrorEvent,
-    Event,
-    ItemCard,
-    ItemsEvent,
-    NoticeEvent,
-    ReasoningDelta,
-    ReplyDelta,
-    RequestInfo,
-    Trace,
-    TraceEvent,
-)
-from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
+from engine.events import ErrorEvent, Event, ItemCard, RequestInfo, TraceEvent, collect
 from engine.reasoning import FULL_REASONING_TOKENS
 from engine.recommender import open_recommender
-from engine.request import Request
-from engine.request import apply as apply_request
 from engine.sessions import ChatSession, ConstraintConflict, SessionStore, Turn
-from engine.tokenizer import EVOLUTION, RECOMMENDATION, Message
-from engine.understanding import (
-    apply_answer,
-    ask_first,
-    catalog_parser,
-    resolve_answer,
-    soft_rerank,
-)
+from engine.turns import TurnSteps, clean_message
+from engine.understanding import catalog_parser
 
 log = logging.getLogger(__name__)
 # For robustness benchmarks (``thinkrec bench-load``): a turn whose message equals this variable's
@@ -85,7 +57,7 @@ class _SessionLock:
         self.lock = threading.Lock()
 
 # Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap every
-# reasoning token, the engine-written levels 1-2 and the closing one included (engine/recommender.py:
+# reasoning token, the engine-written levels 1-2 and the closing one included (engine/reasoning.py:
 # levels 1-2 take a shorter form until level 3 has its room). "short" gives one or two interests with
 # one citation each; "full" holds the whole reading of any ML-100K history (longest 233 tokens) and
 # level 3's 40, so it cuts nothing the model was trained and evaluated with. A budget smaller than a
@@ -106,50 +78,10 @@ def budget_tokens(budget: str | int) -> int:
     return BUDGETS[budget]
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def clean_message(text: str | None, max_chars: int) -> tuple[str, list[str]]:
-    """What the model will read of a typed message, and notices for the user about changes."""
-    notices = []
-    text = text or ""
-    stripped = _CONTROL.sub("", text)
-    if stripped != text:
-        notices.append("Removed control characters from your message.")
-    stripped = stripped.strip()
-    if len(stripped) > max_chars:
-        notices.append(f"Your message was {len(stripped):,} characters; only the first {max_chars:,} were read.")
-        stripped = stripped[:max_chars]
-    return stripped, notices
-
-
-@dataclass
-class _TurnState:
-    """What one turn has found out so far, handed from step to step (see ``Engine._turn``)."""
-
-    session: ChatSession
-    text: str
-    request: Request
-    constraints: Constraints
-    info: RequestInfo
-    exclude: set[str]
-    thinking: bool
-    k: int
-    num_beams: int
-    budget: int                       # reasoning tokens at most, every one counted (thinking)
-    earlier: list[Message]
-    prompt: list[int]
-    started: float
-    timings: dict[str, float] = field(default_factory=dict)
-    reasoning_ids: list[int] = field(default_factory=list)
-    levels: dict[str, str] = field(default_factory=lambda: dict.fromkeys(LEVELS, ""))
-    cache_hit: bool = False
-
-    def user_turn(self) -> Turn:
-        return Turn("user", self.text, request=self.request.model_dump())
-
-
 class Engine:
+    """The conversation service: sessions, their locks, a turn's own thread and its timeout, and
+    what is saved; the turn's steps themselves are ``steps`` (engine/turns.py)."""
+
     def __init__(self, data: str | Path, checkpoint: str | Path, sessions_url: str | None = None,
                  device: str | None = None, history_items: int | None = None, max_message_chars: int = 2000,
                  think_cache_size: int = 1024, backend: str = "transformers", model_url: str | None = None,
@@ -157,33 +89,27 @@ class Engine:
         self.data, self.checkpoint = Path(data), Path(checkpoint)
         self.catalog = Catalog(self.data)
         self.facets = Facets(*self.catalog.attribute_table())
-        self.parser = catalog_parser(self.catalog, self.facets)
         self.recommender, self.meta = open_recommender(self.checkpoint, self.data, self.catalog.sid_codes(), backend,
                                                        model_url, device, history_items, facets=self.facets)
         self.model, self.tokenizer = self.recommender.model, self.recommender.tokenizer
         if self.model is not None and batching:
             # Concurrent sessions share each forward pass (engine/scheduler.py).
             r = self.recommender
-            r.backend = BatchedBackend(self.model, self.tokenizer, r.trie, r.filter_for, r.slots)
+            r.backend = r.writer.backend = r.ranker.backend = BatchedBackend(self.model, self.tokenizer, r.trie,
+                                                                             r.filter_for, r.slots)
         self.backend = self.recommender.backend
+        # Without batching, one in-process model serves one turn at a time. The batch scheduler and
+        # a vLLM server each batch concurrent turns themselves, so those go to them unserialised.
+        serial = self.model is not None and not batching
+        self.steps = TurnSteps(self.recommender, self.catalog, self.facets, catalog_parser(self.catalog, self.facets),
+                               max_message_chars, think_cache_size, threading.Lock() if serial else None)
         # Sessions live beside the catalog, not inside catalog.db: the manifest hashes that file.
         self.sessions = SessionStore(sessions_url or sqlite_url(self.data / "sessions.db"))
         # Dataset users' full histories ("start as user"), read once rather than on every session.
         self.user_histories = {row["user_id"]: row["history"] + [row["target"]]
                                for row in read_split(self.data / "splits" / "test.jsonl")}
-        self.max_message_chars = max_message_chars
         self._fail_on = os.environ.get(FAIL_ENV) or None
-        # Without batching, one in-process model serves one turn at a time. The batch scheduler and
-        # a vLLM server each batch concurrent turns themselves, so those go to them unserialised.
-        serial = self.model is not None and not batching
-        self._model_lock = threading.Lock() if serial else contextlib.nullcontext()
-        self._think_cache: OrderedDict[tuple, list[int]] = OrderedDict()
-        self._think_guard = threading.Lock()
-        self._think_cache_size = think_cache_size
         self._session_locks: weakref.WeakValueDictionary[str, _SessionLock] = weakref.WeakValueDictionary()
-        # Item labels for rendered reasoning, cached per engine (a cache on the class would keep
-        # every engine ever built alive through its keys).
-        self._label = functools.lru_cache(maxsize=4096)(self._label_of)
         self._locks_guard = threading.Lock()
 
     # -- sessions ----------------------------------------------------------------------------
@@ -201,13 +127,13 @@ class Engine:
         its request updates the constraints and its items count as shown, as if this engine had
         answered it."""
         session = self.sessions.get(session_id, traces=False)
-        text, _ = clean_message(user_text, self.max_message_chars)
-        request, constraints = self.understand(session, text)
+        text, _ = clean_message(user_text, self.steps.max_message_chars)
+        request, constraints = self.steps.understand(session, text)
         known = [str(i) for i in items if str(i) in self.recommender.sid_codes]
         if not known:
             # An exchange that ended in a question (no items): its answer comes next.
             seen = set(session.history) | set(session.shown())
-            asked = self._question(request, constraints, self.recommender.available(constraints, seen), 10, seen)
+            asked = self.steps.question(request, constraints, 10, seen)
             if asked is not None:
                 constraints = constraints.model_copy(update={"pending": asked})
         turns = [Turn("user", text, request=request.model_dump())]
@@ -219,27 +145,6 @@ class Engine:
     def feedback(self, session_id: str, item_id: str, kind: str) -> ChatSession:
         self.catalog.item(item_id)                # unknown items are refused (KeyError)
         return self.sessions.feedback(session_id, item_id, kind)
-
-    # -- a turn --------------------------------------------------------------------------------
-    def _earlier_turns(self, session: ChatSession, max_exchanges: int = 2) -> list[Message]:
-        messages = []
-        for turn in session.turns[-2 * max_exchanges:]:
-            if turn.role == "user":
-                messages.append(Message("user", turn.text or DEFAULT_ASK, trusted=False))
-            elif turn.items:
-                codes = [self.recommender.sid_codes[i] for i in turn.items[:3] if i in self.recommender.sid_codes]
-                messages.append(earlier_assistant_turn(codes))
-        return messages
-
-    def render(self, text: str) -> str:
-        """Reasoning text with its item spans shown as catalog titles."""
-        return render_spans(text, self._label)
-
-    def _label_of(self, sid: str) -> str:
-        try:
-            return self.catalog.by_sid(sid).label()
-        except (KeyError, ValueError):
-            return "(unknown item)"
 
     BUSY = "This session is answering another message; send yours once it has finished."
 
@@ -258,95 +163,7 @@ class Engine:
                 held = self._session_locks[session_id] = _SessionLock()
             return held
 
-    def understand(self, session: ChatSession, text: str) -> tuple[Request, Constraints]:
-        """Parse the message and merge it into the session's active constraints. When the last
-        turn asked a question and this message answers it, the answer is applied instead."""
-        pending = session.constraints.pending
-        if pending:
-            option = resolve_answer(pending, text)
-            if option is not None:
-                request = Request(text=text, answered=True, notes=[f"Understood as your answer: {option['label']}."])
-                return request, apply_answer(session.constraints, option)
-        last_items = next((t.items for t in reversed(session.turns) if t.role == "assistant" and t.items), [])
-        request = self.parser.parse(text, last_years=[y for y in map(self.facets.year_of, last_items) if y is not None],
-                                    active=session.constraints)
-        return request, apply_request(session.constraints, request, last_items)
-
-    def _question(self, request: Request, constraints: Constraints, available: int | None, k: int,
-                  exclude: set[str] = frozenset()) -> dict | None:
-        return ask_first(request, constraints, available, k, lambda wider: self.recommender.available(wider, exclude))
-
-    def _stream_levels(self, tokens: Iterator[int]) -> Iterator[tuple[str, str, int]]:
-        """(level, text delta, token) while reasoning streams; the prompt opened the first level."""
-        level, level_ids, shown = "derivation", [], ""
-        markers = {self.tokenizer.ids[EVOLUTION]: "evolution", self.tokenizer.ids[RECOMMENDATION]: "recommendation"}
-        for token in tokens:
-            if token in markers:
-                level, level_ids, shown = markers[token], [], ""
-                yield level, "", token
-                continue
-            if token in (self.tokenizer.think_end_id, self.tokenizer.end_id):
-                yield level, "", token
-                return
-            level_ids.append(token)
-            # A level shows no leading space (the engine may write level 3's opener after one), as a
-            # replay from the Think-Ahead cache shows it.
-            text = self.render(self.tokenizer.decode(level_ids)).lstrip()
-            if text.endswith("\ufffd") or not text.startswith(shown):   # half a character, or a span in progress
-                yield level, "", token
-                continue
-            delta, shown = text[len(shown):], text
-            yield level, delta, token
-
-    def _reason(self, turn: _TurnState) -> Iterator[Event]:
-        """Step 2 (thinking): stream the three levels, or replay them from the Think-Ahead cache."""
-        # The key is the whole conversation state: the prompt holds the recent history, earlier turns
-        # and this message; the whole history in order (levels 1-2 read all of it), exclusions and
-        # constraints complete it. No two conversations share one.
-        key = (tuple(turn.prompt), tuple(turn.session.history), tuple(sorted(turn.exclude)), turn.constraints.key(),
-               turn.budget)
-        started = time.perf_counter()
-        with self._think_guard:
-            cached = self._think_cache.get(key)
-            if cached is not None:
-                self._think_cache.move_to_end(key)
-        if cached is not None:
-            turn.cache_hit = True
-            turn.reasoning_ids = list(cached)
-            for level, body in self.recommender.writer.describe(cached)[1].items():
-                body = self.render(body)
-                turn.levels[level] = body
-                if body:
-                    yield ReasoningDelta(level=level, text=body)
-        else:
-            plan = self.recommender.planner.plan(turn.session.history, turn.constraints, turn.text or None, budget=turn.budget)
-            if plan.min_tokens > turn.budget:
-                yield NoticeEvent(text=f"The reasoning needs at least {plan.min_tokens} tokens for this history and "
-                                       f"request, more than the budget of {turn.budget}; it used {plan.min_tokens}.")
-                turn.budget = plan.min_tokens
-            tokens = self.recommender.writer.stream(turn.prompt, plan, max_new_tokens=turn.budget)
-            for level, delta, token in self._stream_levels(self._timed(tokens, turn.timings, started)):
-                turn.reasoning_ids.append(token)
-                if delta:
-                    turn.levels[level] += delta
-                    yield ReasoningDelta(level=level, text=delta)
-            self._remember(key, turn.reasoning_ids)
-        turn.timings["reasoning_ms"] = (time.perf_counter() - started) * 1000
-
-    @staticmethod
-    def _timed(tokens: Iterator[int], timings: dict, started: float) -> Iterator[int]:
-        for token in tokens:
-            timings.setdefault("first_token_ms", (time.perf_counter() - started) * 1000)
-            yield token
-
-    def _cards(self, ranked) -> tuple[list[ItemCard], list[BeamCandidate]]:
-        found = {i.item_id: i for i in self.catalog.items([str(r.item_id) for r in ranked])}
-        cards = [ItemCard(rank=n + 1, item_id=str(r.item_id), title=found[str(r.item_id)].title,
-                          year=found[str(r.item_id)].year, categories=found[str(r.item_id)].categories,
-                          sid=found[str(r.item_id)].sid, score=round(r.score, 4)) for n, r in enumerate(ranked)]
-        beams = [BeamCandidate(item_id=c.item_id, title=c.title, sid=c.sid, score=c.score) for c in cards]
-        return cards, beams
-
+    # -- a turn --------------------------------------------------------------------------------
     def turn(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
              num_beams: int = 20, budget: str | int = "full") -> Iterator[Event]:
         """One turn's events. ``budget``: how long the reasoning may be ("off", "short", "full" or
@@ -398,85 +215,37 @@ class Engine:
             yield event
 
     def _turn(self, session_id: str, message: str | None, thinking: bool, k: int, num_beams: int,
-              budget: int, adaptive: bool = False) -> Iterator[Event]:
-        turn = yield from self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, budget,
-                                     adaptive)
+              budget: int, adaptive: bool = False, save: bool = True) -> Iterator[Event]:
+        """The steps in order (engine/turns.py); with ``save`` the exchange is stored before its
+        trace is shown, in one transaction."""
+        steps, outcome = self.steps, []
+        turn = yield from steps.read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams,
+                                     budget, adaptive)
         if self._fail_on and turn.text == self._fail_on:
             self._injected_failure()
         if turn.info.question:
-            yield from self._ask(turn)
-            return
-        if turn.info.available == 0:
-            yield from self._refuse(turn)
-            return
-        if turn.thinking:
-            with self._model_lock:
-                yield from self._reason(turn)
-        with self._model_lock:
-            result = self._rank(turn)
-        yield from self._answer(turn, result)
+            yield from steps.ask(turn, outcome.append)
+        elif turn.info.available == 0:
+            yield from steps.refuse(turn, outcome.append)
+        else:
+            if turn.thinking:
+                yield from steps.reason(turn)
+            yield from steps.answer(turn, steps.rank(turn), outcome.append)
+        for turns, trace in outcome:
+            if save:
+                self._save(turn.session, turn.text, turns, turn.constraints)
+            yield TraceEvent(trace=trace)
 
-    def _read(self, session: ChatSession, message: str | None, thinking: bool, k: int,
-              num_beams: int, budget: int = BUDGETS["full"], adaptive: bool = False) -> Iterator[Event]:
-        """Step 1: the message as a request merged into the session's constraints, what it leaves
-        out, and how many items remain; notices about the message as events. Returns the turn."""
-        text, notices = clean_message(message, self.max_message_chars)
-        if message and not text:
-            notices.append("Your message had no text; recommending from your history.")
-        request, constraints = self.understand(session, text)
-        if request.unparsed:
-            notices.append("Not used as a filter (left to the model): " + ", ".join(request.unparsed[:12]) + ".")
-        notices += request.notes
-        for notice in notices:
-            yield NoticeEvent(text=notice)
-        k = max(1, min(int(k), 50))
-        # Seen, disliked, already shown, turned down, and the title a "more like" names.
-        exclude = (set(session.history) | set(session.excluded) | set(session.shown()) | set(constraints.turned_down)
-                   | ({constraints.like_item} if constraints.like_item else set()))
-        for reading in request.readings:
-            yield NoticeEvent(text="Read by meaning: " + reading + ".")
-        info = RequestInfo(understood=request.understood(), active=constraints.describe(),
-                           constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
-                           available=self.recommender.available(constraints, exclude),
-                           readings=request.readings, soft=constraints.describe_soft(), unknown=request.unknown)
-        asked = self._question(request, constraints, info.available, k, exclude)
-        if asked is not None:
-            info.question = asked["question"]
-            constraints = constraints.model_copy(update={"pending": asked})
-        elif info.available is not None and 0 < info.available < k:
-            yield NoticeEvent(text=f"Only {info.available} item{'s' * (info.available != 1)} satisfy "
-                                   f"{info.active}: showing all of them.")
-        earlier = self._earlier_turns(session)
-        thinking = thinking and (not adaptive or self.recommender.worth_reasoning(session.history, constraints))
-        return _TurnState(session=session, text=text, request=request, constraints=constraints, info=info,
-                          exclude=exclude, thinking=thinking, k=k, num_beams=max(k, int(num_beams or k)),
-                          budget=budget, earlier=earlier, started=time.perf_counter(),
-                          prompt=self.recommender.prompt_ids(session.history, text or None, earlier, thinking))
-
-    def _ask(self, turn: _TurnState) -> Iterator[Event]:
-        """One short question instead of a guess; the next message's answer is read against it
-        (``understand``). The question is the reply, so every client shows it as the answer."""
-        trace = Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=turn.thinking,
-                      backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info,
-                      latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
-        yield ReplyDelta(text=turn.info.question)
-        self._save(turn.session, turn.text, [turn.user_turn(), Turn("assistant", turn.info.question, [],
-                                                                    trace=trace.model_dump(mode="json"))],
-                   turn.constraints)
-        yield TraceEvent(trace=trace)
-
-    def _refuse(self, turn: _TurnState) -> Iterator[Event]:
-        """Nothing satisfies the constraints: the request is kept, the error says how to get out.
-        The trace is stored on the user turn (there is no assistant turn to pair it with)."""
-        trace = Trace(turn_id=str(uuid.uuid4()), prompt="", prompt_tokens=0, thinking=turn.thinking,
-                      backend=self.backend.name, k=turn.k, num_beams=turn.num_beams, request=turn.info,
-                      latency_ms={"total_ms": round((time.perf_counter() - turn.started) * 1000, 1)})
-        user = turn.user_turn()
-        user.trace = trace.model_dump(mode="json")
-        self._save(turn.session, turn.text, [user], turn.constraints)
-        yield ErrorEvent(message=f"No item you have not seen satisfies: {turn.info.active}. Change or lift a "
-                                 "constraint (\"any decade\", \"horror is fine\", \"start over\").")
-        yield TraceEvent(trace=trace)
+    def preview(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
+                num_beams: int = 20, budget: str | int = "full") -> tuple[list[ItemCard], RequestInfo | None, dict[str, str]]:
+        """What a turn would show now (items, the request as understood, the levels), saving
+        nothing: the side-by-side view asks the same turn in several modes. The same steps as a
+        turn, folded as every client folds them."""
+        tokens = budget_tokens(budget)
+        result = collect(self._turn(session_id, message, bool(thinking) and tokens > 0, k, num_beams, tokens,
+                                    budget == "auto", save=False))
+        info = result.trace.request if result.trace is not None else None
+        return list(result.items), info, result.levels
 
     def _injected_failure(self) -> None:
         def fail():
@@ -499,91 +268,12 @@ class Engine:
             except ConstraintConflict:
                 session = self.sessions.get(session.id, traces=False)
                 pending = constraints.pending           # a question this turn asked stays asked
-                _, constraints = self.understand(session, text)
+                _, constraints = self.steps.understand(session, text)
                 if pending:
                     constraints = constraints.model_copy(update={"pending": pending})
         raise ConstraintConflict(f"session '{session.id}': the constraints kept changing under {attempts} tries")
-
-    def _rank(self, turn: _TurnState):
-        """Step 3: the items, through the same ``recommend`` as eval and RL, after the reasoning."""
-        started = time.perf_counter()
-        (result,) = self.recommender.recommend(
-            [turn.session.history], k=turn.num_beams, num_beams=turn.num_beams, shown=turn.k, thinking=turn.thinking,
-            user_texts=[turn.text or None], earlier_turns=[turn.earlier], exclude=[turn.exclude],
-            constraints=[turn.constraints], reasoning=[turn.reasoning_ids] if turn.thinking else None)
-        if turn.constraints.is_soft():
-            result.items = soft_rerank(result.items, turn.constraints, self.facets)
-        turn.timings["items_ms"] = (time.perf_counter() - started) * 1000
-        return result
-
-    def _answer(self, turn: _TurnState, result) -> Iterator[Event]:
-        """Step 4: cards, the reply, the exchange saved with the session (the trace, and the cards
-        shown, stored on the assistant turn, in the same transaction), and the trace."""
-        cards, beams = self._cards(result.items)
-        cards = cards[:turn.k]
-        if not cards:
-            yield ErrorEvent(message="No catalog item is left to recommend in this session.")
-            return
-        yield ItemsEvent(items=cards)
-        reply = self._reply(cards, turn.text, turn.info)
-        yield ReplyDelta(text=reply)
-        turn.timings["total_ms"] = (time.perf_counter() - turn.started) * 1000
-        item_prompt = self.recommender.item_prompt(turn.prompt, turn.reasoning_ids) if turn.thinking else turn.prompt
-        trace = Trace(turn_id=str(uuid.uuid4()), prompt=self.tokenizer.decode(item_prompt),
-                      prompt_tokens=len(turn.prompt), thinking=turn.thinking,
-                      reasoning_tokens=len(turn.reasoning_ids), cache_hit=turn.cache_hit,
-                      backend=self.backend.name, levels=turn.levels, beams=beams,
-                      latency_ms={name: round(v, 1) for name, v in turn.timings.items()}, k=turn.k,
-                      num_beams=turn.num_beams, request=turn.info,
-                      max_reasoning_tokens=turn.budget if turn.thinking else 0, ranking=result.ranking)
-        stored = trace.model_dump(mode="json") | {"items": [c.model_dump(mode="json") for c in cards]}
-        self._save(turn.session, turn.text, [turn.user_turn(), Turn("assistant", reply, [c.item_id for c in cards],
-                                                                    turn.levels, trace=stored)], turn.constraints)
-        yield TraceEvent(trace=trace)
-
-    def preview(self, session_id: str, message: str | None, thinking: bool = True, k: int = 10,
-                num_beams: int = 20, budget: str | int = "full") -> tuple[list[ItemCard], RequestInfo, dict[str, str]]:
-        """What a turn would show now (items, the request as understood, the levels), saving
-        nothing: the side-by-side view asks the same turn in several modes."""
-        tokens = budget_tokens(budget)
-        thinking = bool(thinking) and tokens > 0
-        steps = self._read(self.sessions.get(session_id, traces=False), message, thinking, k, num_beams, tokens,
-                           budget == "auto")
-        try:
-            while True:
-                next(steps)                                   # notices: not needed here
-        except StopIteration as done:
-            turn = done.value
-        if turn.info.available == 0 or turn.info.question:
-            return [], turn.info, {}
-        if turn.thinking:
-            with self._model_lock:
-                for _ in self._reason(turn):
-                    pass
-        with self._model_lock:
-            result = self._rank(turn)
-        return self._cards(result.items)[0][:turn.k], turn.info, dict(turn.levels)
-
-    def _remember(self, key: tuple, reasoning_ids: list[int]) -> None:
-        with self._think_guard:
-            self._think_cache[key] = list(reasoning_ids)
-            self._think_cache.move_to_end(key)
-            while len(self._think_cache) > self._think_cache_size:
-                self._think_cache.popitem(last=False)
 
     def close(self) -> None:
         """Stop the batch scheduler's thread (if any); the engine serves no turn after this."""
         if isinstance(self.backend, BatchedBackend):
             self.backend.close()
-
-    @staticmethod
-    def _reply(cards: list[ItemCard], request: str, info: RequestInfo) -> str:
-        top = cards[0]
-        label = f"{top.title} ({top.year})" if top.year else top.title
-        if info.active:
-            lead = f"{len(cards)} picks for {info.active}."
-        elif request:
-            lead = f"For your request, here are {len(cards)} picks."
-        else:
-            lead = f"Here are {len(cards)} picks."
-        return f"{lead} Top pick: {label}."

@@ -56,7 +56,7 @@ def test_fewer_items_than_k_are_said_and_never_padded(engine):
     from engine.request import apply
 
     rare = engine.facets.vocabulary[-1]
-    allowed = set(engine.facets.allowed_items(apply(Constraints(), engine.parser.parse(f"some {rare.lower()}"))))
+    allowed = set(engine.facets.allowed_items(apply(Constraints(), engine.steps.parser.parse(f"some {rare.lower()}"))))
     session = engine.start_session()
     events, items, trace = run(engine, session.id, f"some {rare.lower()}", k=10, thinking=False)
     assert 0 < len(items) == len(allowed) < 10 and {i.item_id for i in items} == allowed
@@ -76,14 +76,14 @@ def test_app_and_eval_give_the_same_items(engine):
     for thinking in (False, True):
         session = engine.start_session(user_id="u11")
         _, items, trace = run(engine, session.id, f"a {wanted.lower()}", k=5, num_beams=10, thinking=thinking)
-        constraints = apply(Constraints(), engine.parser.parse(f"a {wanted.lower()}"))
+        constraints = apply(Constraints(), engine.steps.parser.parse(f"a {wanted.lower()}"))
         (batch,) = engine.recommender.recommend([engine.dataset_history("u11")], k=10, num_beams=10,
                                                 thinking=thinking, user_texts=[f"a {wanted.lower()}"],
                                                 constraints=[constraints])
         assert [i.item_id for i in items] == [str(r.item_id) for r in batch.items][:5]
         if thinking:
             # The trace shows each cited span as its title; the batch keeps the raw spans.
-            assert trace.levels == {name: engine.render(text) for name, text in batch.levels.items()}
+            assert trace.levels == {name: engine.steps.render(text) for name, text in batch.levels.items()}
 
 
 def test_two_feedback_clicks_at_once_both_land(engine):
@@ -133,20 +133,20 @@ def test_a_slow_reader_does_not_hold_its_session(engine):
 
 def test_a_failing_turn_fails_alone_and_says_so(engine, monkeypatch):
     session, other = engine.start_session(user_id="u15"), engine.start_session(user_id="u16")
-    real = engine._rank
+    real = engine.steps.rank
 
     def flaky(turn):
         if turn.session.id == session.id:
             raise RuntimeError("boom")
         return real(turn)
-    monkeypatch.setattr(engine, "_rank", flaky)
+    monkeypatch.setattr(engine.steps, "rank", flaky)
     events = list(engine.turn(session.id, None, thinking=False, k=3))
     error = next(e for e in events if isinstance(e, ErrorEvent))
     assert error.code == "failed" and "RuntimeError" in error.message and "boom" not in error.message
     assert len(engine.sessions.get(session.id).turns) == 0
     _, items, _ = run(engine, other.id, None, k=3, thinking=False)
     assert len(items) == 3
-    monkeypatch.setattr(engine, "_rank", real)
+    monkeypatch.setattr(engine.steps, "rank", real)
     _, items, _ = run(engine, session.id, None, k=3, thinking=False)     # the session is free again
     assert len(items) == 3
 
@@ -197,13 +197,13 @@ def test_two_processes_writing_one_sessions_constraints_lose_neither(engine, bui
     wanted, avoided = engine.facets.vocabulary[0], engine.facets.vocabulary[2]
     other = Engine(built_dataset, tiny_checkpoint, sessions_url=str(engine.sessions.engine.url))
     session = engine.start_session(user_id="u9")
-    rank = engine._rank
+    rank = engine.steps.rank
 
     def meanwhile(turn):
         run(other, session.id, f"no {avoided.lower()}", k=2, thinking=False)
         return rank(turn)
 
-    monkeypatch.setattr(engine, "_rank", meanwhile)
+    monkeypatch.setattr(engine.steps, "rank", meanwhile)
     run(engine, session.id, f"a {wanted.lower()} please", k=2, thinking=False)
     monkeypatch.undo()
     stored = engine.sessions.get(session.id, traces=False)

@@ -264,13 +264,13 @@ def test_a_busy_session_is_a_409_and_other_sessions_keep_going(client, engine, m
     """Many streamed requests on one session at once: one is answered, the rest get 409 at once
     (none waits on the session), and a turn in another session is answered meanwhile."""
     session = engine.start_session(user_id="u17")
-    real, gate = engine._rank, threading.Event()
+    real, gate = engine.steps.rank, threading.Event()
 
     def slow(turn):
         if turn.session.id == session.id:
             gate.wait(30)
         return real(turn)
-    monkeypatch.setattr(engine, "_rank", slow)
+    monkeypatch.setattr(engine.steps, "rank", slow)
 
     def one(_):
         try:

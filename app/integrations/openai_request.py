@@ -34,7 +34,7 @@ MAX_TITLE_LINE_CHARS = 500
 MAX_REASONING_TOKENS = 1024
 # ``user`` and ``session_id``, in characters (session ids are 36-character UUIDs).
 MAX_ID_CHARS = 200
-# thinkrec's ``k`` (items per answer): the engine clamps to the same range (engine.engine.Engine._read).
+# thinkrec's ``k`` (items per answer): the engine clamps to the same range (engine.turns.TurnSteps.read).
 MAX_K = 50
 
 # OpenAI's reasoning_effort values (and thinkrec's own budget names) -> the engine's budget.
