@@ -33,7 +33,7 @@ from data.clean import read_split
 from engine.backends import BackendUnavailable, BatchedBackend
 from engine.constraints import Constraints, Facets
 from engine.events import ErrorEvent, Event, ItemCard, RequestInfo, TraceEvent, collect
-from engine.reasoning import FULL_REASONING_TOKENS
+from engine.reasoning import FULL_REASONING_TOKENS, SHORTEST_REASONING_TOKENS
 from engine.recommender import open_recommender
 from engine.sessions import ChatSession, ConstraintConflict, SessionStore, Turn
 from engine.turns import TurnSteps, clean_message
@@ -58,11 +58,13 @@ class _SessionLock:
 
 # Reasoning budgets a turn can ask for: "off" answers without reasoning; the others cap every
 # reasoning token, the engine-written levels 1-2 and the closing one included (engine/reasoning.py:
-# levels 1-2 take a shorter form until level 3 has its room). "short" gives one or two interests with
-# one citation each; "full" holds the whole reading of any ML-100K history (longest 233 tokens) and
-# level 3's 40, so it cuts nothing the model was trained and evaluated with. A budget smaller than a
-# turn's shortest three levels (ReasoningPlan.min_tokens) is raised to it, with a notice.
-BUDGETS = {"off": 0, "short": 64, "full": FULL_REASONING_TOKENS, "auto": FULL_REASONING_TOKENS}
+# levels 1-2 take a shorter form until level 3 has its room). "short" is each turn's shortest complete
+# reasoning (SHORTEST_REASONING_TOKENS: usually one interest with one citation, its trend, and level
+# 3), sized by that turn's history and request; "full" holds the whole reading of any ML-100K history
+# (longest 233 tokens) and level 3's 40, so it cuts nothing the model was trained and evaluated with.
+# A token count smaller than a turn's shortest three levels (ReasoningPlan.min_tokens) is raised to
+# it, with a notice.
+BUDGETS = {"off": 0, "short": SHORTEST_REASONING_TOKENS, "full": FULL_REASONING_TOKENS, "auto": FULL_REASONING_TOKENS}
 # "auto" reasons only where reasoning carries what the direct answer lacks (Recommender.worth_reasoning:
 # a history longer than the prompt's window, or an active request) and answers directly otherwise.
 

@@ -23,6 +23,10 @@ from engine.tokenizer import DERIVATION, EVOLUTION, RECOMMENDATION, ThinkrecToke
 # too): it holds the whole reading of levels 1-2 of any ML-100K history (233 tokens at most) and level
 # 3's own tokens.
 FULL_REASONING_TOKENS = 320
+# The "short" budget: one token, below every turn's shortest complete reasoning, so levels 1-2 take
+# their shortest form (ReasoningPlanner.plan) and the cap is raised to exactly that turn's
+# ``min_tokens``. Sized by the history and request at hand, not by a constant that fits one dataset.
+SHORTEST_REASONING_TOKENS = 1
 
 _SPAN_TEXT = re.compile(re.escape(ITEM_BEGIN) + r"(?:<[a-z]_\d+>)+" + re.escape(ITEM_END))
 

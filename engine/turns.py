@@ -24,6 +24,7 @@ from engine.constraints import Constraints, Facets
 from engine.events import (BeamCandidate, ErrorEvent, Event, ItemCard, ItemsEvent, NoticeEvent, ReasoningDelta,
                            ReplyDelta, RequestInfo, Trace)
 from engine.prompt import DEFAULT_ASK, LEVELS, earlier_assistant_turn, render_spans
+from engine.reasoning import SHORTEST_REASONING_TOKENS
 from engine.request import Request
 from engine.request import apply as apply_request
 from engine.sessions import ChatSession, Turn
@@ -187,6 +188,7 @@ class TurnSteps:
         if cached is not None:
             turn.cache_hit = True
             turn.reasoning_ids = list(cached)
+            turn.budget = max(turn.budget, len(cached))      # "short" was raised to what it wrote
             for level, body in self.recommender.writer.describe(cached)[1].items():
                 turn.levels[level] = body = self.render(body)
                 if body:
@@ -194,10 +196,10 @@ class TurnSteps:
         else:
             plan = self.recommender.planner.plan(turn.session.history, turn.constraints, turn.text or None,
                                                  budget=turn.budget)
-            if plan.min_tokens > turn.budget:
+            if plan.min_tokens > turn.budget > SHORTEST_REASONING_TOKENS:      # "short" asks for exactly that
                 yield NoticeEvent(text=f"The reasoning needs at least {plan.min_tokens} tokens for this history and "
                                        f"request, more than the budget of {turn.budget}; it used {plan.min_tokens}.")
-                turn.budget = plan.min_tokens
+            turn.budget = max(turn.budget, plan.min_tokens)
             with self.model_lock:
                 tokens = self.recommender.writer.stream(turn.prompt, plan, max_new_tokens=turn.budget)
                 for level, delta, token in self._levels(tokens, turn.timings, started):

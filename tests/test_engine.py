@@ -97,6 +97,8 @@ def test_reasoning_budget_caps_the_reasoning_and_off_skips_it(engine):
     _, full_items, full = run(engine, full_session.id, "anything good?", k=3, budget="full")
     events, short_items, short = run(engine, short_session.id, "anything good?", k=3, budget="short")
     assert short.max_reasoning_tokens < full.max_reasoning_tokens
+    # "short" is this turn's shortest complete reasoning, sized by its history: asked for, not a notice.
+    assert not any(isinstance(e, NoticeEvent) and "budget" in e.text for e in events)
     assert 0 < short.reasoning_tokens <= full.reasoning_tokens
     # A hard cap: every reasoning token counts, the engine-written levels and the closing one too.
     assert short.reasoning_tokens <= short.max_reasoning_tokens and full.reasoning_tokens <= full.max_reasoning_tokens

@@ -42,7 +42,7 @@ class BudgetArgs:
 
 
 def parse_budgets(spec: str) -> list[tuple[str, int]]:
-    """``"off,short,128"`` -> [("off", 0), ("short", 64), ("128", 128)], in order, no repeats."""
+    """``"off,short,128"`` -> [("off", 0), ("short", 1), ("128", 128)] ("short": each turn's shortest complete reasoning), in order, no repeats."""
     from engine.engine import budget_tokens
 
     budgets: list[tuple[str, int]] = []
@@ -141,7 +141,8 @@ def budget_table(report: dict) -> str:
              "| budget | tokens cap | reasoning tokens written | HR@10 | NDCG@10 | invalid | turn p50 s | turn p95 s |"
              " eval users/s |", "|---" * 9 + "|"]
     for p in report["points"]:
-        lines.append(f"| {p['budget']} | {p['tokens']} | {p['turn_mean_reasoning_tokens']:.0f} | {p['hr@10']:.4f} | "
+        cap = "each turn's shortest" if p["budget"] == "short" else p["tokens"]
+        lines.append(f"| {p['budget']} | {cap} | {p['turn_mean_reasoning_tokens']:.0f} | {p['hr@10']:.4f} | "
                      f"{p['ndcg@10']:.4f} | {p['invalid_rate']:.3f} | {p['turn_p50_s']:.3f} | {p['turn_p95_s']:.3f} |"
                      f" {p['eval_users_per_s']:.1f} |")
     return "\n".join(lines)

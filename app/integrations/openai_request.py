@@ -29,8 +29,8 @@ MAX_TITLE_LINES = 50
 # A numbered line longer than this is not read as a title (the line pattern backtracks
 # quadratically on long lines; catalog titles are far shorter).
 MAX_TITLE_LINE_CHARS = 500
-# A reasoning_effort given as a token count: 0 .. this. "full" is 192 tokens (engine.engine.BUDGETS),
-# the length the model was trained at; the model presets have 2,048 positions for prompt and all.
+# A reasoning_effort given as a token count: 0 .. this. "full" is 320 tokens (engine.engine.BUDGETS),
+# which holds every reading the model was trained with; the model presets have 2,048 positions for prompt and all.
 MAX_REASONING_TOKENS = 1024
 # ``user`` and ``session_id``, in characters (session ids are 36-character UUIDs).
 MAX_ID_CHARS = 200
