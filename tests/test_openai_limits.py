@@ -229,3 +229,50 @@ def test_a_failure_mid_stream_ends_with_an_error_chunk_then_done(http, engine, m
         data = sse(response)
     assert data[-1] == "[DONE]" and "error" not in data[-2]
 
+
+
+# A second set of malformed requests, written after the first 67 probes held: wrong shapes at every
+# level of the body, values JSON allows but numbers do not, bodies that are not JSON at all.
+MALFORMED = [
+    '{"messages": "a comedy"}', '{"messages": {"role": "user"}}', '{"messages": null}', '{"messages": 7}',
+    '{"messages": []}', '{"messages": ["a comedy"]}', '{"messages": [7]}', '{"messages": [null]}',
+    '{"messages": [{"content": "hi"}]}', '{"messages": [{"role": "wizard", "content": "hi"}]}',
+    '{"messages": [{"role": "user"}]}', '{"messages": [{"role": "user", "content": 7}]}',
+    '{"messages": [{"role": "user", "content": {"text": "hi"}}]}', '{"messages": [{"role": "user", "content": [1, 2]}]}',
+    '{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}',
+    '{"messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+    '{"messages": [{"role": "user", "content": "hi"}], "stream_options": "all"}',
+    '{"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+    '{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    '{"messages": [{"role": "user", "content": "hi"}], "k": Infinity}',
+    '{"messages": [{"role": "user", "content": "hi"}], "k": 1e999}',
+    '{"messages": [{"role": "user", "content": "hi"}], "k": -0.0}',
+    '{"messages": [{"role": "user", "content": "hi"}], "n": 1e400}',
+    '{"messages": [{"role": "user", "content": "hi"}], "session_id": "no-such-session"}',
+    '{"messages": [{"role": "user", "content": "hi"}], "user": "no-such-dataset-user-\u00e9"}',
+    '[{"role": "user", "content": "hi"}]', '"hi"', "null", "7", "", "   ", "{", '{"messages": [', "not json",
+    '{"messages": [{"role": "user", "content": "hi"}]} trailing',
+]
+
+
+@pytest.mark.parametrize("body", MALFORMED)
+def test_malformed_requests_are_4xx_with_an_openai_error(http, engine, body):
+    before = session_count(engine)
+    response = post_raw(http, body)
+    if response.status_code == 200:
+        # Only requests that are valid after all may be answered: then they carry items.
+        assert response.json()["choices"][0]["message"]["content"], body
+    else:
+        assert 400 <= response.status_code < 500, (body, response.status_code, response.text)
+        assert set(response.json()["error"]) == ERROR_FIELDS
+        assert session_count(engine) == before, body
+
+
+def test_bodies_that_are_not_json_text_are_refused(http, engine):
+    for content, kind in ((b"\xff\xfe\x00{bad", "application/json"), ("messages=hi", "application/x-www-form-urlencoded"),
+                          (b"\x00" * 64, "application/octet-stream")):
+        response = http.post("/chat/completions", content=content, headers={"Content-Type": kind})
+        assert 400 <= response.status_code < 500 and set(response.json()["error"]) == ERROR_FIELDS, response.text
+    assert http.get("/chat/completions").status_code in (404, 405)
+    assert http.post("/no/such/route", json={}).status_code in (404, 405)
+    assert_still_serves(http, engine)

@@ -115,9 +115,13 @@ class ChatAPI:
                 self.engine.sessions.get(session_id, traces=False)
             except KeyError:
                 raise APIError(400, f"no session '{session_id}'", "session_id", "session_not_found") from None
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            raise APIError(400, "stream must be true or false", "stream", "invalid_type")
         options = body.get("stream_options") or {}
-        return _Call(turns=turns, stream=bool(body.get("stream")), user=user,
-                     include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
+        if not isinstance(options, dict):
+            raise APIError(400, "stream_options must be an object", "stream_options", "invalid_type")
+        return _Call(turns=turns, stream=bool(stream), user=user, include_usage=bool(options.get("include_usage")),
                      session_id=session_id, k=k, budget=budget)
 
     def shown_items(self, message: dict, text: str) -> list[str]:
