@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from app.cli import app
 from engine.checkpoint import CheckpointMeta, load_checkpoint
-from training.rewards import (Completion, combine, format_reward, instruction_following, prefix_credit, rank_hit,
+from training.rewards import (Completion, combine, format_reward, level3_match, instruction_following, prefix_credit, rank_hit,
                               satisfies, target_likelihood)
 from training.grpo import group_advantages, grpo_loss, target_logprobs
 from training.rl import RLArgs, grpo, resolved
@@ -78,6 +78,16 @@ def test_target_likelihood_is_the_per_token_geometric_mean():
     completions = [Completion(["a"], extra={"target_logprob": 3 * math.log(0.5), "target_tokens": 3}),
                    Completion(["a"], extra={"target_logprob": 0.0, "target_tokens": 3}), Completion(["a"])]
     assert target_likelihood(completions) == pytest.approx([0.5, 1.0, 0.0])
+
+
+def test_level3_match_credits_the_stated_category_and_decade_of_the_next_item():
+    said = "<|derivation|>(1) x.<|evolution|>(1) long-term.<|recommendation|>Serve (1). Next item: {}."
+    completions = [Completion([], said.format("Sci-Fi, 1970s")), Completion([], said.format("Sci-Fi, 1990s")),
+                   Completion([], said.format("Comedy, 1970s")), Completion([], said.format("Horror")),
+                   Completion([], "<|derivation|>(1) x.<|recommendation|>Serve (1)."), Completion([], "")]
+    assert level3_match(completions, ["d"] * 6, facts=FACTS) == [1.0, 0.5, 0.5, 0.0, 0.0, 0.0]
+    # Another target, the same statements: the reward follows what actually came next.
+    assert level3_match(completions[:3], ["c"] * 3, facts=FACTS) == [0.0, 0.5, 0.5]
 
 
 def test_combine_weights_rewards_and_skips_zero_weights():

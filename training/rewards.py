@@ -23,6 +23,9 @@ ignores the rest.
 - :func:`instruction_following` — for dialogue prompts, the share of the top items that satisfy the
   request, checked against the catalog's attributes (asked-for genre, decade, avoided genre, "more
   like" a title). Prompts without a request get 0 (the weight only matters where there is one).
+- :func:`level3_match` — level 3's "Next item:" statement against the true next item: half for
+  naming one of its categories, half for its decade. Reasoning is trained on its outcome, not only
+  on the items after it (issue 27).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.prompt import well_formed
+from engine.prompt import parse_reasoning, stated_attributes, well_formed
 from engine.tokenizer import THINK_END
 from training.teacher import ItemFacts, Request, decade_of
 
@@ -129,9 +132,27 @@ def target_likelihood(completions: Sequence[Completion], **_) -> list[float]:
             for c in completions]
 
 
+def level3_match(completions: Sequence[Completion], targets: Sequence[str], facts: dict[str, ItemFacts],
+                 **_) -> list[float]:
+    """Half for each: level 3's stated categories include one of the target's, and its stated
+    decade is the target's. 0 without reasoning or without a statement."""
+    vocabulary = sorted({c for item in facts.values() for c in item.categories})
+    out = []
+    for completion, target in zip(completions, targets):
+        said = parse_reasoning(completion.reasoning).get("recommendation", "") if completion.reasoning else ""
+        categories, decade = stated_attributes(said, vocabulary) if said else ([], None)
+        truth = facts.get(target)
+        if truth is None:
+            out.append(0.0)
+            continue
+        out.append(0.5 * bool(set(categories) & set(truth.categories))
+                   + 0.5 * (decade is not None and decade == decade_of(truth.year)))
+    return out
+
+
 REWARDS: dict[str, Callable[..., list[float]]] = {
     "rank": rank_hit, "prefix": prefix_credit, "format": format_reward, "instruction": instruction_following,
-    "likelihood": target_likelihood,
+    "likelihood": target_likelihood, "level3": level3_match,
 }
 
 

@@ -42,6 +42,7 @@ class RLArgs:
     w_format: float = 0.2               # reward weight: format (levels, closed, valid items)
     w_instruction: float = 0.5          # reward weight: items satisfy the dialogue request
     w_likelihood: float = 1.0           # reward weight: probability of the true next item after the reasoning
+    w_level3: float = 0.5               # reward weight: level 3's stated categories and decade match the next item
     positions_per_user: int = 3         # latest training positions per user used as prompts
     dialogue_share: float = 0.35        # share of dialogue prompts in mixed mode
     keep_min_format: float = 1.0        # format reward a rollout needs to be kept for the unify step

@@ -93,7 +93,7 @@ def rollout(recommender, prompts: list[Prompt], args: RLArgs, seed: int) -> list
 
 def reward_weights(args: RLArgs) -> dict[str, float]:
     return {"rank": args.w_rank, "prefix": args.w_prefix, "format": args.w_format,
-            "instruction": args.w_instruction, "likelihood": args.w_likelihood}
+            "instruction": args.w_instruction, "likelihood": args.w_likelihood, "level3": args.w_level3}
 
 
 def score(rollouts: list[Rollout], view, args: RLArgs) -> dict[str, list[float]]:
