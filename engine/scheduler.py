@@ -166,6 +166,40 @@ class _Score(_Work):
         self.paths = [[list(p) for p in cands] for cands in paths]
 
 
+class _Admission:
+    """The jobs waiting for the loop, admitted FIFO with aging (module docstring): a job with rows
+    that does not fit beside the ``running`` rows may be passed by later ones until it has waited
+    ``max_wait_s``; after that only rowless work passes it. The scheduler holds its lock around
+    every use."""
+
+    def __init__(self, max_rows: int, max_wait_s: float, stats: dict):
+        self.jobs: list[_Work] = []
+        self.max_rows, self.max_wait_s, self.stats = max_rows, max_wait_s, stats
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def add(self, job: _Work) -> None:
+        self.jobs.append(job)
+
+    def admit(self, running: int) -> list[_Work]:
+        admitted, rows, now, door_open = [], running, time.monotonic(), True
+        for job in list(self.jobs):
+            if job.cancelled and not isinstance(job, _Reasoning):
+                job.fail(SchedulerTimeout("given up before it ran"))
+                self.jobs.remove(job)
+                continue
+            if job.rows and (not door_open or (rows and rows + job.rows > self.max_rows)):
+                if now - job.arrived >= self.max_wait_s:
+                    door_open = False           # it has waited long enough: nobody passes it now
+                continue
+            admitted.append(job)
+            self.jobs.remove(job)
+            rows += job.rows
+            self.stats["max_admission_wait_s"] = max(self.stats["max_admission_wait_s"], round(now - job.arrived, 3))
+        return admitted
+
+
 class BatchScheduler:
     """Runs reasoning streams and beam searches from many threads as one batch (module docstring).
 
@@ -177,7 +211,6 @@ class BatchScheduler:
         self.tokenizer, self.trie, self.slots = tokenizer, trie, slots
         self.max_rows, self.max_wait_s, self.timeout_s = max_rows, max_wait_s, timeout_s
         self.runner = ModelRunner(model, tokenizer.pad_id, prefix_cache_bytes)
-        self._waiting: list[_Work] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -187,6 +220,7 @@ class BatchScheduler:
         self.heartbeat = time.monotonic()
         self.stats = {"steps": 0, "rows": 0, "max_rows": 0, "prefills": 0, "calls": 0, "scores": 0,
                       "failed_jobs": 0, "restarts": 0, "max_admission_wait_s": 0.0}
+        self._waiting = _Admission(max_rows, max_wait_s, self.stats)
 
     @property
     def prefixes(self):
@@ -204,7 +238,7 @@ class BatchScheduler:
         with self._wake:
             if self._closed:
                 raise RuntimeError("the batch scheduler is closed")
-            self._waiting.append(job)
+            self._waiting.add(job)
             self._watch()
             self._wake.notify()
 
@@ -313,29 +347,11 @@ class BatchScheduler:
                     self._wake.wait()
                 if self._closed and not self._waiting and not self._owners:
                     return
-                self._admitted = self._admit()
+                self._admitted = self._waiting.admit(len(self._owners))
             self.heartbeat = time.monotonic()
             with torch.no_grad():
                 self._step(self._admitted)
             self._admitted = []
-
-    def _admit(self) -> list[_Work]:
-        """FIFO with aging (module docstring); the caller holds ``_wake``."""
-        admitted, rows, now, door_open = [], len(self._owners), time.monotonic(), True
-        for job in list(self._waiting):
-            if job.cancelled and not isinstance(job, _Reasoning):
-                job.fail(SchedulerTimeout("given up before it ran"))
-                self._waiting.remove(job)
-                continue
-            if job.rows and (not door_open or (rows and rows + job.rows > self.max_rows)):
-                if now - job.arrived >= self.max_wait_s:
-                    door_open = False           # it has waited long enough: nobody passes it now
-                continue
-            admitted.append(job)
-            self._waiting.remove(job)
-            rows += job.rows
-            self.stats["max_admission_wait_s"] = max(self.stats["max_admission_wait_s"], round(now - job.arrived, 3))
-        return admitted
 
     def _fail(self, job: _Work, error: BaseException) -> None:
         self.stats["failed_jobs"] += 1

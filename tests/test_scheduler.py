@@ -209,15 +209,15 @@ def test_the_loop_starts_again_after_a_failure_outside_any_job(engines, monkeypa
     scheduler = batched.backend.scheduler
     prompt = batched.recommender.prompt_ids(batched.dataset_history(list(batched.user_histories)[0]), None, [], True)
     expected = list(scheduler.stream(prompt, set(), max_new_tokens=6))
-    admit, calls = scheduler._admit, []
+    admit, calls = scheduler._waiting.admit, []
 
-    def broken_once():
+    def broken_once(running):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("a bug in admission")
-        return admit()
+        return admit(running)
 
-    monkeypatch.setattr(scheduler, "_admit", broken_once)
+    monkeypatch.setattr(scheduler._waiting, "admit", broken_once)
     restarts = scheduler.stats["restarts"]
     # The job waited through the failure and runs once the loop is back.
     assert list(scheduler.stream(prompt, set(), max_new_tokens=6)) == expected
@@ -253,18 +253,16 @@ def test_admission_is_fifo_with_aging(engines):
     scheduler = BatchScheduler(batched.model, batched.tokenizer, batched.recommender.trie, max_rows=8,
                                max_wait_s=0.5)
     tokenizer, trie = batched.tokenizer, batched.recommender.trie
-    scheduler._owners = [(object(), 0)] * 4                       # 4 rows running
     wide = _Beams([1, 2, 3], trie, set(), k=4, width=6, restrict=None)
     small = _Reasoning(tokenizer, trie, [1, 2, 3], set(), 4, 0.0, {tokenizer.end_id}, None, None)
     call = _Call(print, ())
-    scheduler._waiting = [wide, small, call]
-    assert scheduler._admit() == [small, call]                   # young: the small job passes it
+    scheduler._waiting.jobs = [wide, small, call]
+    assert scheduler._waiting.admit(4) == [small, call]         # 4 rows running; young: the small job passes it
     wide.arrived -= 1.0
     later = _Reasoning(tokenizer, trie, [1, 2, 3], set(), 4, 0.0, {tokenizer.end_id}, None, None)
-    scheduler._waiting = [wide, later, call]
-    assert scheduler._admit() == [call]                          # aged: only rowless work passes
-    scheduler._owners = []
-    assert scheduler._admit() == [wide, later]                   # the batch drained: it goes first
+    scheduler._waiting.jobs = [wide, later, call]
+    assert scheduler._waiting.admit(4) == [call]                          # aged: only rowless work passes
+    assert scheduler._waiting.admit(0) == [wide, later]                   # the batch drained: it goes first
     assert time.monotonic() - wide.arrived >= 1.0
 
 
