@@ -327,7 +327,7 @@ class InterestReader:
             return self._little(known)
         interests, set_aside = self._interests(known)
         return Reading(interests, set_aside, self.derivation_text(interests, set_aside, len(known)),
-                       self.evolution_text(interests), len(known))
+                       evolution_text(interests), len(known))
 
     def _little(self, known: list[str]) -> Reading:
         """One or two items: what they show, in whole sentences, and no trend."""
@@ -443,14 +443,15 @@ class InterestReader:
             order.insert(0, order.pop(first))
         for keep, cites in [(count, 2), (count, 1)] + [(n, 1) for n in range(count - 1, 0, -1)]:
             kept = order[:keep] if keep < count else reading.interests
-            yield Reading(kept, [], self.derivation_text(kept, [], reading.size, cites), self.evolution_text(kept),
+            yield Reading(kept, [], self.derivation_text(kept, [], reading.size, cites), evolution_text(kept),
                           reading.size)
 
-    @staticmethod
-    def evolution_text(interests: list[Interest]) -> str:
-        if not interests:
-            return NO_HISTORY_EVOLUTION
-        return " ".join(evolution_sentence(i + 1, it) for i, it in enumerate(interests))
+
+def evolution_text(interests: list[Interest]) -> str:
+    """Level 2: one trend sentence per interest, in the order level 1 lists them."""
+    if not interests:
+        return NO_HISTORY_EVOLUTION
+    return " ".join(evolution_sentence(i + 1, it) for i, it in enumerate(interests))
 
 
 # -- level 3 under a request ---------------------------------------------------------------------
