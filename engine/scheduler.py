@@ -122,6 +122,24 @@ class _Reasoning(_Job):
     def fail(self, error):
         self.out.put(error)
 
+    def tokens(self, timeout: float, on_timeout: Callable[[], None]) -> Iterator[int]:
+        """The tokens as the loop decodes them, each within ``timeout`` (else ``on_timeout`` runs
+        and SchedulerTimeout is raised); the job's error, if it fails. Leaving early cancels it."""
+        try:
+            while True:
+                try:
+                    token = self.out.get(timeout=timeout)
+                except queue.Empty:
+                    on_timeout()
+                    raise SchedulerTimeout(f"no reasoning token came within {timeout:.0f} s") from None
+                if token is _DONE:
+                    return
+                if isinstance(token, BaseException):
+                    raise token
+                yield token
+        finally:
+            self.cancelled = True
+
 
 class _Beams(_Job):
     """One prompt's beam search over the SID trie (``engine.decoding.beam_step``)."""
@@ -252,13 +270,17 @@ class BatchScheduler:
         self._thread = threading.Thread(target=self._run, name="thinkrec-scheduler", daemon=True)
         self._thread.start()
 
+    def _check(self) -> None:
+        """After a wait timed out: is the loop's thread alive (started again if not)?"""
+        with self._wake:
+            self._watch()
+
     def _result(self, job: _Work, timeout: float | None = None):
         try:
             return job.future.result(self.timeout_s if timeout is None else timeout)
         except FutureTimeout:
             job.cancelled = True
-            with self._wake:
-                self._watch()
+            self._check()
             raise SchedulerTimeout(f"the model did not answer within {self.timeout_s:.0f} s") from None
 
     def stream(self, prompt: Sequence[int], exclude: set[Hashable], max_new_tokens: int = 160,
@@ -270,21 +292,7 @@ class BatchScheduler:
         job = _Reasoning(self.tokenizer, self.trie, prompt, exclude, max_new_tokens, temperature, stops, cite,
                          self.slots)
         self._submit(job)
-        try:
-            while True:
-                try:
-                    token = job.out.get(timeout=self.timeout_s)
-                except queue.Empty:
-                    with self._wake:
-                        self._watch()
-                    raise SchedulerTimeout(f"no reasoning token came within {self.timeout_s:.0f} s") from None
-                if token is _DONE:
-                    return
-                if isinstance(token, BaseException):
-                    raise token
-                yield token
-        finally:
-            job.cancelled = True
+        yield from job.tokens(self.timeout_s, self._check)
 
     def beams(self, prompt: Sequence[int], exclude: set[Hashable], k: int, width: int,
               restrict: TrieFilter | None = None) -> Future:
