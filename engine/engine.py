@@ -97,8 +97,7 @@ class Engine:
         if self.model is not None and batching:
             # Concurrent sessions share each forward pass (engine/scheduler.py).
             r = self.recommender
-            r.backend = r.writer.backend = r.ranker.backend = BatchedBackend(self.model, self.tokenizer, r.trie,
-                                                                             r.filter_for, r.slots)
+            r.use_backend(BatchedBackend(self.model, self.tokenizer, r.trie, r.filter_for, r.slots))
         self.backend = self.recommender.backend
         # Without batching, one in-process model serves one turn at a time. The batch scheduler and
         # a vLLM server each batch concurrent turns themselves, so those go to them unserialised.

@@ -79,6 +79,10 @@ class Recommender:
                              follow_weight, follow_share, think_rank, recent_view, recent_weight, head_weight,
                              exact_steps)
 
+    def use_backend(self, backend: Backend) -> None:
+        """Decode through ``backend`` from now on (the engine's batch scheduler), every part alike."""
+        self.backend = self.writer.backend = self.ranker.backend = backend
+
     def available(self, constraints: Constraints | None, exclude: set[str]) -> int | None:
         """How many items the constraints leave once ``exclude`` is taken out (None: unconstrained)."""
         restrict = self.filter_for(constraints)
