@@ -134,7 +134,7 @@ class Engine:
         if not known:
             # An exchange that ended in a question (no items): its answer comes next.
             seen = set(session.history) | set(session.shown())
-            asked = self.steps.question(request, constraints, 10, seen)
+            asked = self.steps.question(request, constraints, self.recommender.available(constraints, seen), 10, seen)
             if asked is not None:
                 constraints = constraints.model_copy(update={"pending": asked})
         turns = [Turn("user", text, request=request.model_dump())]

@@ -219,6 +219,10 @@ class ReasoningWriter:
         self.tokenizer, self.backend, self.slots, self.next_opener = tokenizer, backend, slots, list(next_opener)
         self.opened, self.evolution = tokenizer.ids[RECOMMENDATION], tokenizer.ids[EVOLUTION]
         self.closing = (tokenizer.think_end_id, tokenizer.end_id)
+        # Level 3's stops under engine-written levels: the period's token (when it is one) besides the
+        # closing tokens.
+        period = tokenizer.encode(".", trusted=False)
+        self.sentence_end = period + list(self.closing) if len(period) == 1 else None
 
     # -- the one script ------------------------------------------------------------------------------
     def _script(self, prompt: Sequence[int], plan: ReasoningPlan, cap: int) -> Generator:
@@ -250,7 +254,7 @@ class ReasoningWriter:
         # statement: level 3 ends at its first period (a small model otherwise loops on "(k) name.").
         # With a request, the engine's lead is that sentence: the statement follows at once, and the
         # model's own "Next item:" list is held back (the engine writes the request's pieces first).
-        stops = self._sentence_end() if plan.levels_written else None
+        stops = self.sentence_end if plan.levels_written else None
         budget = min(self.LEVEL3_TOKENS, cap - len(out) - plan.statement_room)
         level3 = []
         if not (plan.levels_written and plan.statement) and budget > 0:
@@ -398,12 +402,6 @@ class ReasoningWriter:
         while level3 and level3[-1] in self.closing:
             level3.pop()
         return ([] if state.in_statement() else self.next_opener), True
-
-    def _sentence_end(self) -> list[int] | None:
-        """Level 3's stops under engine-written levels: the period's token (when it is one) besides
-        the closing tokens."""
-        period = self.tokenizer.encode(".", trusted=False)
-        return period + list(self.closing) if len(period) == 1 else None
 
     def describe(self, reasoning: Sequence[int]) -> tuple[str, dict[str, str]]:
         """The reasoning's text (the prompt opened the first level) and its three levels."""

@@ -122,9 +122,9 @@ class TurnSteps:
                                     active=session.constraints)
         return request, apply_request(session.constraints, request, last_items)
 
-    def question(self, request: Request, constraints: Constraints, k: int, exclude: set[str]) -> dict | None:
-        """The one question to ask before answering, or None."""
-        available = self.recommender.available(constraints, exclude)
+    def question(self, request: Request, constraints: Constraints, available: int | None, k: int,
+                 exclude: set[str]) -> dict | None:
+        """The one question to ask before answering (``available``: items the constraints leave), or None."""
         return ask_first(request, constraints, available, k, lambda wider: self.recommender.available(wider, exclude))
 
     def read(self, session: ChatSession, message: str | None, thinking: bool, k: int, num_beams: int,
@@ -148,7 +148,7 @@ class TurnSteps:
                            constraints=constraints.model_dump(), unparsed=request.unparsed, notes=request.notes,
                            available=self.recommender.available(constraints, exclude),
                            readings=request.readings, soft=constraints.describe_soft(), unknown=request.unknown)
-        asked = self.question(request, constraints, k, exclude)
+        asked = self.question(request, constraints, info.available, k, exclude)
         if asked is not None:
             info.question = asked["question"]
             constraints = constraints.model_copy(update={"pending": asked})
