@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -200,10 +200,45 @@ def evolution_sentence(number: int, it: Interest) -> str:
     return text + (f", {it.direction}." if it.direction else ".")
 
 
+class Transitions:
+    """Item-to-item relations counted over the catalog's known sequences: which item came right
+    after which, for every user (no learning). ``scores`` are the votes a history's latest ``order``
+    items cast for what comes next (the latest counts most: weight 1/lag). The ``markov`` baseline
+    ranks by them (training/transitions.py); level 3 reads where they lead (InterestReader.next_categories)."""
+
+    def __init__(self, order: int = 3):
+        self.order = order
+        self.following: dict[str, Counter] = {}
+        self.popularity: Counter = Counter()
+
+    def fit(self, sequences: Iterable[Sequence[str]]) -> Transitions:
+        following: dict[str, Counter] = defaultdict(Counter)
+        popularity: Counter = Counter()
+        for sequence in sequences:
+            popularity.update(sequence)
+            for before, after in zip(sequence, sequence[1:]):
+                following[before][after] += 1
+        self.following, self.popularity = dict(following), popularity
+        return self
+
+    def scores(self, history: Sequence[str]) -> Counter:
+        votes: Counter = Counter()
+        for lag, item in enumerate(reversed(history[-self.order:]), start=1):
+            for after, count in self.following.get(item, {}).items():
+                votes[after] += count / lag
+        return votes
+
+
+# Level 3's window: the latest items whose categories it weighs (the issue's no-learning rule reads
+# as many), beside where the transitions from them lead.
+NEXT_WINDOW = 10
+
+
 class InterestReader:
     def __init__(self, items: dict[str, ItemFacts], embeddings: np.ndarray, cite: Callable[[str], str] | None = None,
-                 read_items: int = READ_ITEMS, max_interests: int = 4):
+                 read_items: int = READ_ITEMS, max_interests: int = 4, transitions: Transitions | None = None):
         self.items = items
+        self.transitions = transitions      # item-to-item relations for level 3 (None: the window alone)
         # How levels 1-2 cite an item: its title by default; the model's corpora and the engine cite
         # item spans (people see each span rendered as its title).
         self.cite = cite or (lambda item_id: self.items[item_id].title)
@@ -311,6 +346,30 @@ class InterestReader:
         return tuple(categories), era
 
     # -- reading -----------------------------------------------------------------------------
+    def next_categories(self, history: Sequence[str], window: int = NEXT_WINDOW) -> list[str]:
+        """The categories the next item is likely to carry, best first: each category's share of the
+        latest ``window`` items, plus its share of where those items led other users (the items the
+        transition table votes for, the history's own left out). Ties go to the more recent. On
+        ML-100K valid this names a category of the held-out item for 0.456 of users, against 0.427
+        for the window alone (docs/RESULTS.md, issue 27)."""
+        known = [i for i in history if i in self.items]
+        latest = known[-window:][::-1] if window else known[::-1]
+        score: Counter = Counter()
+        order: dict[str, int] = {}
+        for item in latest:
+            for c in self.items[item].categories:
+                score[c] += 1.0 / len(latest)
+                order.setdefault(c, len(order))
+        if self.transitions is not None:
+            seen = set(known)
+            votes = {i: v for i, v in self.transitions.scores(known).items() if i not in seen and i in self.items}
+            total = sum(votes.values())
+            for item, vote in votes.items():
+                for c in self.items[item].categories:
+                    score[c] += vote / total
+                    order.setdefault(c, len(order))
+        return sorted(score, key=lambda c: (-round(score[c], 9), order[c]))
+
     def read(self, history: Sequence[str], timestamps: Sequence[float] | None = None) -> Reading:
         """Levels 1-2 over the latest ``read_items`` history items (time order: ``timestamps`` when
         given, ties kept in the history's order; else the history's own order)."""

@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.constraints import Constraints
-from engine.interests import InterestReader, by_recency, request_terms, serving_lead
+from engine.interests import TREND_PHRASE, InterestReader, by_recency, request_terms, serving_lead
 from engine.prompt import (NEXT_ITEM, NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, fresh_user_recommendation,
                            parse_reasoning, request_statement)
 from engine.sid import ITEM_BEGIN, ITEM_END
@@ -69,6 +69,10 @@ class ReasoningPlanner:
         # level 3; ``read_levels = False`` lets the model write all three (the older path, measured).
         self.reader = reader
         self.read_levels = reader is not None
+        # Level 3 leads with the category the evidence points to (InterestReader.next_categories: the
+        # window and where its items led other users) and serves the interest that carries it;
+        # False leaves both to the model (the older path, measured in docs/RESULTS.md, issue 27).
+        self.lead_next = True
 
     def plan(self, history: Sequence[str], constraints: Constraints | None,
              user_text: str | None = None, budget: int | None = None) -> ReasoningPlan:
@@ -92,11 +96,14 @@ class ReasoningPlanner:
         if self.reader is not None and self.read_levels:
             written = True
             whole = self.reader.read(history)
-            served, lead = self.request_lead(whole, constraints, described) if described else (None, "")
-            # A shorter form keeps the interest that serves the request (when one does) first.
+            predicted = self.reader.next_categories(history) if self.lead_next else []
+            served, lead = self.lead(whole, constraints, described, predicted)
+            category = self.lead_category(predicted, constraints, whole.interests[served] if served is not None else None)
+            required, ends = self.required_pieces(constraints, category)
+            # A shorter form keeps the interest that serves (when one does) first.
             for reading in [whole, *self.reader.shorter(whole, served)] if budget is not None else [whole]:
-                if reading is not whole and described:
-                    lead = self.request_lead(reading, constraints, described)[1]
+                if reading is not whole:
+                    lead = self.lead(reading, constraints, described, predicted)[1]
                 statement = self.tokenizer.encode(lead, trusted=False) if lead else []
                 prefix = (self.encode_written(reading.derivation) + [self.tokenizer.ids[EVOLUTION]]
                           + self.encode_written(reading.evolution))
@@ -142,6 +149,36 @@ class ReasoningPlanner:
         long_history = self.reader is not None and self.read_levels and bool(window) and known > window
         return long_history or bool(constraints is not None and (constraints.is_hard() or constraints.is_soft()))
 
+    def lead(self, reading, constraints: Constraints | None, described: str,
+             predicted: Sequence[str]) -> tuple[int | None, str]:
+        """Level 3's first sentence, written by the engine, and the interest it serves (None: none).
+        An active request: the interest that fits it (``request_lead``). Otherwise, with a predicted
+        next category: the most recently active interest that carries it, or that none does. With
+        neither, the model writes the sentence (an empty lead)."""
+        if described:
+            return self.request_lead(reading, constraints, described)
+        if not predicted:
+            return None, ""
+        for i in by_recency(reading.interests, reading.size):
+            if predicted[0] in reading.interests[i].categories:
+                it = reading.interests[i]
+                return i, f"Serve ({i + 1}) {it.name}, {TREND_PHRASE[it.trend]}."
+        return None, f"None of the interests carries {predicted[0]}: follow where the latest items lead."
+
+    @staticmethod
+    def lead_category(predicted: Sequence[str], constraints: Constraints | None, served) -> str | None:
+        """The category "Next item:" states first when the request names none: the best predicted one
+        the request does not avoid, from the served interest's own categories when an interest is
+        served under a request (so level 3 never states one thing and serves another)."""
+        wanted, avoid, _, _ = request_terms(constraints)
+        if wanted:
+            return None
+        allowed = [c for c in predicted if c not in avoid]
+        if served is not None and constraints is not None:
+            own = [c for c in served.categories if c not in avoid]
+            allowed = [c for c in allowed if c in own] or own
+        return allowed[0] if allowed else None
+
     def request_lead(self, reading, constraints: Constraints, described: str) -> tuple[int | None, str]:
         """Level 3's first sentence under an active request: the interest that fits it, or that none
         does (engine.interests.serving_lead, the rule the teacher trains with), and that interest's
@@ -163,19 +200,20 @@ class ReasoningPlanner:
             at = span.end()
         return out + (self.tokenizer.encode(text[at:], trusted=False) if at < len(text) else [])
 
-    def required_pieces(self, constraints: Constraints | None) -> tuple[list[int], bool]:
+    def required_pieces(self, constraints: Constraints | None, lead: str | None = None) -> tuple[list[int], bool]:
         """What "Next item:" must state first under ``constraints``: every wanted category (up to the
-        list's three) and the decade when the request spans one, as the slot grammar's own pieces.
-        Returns their tokens and whether they end the list."""
-        if constraints is None or self.slots is None:
+        list's three), else the ``lead`` category, and the decade when the request spans one, as the
+        slot grammar's own pieces. Returns their tokens and whether they end the list."""
+        if (constraints is None and lead is None) or self.slots is None:
             return [], False
         from engine.slots import MAX_NEXT_CATEGORIES
 
         pieces = self.slots.pieces
-        wanted = [c for group in constraints.want for c in group]
+        wanted = [c for group in constraints.want for c in group] if constraints is not None else []
+        wanted = wanted or ([lead] if lead else [])
         categories = [c for c in dict.fromkeys(wanted) if (c, "category", ",") in pieces.items][:MAX_NEXT_CATEGORIES]
         decade = None
-        if constraints.year_min is not None and constraints.year_max is not None \
+        if constraints is not None and constraints.year_min is not None and constraints.year_max is not None \
                 and constraints.year_min // 10 == constraints.year_max // 10:
             word = f"{constraints.year_min // 10 * 10}s"
             decade = word if (word, "decade", ".") in pieces.items else None

@@ -7,6 +7,7 @@ RL rollouts and the app call this same code path.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -14,7 +15,7 @@ from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
 from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
-from engine.interests import InterestReader
+from engine.interests import InterestReader, Transitions
 from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, item_span, recommendation_messages
 from engine.ranking import DEFAULT_EXACT_STEPS, DEFAULT_HEAD_WEIGHT, Ranker, ThinkRank
 from engine.reasoning import FULL_REASONING_TOKENS, ReasoningPlanner, ReasoningWriter
@@ -225,8 +226,22 @@ def open_recommender(checkpoint, data, sid_codes: dict[str, Sequence[int]], back
 
 
 def interest_reader(catalog, sid_codes: dict[str, Sequence[int]]) -> InterestReader:
-    """The catalog's reader of levels 1-2, citing items as spans (people see each as its title)."""
+    """The catalog's reader of levels 1-2, citing items as spans (people see each as its title), with
+    the item-to-item relations of the dataset's training sequences for level 3 (``catalog_transitions``)."""
     ids, titles = catalog.id_title_table()
     _, years, categories = catalog.attribute_table()
     return InterestReader.from_table(ids, titles, years, categories, catalog.item_vectors(),
-                                     cite=lambda item_id: item_span(sid_codes[item_id]))
+                                     cite=lambda item_id: item_span(sid_codes[item_id]),
+                                     transitions=catalog_transitions(catalog.folder))
+
+
+def catalog_transitions(folder) -> Transitions | None:
+    """Which item followed which in the dataset's training sequences (``splits/train.jsonl``): where
+    level 3 reads the latest items lead. None when the folder has no training split. Only the
+    training split is read, so no held-out target is ever counted."""
+    from data.clean import read_split
+
+    path = Path(folder) / "splits" / "train.jsonl"
+    if not path.exists():
+        return None
+    return Transitions().fit(row.get("item_ids", []) for row in read_split(path))

@@ -182,3 +182,48 @@ def test_levels_one_and_two_are_read_from_the_long_history(engine):
         assert any(f"serve it through ({n}) " in level3 for n in fits), level3
     else:
         assert "none of the interests fits, so serve the request alone." in level3, level3
+
+
+def test_level_three_states_the_predicted_category_through_an_interest_that_carries_it(engine):
+    """Without a request, level 3 serves the interest carrying the predicted next category and names
+    that category first; under a request that names no category ("nothing older than 1990"), the
+    first category comes from the interest it serves, so level 3 never serves one thing and states
+    another. The model's own choice stays an option (``lead_next = False``)."""
+    from engine.constraints import Constraints
+    from training.reasoning_metrics import ReasoningScorer
+
+    rec = engine.recommender
+    planner = rec.planner
+    assert planner.reader.transitions is not None        # read from the dataset's training split
+    history = list(rec.sid_codes)[:30]
+    predicted = planner.reader.next_categories(history)
+    reading = planner.reader.read(history)
+    [answer] = rec.recommend([history], k=5, thinking=True)
+    level3 = answer.levels["recommendation"]
+    assert f"Next item: {predicted[0]}" in level3, level3
+    served = re.match(r"Serve \((\d+)\) ", level3)
+    if served:
+        assert predicted[0] in reading.interests[int(served.group(1)) - 1].categories
+    else:
+        assert level3.startswith(f"None of the interests carries {predicted[0]}"), level3
+
+    newer = Constraints(year_min=1990)
+    [steered] = rec.recommend([history], k=5, thinking=True, constraints=[newer])
+    level3 = steered.levels["recommendation"]
+    served = re.search(r"serve(?: it through)? \((\d+)\) ", level3)
+    if served:
+        interest = reading.interests[int(served.group(1)) - 1]
+        stated = level3.split("Next item: ", 1)[1]
+        assert stated.split(",")[0].split(".")[0].strip() in interest.categories, level3
+    # Avoiding the predicted category: the lead moves to one the request allows.
+    avoiding = Constraints(year_min=1990, avoid=[predicted[0]])
+    [avoided] = rec.recommend([history], k=5, thinking=True, constraints=[avoiding])
+    scorer = ReasoningScorer(dict(planner.reader.items), {})
+    assert scorer.contradiction(avoided.levels, avoiding) is False, avoided.levels
+    assert f"Next item: {predicted[0]}" not in avoided.levels["recommendation"]
+
+    planner.lead_next = False
+    try:
+        assert planner.plan(history, None).statement == []          # the model writes its own sentence
+    finally:
+        planner.lead_next = True

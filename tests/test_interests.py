@@ -124,3 +124,23 @@ def test_shorter_forms_say_less_and_stay_true(reader):
     kept = list(reader.shorter(whole, first=weakest))[-1]
     assert kept.interests == [whole.interests[weakest]]
     assert kept.derivation.startswith(f"From {len(history)} items: (1) {whole.interests[weakest].name}:")
+
+
+def test_the_next_category_weighs_the_window_and_where_its_items_led():
+    """Level 3's predicted category: the window's shares alone without transitions; with them, where
+    the latest items led other users can outweigh the window (and seen items cast no vote)."""
+    from engine.interests import Transitions
+
+    items, vectors = _catalog()
+    history = ["noir0", "space0", "space2", "noir2"]          # window: Crime 2/4, Sci-Fi 2/4, Drama 0
+    alone = InterestReader(items, vectors)
+    assert alone.next_categories(history)[:2] == ["Crime", "Sci-Fi"]       # ties: the more recent first
+    # Everyone else went from noir2 and space2 to romance films (odd ones carry Drama too).
+    led = Transitions().fit([["noir2", "romance1"], ["space2", "romance3"], ["noir2", "romance5"],
+                             ["noir2", "space0"]])                          # space0 is seen: no vote
+    reader = InterestReader(items, vectors, transitions=led)
+    # Votes: romance1 1 + romance5 1 (after noir2, lag 1) + romance3 0.5 (after space2, lag 2), all
+    # Romance and Drama: each gets 1.0 beside the window's 0.5 for Crime and Sci-Fi.
+    assert reader.next_categories(history) == ["Romance", "Drama", "Crime", "Sci-Fi"]
+    # A window of one: Crime 1.0 ties with where the items led, and the window's comes first.
+    assert reader.next_categories(history, window=1) == ["Crime", "Romance", "Drama"]

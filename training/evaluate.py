@@ -59,6 +59,7 @@ class EvalArgs:
     prior_weight: float = 0.5           # with --prior: its log-probability's weight beside thinkrec's score
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     read_levels: bool = True            # thinking rows: the engine writes levels 1-2 from the long history (False: the model writes all three)
+    lead_next: bool = True              # thinking rows: level 3 leads with the predicted next category (False: the model picks)
     read_items: int = 400               # the reader's budget: latest history items levels 1-2 read (0: all)
     history_items: int | None = None    # latest history items a prompt lists (None: as the checkpoint was trained; 0: all)
     steering: bool = False              # run the steering benchmark instead (requests vs neutral, training/steering.py)
@@ -210,6 +211,7 @@ def run(args: EvalArgs) -> dict:
                                              history_items=args.history_items)
         planner, ranker = recommender.planner, recommender.ranker
         planner.read_levels = args.read_levels and planner.reader is not None
+        planner.lead_next = args.lead_next
         if planner.reader is not None:
             planner.reader.read_items = args.read_items
         ranker.recent_view, ranker.recent_weight = args.recent_view, args.recent_weight
@@ -255,7 +257,7 @@ def run(args: EvalArgs) -> dict:
                 # The levels' quality as numbers: grounding, faithfulness, level-3 accuracy.
                 extra["reasoning"] = scorer.score([a.levels for a in answers], histories, ranked,
                                                   [r["target"] for r in rows], read_items=args.read_items)
-                extra["read_levels"] = planner.read_levels
+                extra["read_levels"], extra["lead_next"] = planner.read_levels, planner.lead_next
             results[name] = _score(ranked, rows, seconds, catalog, extra)
             rankings[method] = (name, ranked)
             variants = [("follow", float(w), 0.0) for w in args.follow_weights.split(",") if w.strip()]

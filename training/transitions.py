@@ -11,34 +11,18 @@ test split each user's sequence also ends with that user's valid target (the tes
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+
+from engine.interests import Transitions
 
 
-@dataclass
-class TransitionRecommender:
-    order: int = 3                                   # how many of the latest history items vote
-    following: dict[str, Counter] = field(default_factory=dict)   # item -> Counter of the items right after it
-    popularity: Counter = field(default_factory=Counter)
+class TransitionRecommender(Transitions):
+    """The counts (engine.interests.Transitions) as a recommender: votes first, then popularity."""
 
     def fit(self, sequences: Iterable[Sequence[str]]) -> TransitionRecommender:
-        following: dict[str, Counter] = defaultdict(Counter)
-        popularity: Counter = Counter()
-        for sequence in sequences:
-            popularity.update(sequence)
-            for before, after in zip(sequence, sequence[1:]):
-                following[before][after] += 1
-        self.following, self.popularity = dict(following), popularity
-        self._by_popularity = [item for item, _ in popularity.most_common()]
+        super().fit(sequences)
+        self._by_popularity = [item for item, _ in self.popularity.most_common()]
         return self
-
-    def scores(self, history: Sequence[str]) -> Counter:
-        votes: Counter = Counter()
-        for lag, item in enumerate(reversed(history[-self.order:]), start=1):
-            for after, count in self.following.get(item, {}).items():
-                votes[after] += count / lag
-        return votes
 
     def catalog_scores(self, history: Sequence[str], item_ids: Iterable[str]) -> dict[str, tuple[float, int]]:
         """Every catalog item's sort key, as ``recommend`` ranks: (votes, popularity), so items no
