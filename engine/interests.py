@@ -228,6 +228,27 @@ class Transitions:
                 votes[after] += count / lag
         return votes
 
+    def log_prior(self, history: Sequence[str], catalog_size: int) -> TransitionPrior:
+        """log p(next item) by the counts: the history's votes, with each item's popularity share as
+        a small floor (never log 0), normalised over a catalog of ``catalog_size`` items. Computed
+        per item when asked, so a large catalog costs only the candidates ranked."""
+        if not hasattr(self, "_total"):
+            self._total = sum(self.popularity.values()) or 1
+        votes = self.scores(history)
+        return TransitionPrior(votes, self, sum(votes.values()) + 1 + 1e-6 * catalog_size)
+
+
+@dataclass
+class TransitionPrior:
+    """One history's ``Transitions.log_prior``: ``get(item)`` is its log-probability."""
+    votes: Counter
+    counts: Transitions
+    norm: float
+
+    def get(self, item: str, default: float | None = None) -> float:
+        share = self.counts.popularity.get(item, 0) / self.counts._total
+        return math.log((self.votes.get(item, 0.0) + share + 1e-6) / self.norm)
+
 
 # Level 3's window: the latest items whose categories it weighs (the issue's no-learning rule reads
 # as many), beside where the transitions from them lead.

@@ -67,6 +67,11 @@ def race(first: Sequence[RankedItem], second: Sequence[RankedItem], k: int) -> l
 DEFAULT_HEAD_WEIGHT = 1.0
 EXACT_FACTOR = 10
 DEFAULT_EXACT_STEPS = None      # None: sized as above; 0: never exact
+# Weight of the transition counts' log-probability (engine.interests.Transitions.log_prior, the
+# dataset's training sequences) beside the model's score, in both modes; chosen on ML-100K valid
+# (docs/RESULTS.md, issue 27).
+TRANSITION_PRIOR_WEIGHT = 0.25
+DEFAULT_FOLLOW_WEIGHT = 0.5
 
 
 class Ranker:
@@ -75,13 +80,16 @@ class Ranker:
     scores and the exact budget; ``facets`` lets ``follow`` read an item's attributes."""
 
     def __init__(self, backend, trie, filter_for, head=None, sid_depth: int = 1, facets: Facets | None = None,
-                 follow_weight: float = 0.0, follow_share: float = 0.8, think_rank: ThinkRank | None = None,
+                 follow_weight: float = DEFAULT_FOLLOW_WEIGHT, follow_share: float = 0.8, think_rank: ThinkRank | None = None,
                  recent_view: int = 0, recent_weight: float = 0.5, head_weight: float = DEFAULT_HEAD_WEIGHT,
                  exact_steps: int | None = DEFAULT_EXACT_STEPS):
         self.backend, self.trie, self.filter_for = backend, trie, filter_for
         self.head, self.sid_depth, self.facets = head, sid_depth, facets
         self.vocabulary = set(facets.vocabulary) if facets is not None else set()
-        self.follow_weight = follow_weight          # soft prior toward level 3's attributes (see follow)
+        # Soft prior toward level 3's attributes (see follow). It cost 6-16 % while level 3 was the
+        # model's own guess; since level 3 leads with the predicted category it gains (ML-100K valid,
+        # 300 users: 0.1078 -> 0.1151 at 0.5, 0.1137 at 0.25; docs/RESULTS.md, issue 27).
+        self.follow_weight = follow_weight
         # Floor on the shown items that carry them (see follow). 0.8 by measurement: on all 943 ML-100K
         # valid users it cost no NDCG@10 (0.0597 vs 0.0596) where the soft prior cost 6-16 %.
         self.follow_share = follow_share
@@ -99,6 +107,11 @@ class Ranker:
         # each history a {item_id: log-probability} map, and ranking adds prior_weight times it. The
         # engine cannot import the teachers (training/ sits above it): the caller hands the callable in.
         self.prior, self.prior_weight, self.prior_name = None, 0.0, ""
+
+    def use_transitions(self, transitions, catalog_size: int, weight: float = TRANSITION_PRIOR_WEIGHT) -> None:
+        """Rank with the catalog's item-to-item transition counts as the prior (weight 0: off)."""
+        self.prior = lambda histories: [transitions.log_prior(list(h), catalog_size) for h in histories]
+        self.prior_weight, self.prior_name = weight, "transitions"
 
     def priors(self, histories: Sequence[Sequence[str]]) -> list[dict] | None:
         """The second model's prior for each history (None: no prior set)."""
@@ -129,11 +142,7 @@ class Ranker:
                 entry["prior"], entry["prior_weight"] = self.prior_name or "second model", self.prior_weight
 
         def with_prior(i: int, pool: list[RankedItem]) -> list[RankedItem]:
-            if priors is not None:
-                floor = min(priors[i].values(), default=0.0)
-                pool = [RankedItem(r.item_id, r.score + self.prior_weight * priors[i].get(str(r.item_id), floor),
-                                   r.token_ids) for r in pool]
-            return sorted(pool, key=lambda r: -r.score)[:k]
+            return self.add_prior(pool, priors[i] if priors is not None else None)[:k]
 
         exact = [i for i, t in enumerate(trees) if t is not None]
         if exact:
@@ -161,6 +170,16 @@ class Ranker:
                 ranked[i] = with_prior(i, items)
         return ranked, info
 
+    def add_prior(self, pool: list[RankedItem], prior) -> list[RankedItem]:
+        """``pool`` best first, each score plus ``prior_weight`` × the prior's log-probability of the
+        item (``prior.get(item_id)``; an item it does not know gets the pool's lowest). None: as is."""
+        if prior is not None:
+            said = [prior.get(str(r.item_id)) for r in pool]
+            floor = min((x for x in said if x is not None), default=0.0)
+            pool = [RankedItem(r.item_id, r.score + self.prior_weight * (floor if x is None else x), r.token_ids)
+                    for r, x in zip(pool, said)]
+        return sorted(pool, key=lambda r: -r.score)
+
     def exact_budget(self, num_beams: int) -> int:
         """Forward steps exact ranking may take: ``exact_steps``, or EXACT_FACTOR × the beam's own rows."""
         if self.exact_steps is not None:
@@ -172,7 +191,7 @@ class Ranker:
         return lambda item: item not in exclude and item in self.trie and (restrict is None or restrict.allows(item))
 
     def rank_direct(self, prompts: list[list[int]], recent: list[list[int]], excludes, constraints, k: int,
-                    num_beams: int, batch_size: int) -> list[list[RankedItem]]:
+                    num_beams: int, batch_size: int, priors: Sequence | None = None) -> list[list[RankedItem]]:
         """Non-thinking top ``k`` from two views: the beams of the full prompt and of the latest
         items alone, each candidate scored ``log p(i | prompt) + recent_weight * log p(i | recent)``
         (teacher-forced, the beams' own scores). Every candidate is a beam of one of the two
@@ -182,7 +201,8 @@ class Ranker:
         short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
                                          constraints=constraints)
         views = [(prompts, 1.0, True), (recent, self.recent_weight, True)]
-        return [ranked[:k] for ranked in self._score_pools(_union(full, short), views, batch_size)]
+        pools = self._score_pools(_union(full, short), views, batch_size)
+        return [self.add_prior(pool, priors[i] if priors is not None else None)[:k] for i, pool in enumerate(pools)]
 
     def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float, bool]],
                      batch_size: int) -> list[list[RankedItem]]:
@@ -201,7 +221,7 @@ class Ranker:
 
     def rank_thinking(self, how: ThinkRank, reasoned: list[list[RankedItem]], direct_prompts: list[list[int]],
                       reasoned_prompts: list[list[int]], alone_prompts: list[list[int]], excludes, constraints,
-                      num_beams: int, batch_size: int) -> list[list[RankedItem]]:
+                      num_beams: int, batch_size: int, priors: Sequence | None = None) -> list[list[RankedItem]]:
         """Thinking mode's candidates, best first (``how``: ThinkRank); the caller keeps the top ``k``.
         ``alone_prompts``: each user's reasoning without the history (the contrast view). Every
         candidate is a beam of one of the two searches, so it satisfies the same exclusions and
@@ -209,7 +229,7 @@ class Ranker:
         if how.mode == "reasoned":
             return [list(beams) for beams in reasoned]
         direct, _ = self.rank_items(direct_prompts, excludes, constraints, k=num_beams, num_beams=num_beams,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, priors=priors)
         if how.mode == "race":
             return [race(a, b, len(a) + len(b)) for a, b in zip(reasoned, direct)]
         # Each view scores as rank_items does (SID path + the head), so a row's score is the sum of the
@@ -217,7 +237,8 @@ class Ranker:
         views = [(direct_prompts, 1.0, True), (reasoned_prompts, how.weight, True)]
         if how.contrast:
             views.append((alone_prompts, -how.contrast, True))
-        return self._score_pools(_union(reasoned, direct), views, batch_size)
+        pools = self._score_pools(_union(reasoned, direct), views, batch_size)
+        return [self.add_prior(pool, priors[i] if priors is not None else None) for i, pool in enumerate(pools)]
 
     def follow(self, items: list[RankedItem], recommendation: str, weight: float = 0.0, share: float = 0.0,
                shown: int = 10) -> list[RankedItem]:

@@ -17,7 +17,7 @@ from engine.constraints import ConstraintFilters, Constraints, Facets
 from engine.decoding import RankedItem, build_token_trie
 from engine.interests import InterestReader, Transitions
 from engine.prompt import NO_THINK_PREFIX, THINK_PREFIX, item_span, recommendation_messages
-from engine.ranking import DEFAULT_EXACT_STEPS, DEFAULT_HEAD_WEIGHT, Ranker, ThinkRank
+from engine.ranking import DEFAULT_EXACT_STEPS, DEFAULT_FOLLOW_WEIGHT, DEFAULT_HEAD_WEIGHT, Ranker, ThinkRank
 from engine.reasoning import FULL_REASONING_TOKENS, ReasoningPlanner, ReasoningWriter
 from engine.slots import SlotGrammar
 from engine.tokenizer import Message, ThinkrecTokenizer
@@ -51,7 +51,7 @@ class Recommender:
 
     def __init__(self, model, tokenizer: ThinkrecTokenizer, sid_codes: dict[str, Sequence[int]],
                  history_items: int = 20, model_url: str | None = None, meta=None, facets: Facets | None = None,
-                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = 0.0,
+                 filter_cache_size: int = 64, category_word: str = "category", follow_weight: float = DEFAULT_FOLLOW_WEIGHT,
                  follow_share: float = 0.8, think_rank: ThinkRank | None = None,
                  same_item: dict[str, str] | None = None, recent_view: int = 0, recent_weight: float = 0.5,
                  head_weight: float = DEFAULT_HEAD_WEIGHT, exact_steps: int | None = DEFAULT_EXACT_STEPS,
@@ -79,6 +79,8 @@ class Recommender:
                              max((len(codes) for codes in self.sid_codes.values()), default=1), facets,
                              follow_weight, follow_share, think_rank, recent_view, recent_weight, head_weight,
                              exact_steps)
+        if reader is not None and reader.transitions is not None:
+            self.ranker.use_transitions(reader.transitions, len(self.sid_codes))
 
     def use_backend(self, backend: Backend) -> None:
         """Decode through ``backend`` from now on (the engine's batch scheduler), every part alike."""
@@ -158,14 +160,15 @@ class Recommender:
                 results[i].seconds["reasoning"] = share
                 item_prompts.append(self.item_prompt(prompts[i], tokens))
         started = time.perf_counter()
+        priors = ranker.priors(histories)
         if not thinking and ranker.recent_view:
             recent = [self.prompt_ids(list(histories[i])[-ranker.recent_view:], user_texts[i], earlier_turns[i], False)
                       for i in range(n)]
-            ranked = ranker.rank_direct(prompts, recent, excludes, constraints, k, num_beams, batch_size)
+            ranked = ranker.rank_direct(prompts, recent, excludes, constraints, k, num_beams, batch_size, priors)
         else:
             ranked, how = ranker.rank_items(item_prompts, excludes, constraints, k=num_beams if thinking else k,
                                             num_beams=num_beams, batch_size=batch_size,
-                                            priors=ranker.priors(histories))
+                                            priors=priors)
             for result, info in zip(results, how):
                 result.ranking = info
         if thinking:
@@ -173,7 +176,7 @@ class Recommender:
             empty = self.prompt_ids([], thinking=True)
             alone = [self.item_prompt(empty, r.reasoning_ids) for r in results]
             ranked = ranker.rank_thinking(think_rank or ranker.think_rank, ranked, direct, item_prompts, alone,
-                                          excludes, constraints, num_beams, batch_size)
+                                          excludes, constraints, num_beams, batch_size, priors)
         seconds = (time.perf_counter() - started) / max(n, 1)
         weight = ranker.follow_weight if follow_weight is None else follow_weight
         share = ranker.follow_share if follow_share is None else follow_share

@@ -174,6 +174,33 @@ def test_a_decode_time_prior_moves_items_and_says_so(built_dataset, tiny_checkpo
         assert found.items[0].item_id == favourite and found.ranking["prior"] == "test"
         assert not {i.item_id for i in found.items} & set(history)
     assert last in codes
+    # Every ranking path adds it once: thinking (fused views) and the two-view direct ranking.
+    [thought] = recommender.recommend([history], k=5, num_beams=len(codes), thinking=True)
+    assert thought.items[0].item_id == favourite
+    recommender.ranker.recent_view = 2
+    [two_views] = recommender.recommend([history], k=5, num_beams=len(codes))
+    assert two_views.items[0].item_id == favourite
+
+
+def test_the_served_prior_is_the_training_splits_transitions(built_dataset, tiny_checkpoint):
+    """open_recommender ranks with the dataset's transition counts by default; their log-prior is a
+    distribution over the catalog, and an item that followed the latest one gains on the rest."""
+    import math
+
+    from data.catalog import Catalog
+    from engine.ranking import TRANSITION_PRIOR_WEIGHT
+    from engine.recommender import open_recommender
+
+    codes = Catalog(built_dataset).sid_codes()
+    recommender, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
+    ranker, counts = recommender.ranker, recommender.planner.reader.transitions
+    assert ranker.prior_name == "transitions" and ranker.prior_weight == TRANSITION_PRIOR_WEIGHT
+    latest = next(i for i in codes if counts.following.get(i))
+    [prior] = ranker.priors([[latest]])
+    assert abs(sum(math.exp(prior.get(i)) for i in codes) - 1) < 1e-3
+    after = counts.following[latest].most_common(1)[0][0]
+    never = min((i for i in codes if i not in counts.following[latest]), key=lambda i: counts.popularity.get(i, 0))
+    assert prior.get(after) > prior.get(never)
 
 
 def test_bench_exact_reports_both_ways_by_size():

@@ -55,8 +55,8 @@ class EvalArgs:
     recent_weight: float = 0.5          # weight of that second view's log-probability
     head_weight: float | None = None    # thinkrec rows: weight of the item head's log-probability beside the SID path's (None: the recommender's default; 0: SID only)
     exact_steps: int | None = None      # thinkrec rows: forward-step budget of exact ranking (None: default; 0: always beam search)
-    prior: str = ""                     # thinkrec rows: a decode-time prior from a second model, sasrec or markov (empty: none)
-    prior_weight: float = 0.5           # with --prior: its log-probability's weight beside thinkrec's score
+    prior: str = ""                     # thinkrec rows: the decode-time prior: empty = the served one (the training split's transitions), none, sasrec or markov (the split's known sequences)
+    prior_weight: float | None = None   # the prior's log-probability's weight beside thinkrec's score (None: the served weight, 0.5 for sasrec/markov)
     reasoning_budgets: str = ""         # e.g. 40,80,120,160: the thinking rows at each reasoning-token cap (a length curve)
     read_levels: bool = True            # thinking rows: the engine writes levels 1-2 from the long history (False: the model writes all three)
     lead_next: bool = True              # thinking rows: level 3 leads with the predicted next category (False: the model picks)
@@ -116,18 +116,9 @@ def teacher_prior(view, args: EvalArgs):
         from training.transitions import TransitionRecommender, known_sequences
 
         counts = TransitionRecommender().fit(known_sequences(view, args.split))
-        total_pop = sum(counts.popularity.values()) or 1
 
         def markov_prior(histories):
-            out = []
-            for history in histories:
-                votes = counts.scores(history)
-                mass = sum(votes.values())
-                # Votes where there are any, popularity as a small floor everywhere else (never log 0).
-                probs = {i: (votes.get(i, 0.0) + counts.popularity.get(i, 0) / total_pop + 1e-6) / (mass + 1 + 1e-6 * len(view.items))
-                         for i in view.items}
-                out.append({i: float(np.log(p)) for i, p in probs.items()})
-            return out
+            return [counts.log_prior(history, len(view.items)) for history in histories]
 
         return markov_prior
     raise ValueError(f"unknown prior '{args.prior}' (choose sasrec or markov)")
@@ -219,9 +210,13 @@ def run(args: EvalArgs) -> dict:
             ranker.head_weight = args.head_weight
         if args.exact_steps is not None:
             ranker.exact_steps = args.exact_steps
-        if args.prior:
-            ranker.prior, ranker.prior_weight = teacher_prior(view, args), args.prior_weight
-            ranker.prior_name = args.prior
+        if args.prior == "none":
+            ranker.prior, ranker.prior_weight, ranker.prior_name = None, 0.0, ""
+        elif args.prior:
+            ranker.prior, ranker.prior_name = teacher_prior(view, args), args.prior
+            ranker.prior_weight = 0.5 if args.prior_weight is None else args.prior_weight
+        elif args.prior_weight is not None:
+            ranker.prior_weight = args.prior_weight
         # Thinking rows differ only in how beams become a ranking: the first row at a budget
         # generates the reasoning, later rows reuse it (their users/s then leave reasoning out).
         reasoned: dict[int, list[list[int]]] = {}
@@ -241,7 +236,7 @@ def run(args: EvalArgs) -> dict:
             seconds = time.perf_counter() - started
             ranked = [[str(i.item_id) for i in a.items] for a in answers]
             extra = {"checkpoint": checkpoint, "stage": meta.stage, "backend": args.backend,
-                     "prior": args.prior, "prior_weight": args.prior_weight if args.prior else 0.0,
+                     "prior": ranker.prior_name if ranker.prior is not None else "none", "prior_weight": ranker.prior_weight,
                      "head_weight": ranker.head_weight, "exact_steps": ranker.exact_steps,
                      "exact_share": sum(a.ranking.get("method") == "exact" for a in answers) / max(len(answers), 1)}
             if thinking:
