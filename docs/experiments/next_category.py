@@ -1,0 +1,64 @@
+"""How well can the next item's category be named without a model? (issue 27, level 3)
+
+For every user of a split, each rule names one category and scores a hit when the held-out item
+carries it. The shipped rule is the engine's own ``InterestReader.next_categories`` (the window's
+shares plus where the transition counts of the training split lead); the others are the issue's
+no-learning baseline and its neighbours.
+
+    python docs/experiments/next_category.py --data artifacts/ml-100k
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from data.catalog import Catalog  # noqa: E402
+from engine.recommender import interest_reader  # noqa: E402
+from training.dataset_view import DatasetView  # noqa: E402
+
+
+def first(counter: Counter) -> str | None:
+    return max(counter, key=lambda c: counter[c]) if counter else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="artifacts/ml-100k")
+    args = parser.parse_args()
+    view = DatasetView.load(args.data)
+    reader = interest_reader(Catalog(args.data), view.codes)
+    categories = {i: list(item.categories) for i, item in view.items.items()}
+    for split in ("valid", "test"):
+        hits: dict[str, list[float]] = {}
+        for row in getattr(view, split):
+            history = [i for i in row["history"] if i in categories]
+            target = categories.get(row["target"])
+            if not history or not target:
+                continue
+            window = Counter()
+            for item in history[-10:][::-1]:          # ties: the more recent first
+                window.update(categories[item])
+            votes = Counter()
+            counted = reader.transitions.scores(history) if reader.transitions else Counter()
+            for item, vote in counted.items():
+                if item not in history and item in categories:
+                    votes.update({c: vote for c in categories[item]})
+            named = {"last 10 (baseline)": first(window),
+                     "whole history": first(Counter(c for i in history for c in categories[i])),
+                     "always the commonest category": view.vocabulary[0],
+                     "where the transitions lead": first(votes) or first(window),
+                     "next_categories (shipped)": (reader.next_categories(history) or [None])[0]}
+            for rule, category in named.items():
+                hits.setdefault(rule, []).append(float(category in target))
+        print(f"\n{split} ({len(next(iter(hits.values())))} users)")
+        for rule, values in hits.items():
+            print(f"  {rule:32s} {sum(values) / len(values):.4f}")
+
+
+if __name__ == "__main__":
+    main()
