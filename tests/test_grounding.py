@@ -97,15 +97,18 @@ def test_thinking_mode_ranks_beams_of_both_contexts_within_the_constraints(engin
     expected = min(5, rec.available(wanted, set(history)))
     assert expected >= 2
     out = {}
+    # The sums below are the views' own scores: no transitions prior, no soft prior toward level 3.
+    weight, rec.ranker.prior_weight = rec.ranker.prior_weight, 0.0
     for mode in ("reasoned", "race", "fused"):
         answer = rec.recommend([history], k=5, num_beams=10, thinking=True, constraints=[wanted],
-                               max_reasoning_tokens=24, think_rank=ThinkRank(mode, 1.0, 0.0))[0]
+                               max_reasoning_tokens=24, think_rank=ThinkRank(mode, 1.0, 0.0), follow_weight=0.0)[0]
         ids = [i.item_id for i in answer.items]
         assert len(ids) == len(set(ids)) == expected and not set(ids) & set(history)
         assert all(category in engine.facets.categories_of(i) for i in ids)
         out[mode] = answer
     # Fused (weight 1, no contrast): each item's score is its direct score plus its reasoned score.
     direct = rec.recommend([history], k=5, num_beams=10, thinking=False, constraints=[wanted])[0]
+    rec.ranker.prior_weight = weight
     reasoned = {i.item_id: i.score for i in out["reasoned"].items}
     plain = {i.item_id: i.score for i in direct.items}
     both = [i for i in out["fused"].items if i.item_id in reasoned and i.item_id in plain]
@@ -137,6 +140,7 @@ def test_two_history_views_rank_within_the_constraints(engine, monkeypatch):
     history = engine.dataset_history("u15")
     category = engine.facets.vocabulary[0]
     wanted = Constraints(want=[[category]])
+    monkeypatch.setattr(rec.ranker, "prior_weight", 0.0)     # the views' own scores, no transitions prior
     one_view = rec.recommend([history], k=5, num_beams=10, constraints=[wanted])[0]
     recent = rec.recommend([history[-3:]], k=10, num_beams=10, constraints=[wanted], exclude=[set(history)])[0]
     monkeypatch.setattr(rec.ranker, "recent_view", 3)
