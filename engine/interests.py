@@ -210,6 +210,7 @@ class Transitions:
         self.order = order
         self.following: dict[str, Counter] = {}
         self.popularity: Counter = Counter()
+        self.total = 1                      # items counted in popularity (1 while empty: never divide by 0)
 
     def fit(self, sequences: Iterable[Sequence[str]]) -> Transitions:
         following: dict[str, Counter] = defaultdict(Counter)
@@ -219,6 +220,7 @@ class Transitions:
             for before, after in zip(sequence, sequence[1:]):
                 following[before][after] += 1
         self.following, self.popularity = dict(following), popularity
+        self.total = sum(popularity.values()) or 1
         return self
 
     def scores(self, history: Sequence[str]) -> Counter:
@@ -232,8 +234,6 @@ class Transitions:
         """log p(next item) by the counts: the history's votes, with each item's popularity share as
         a small floor (never log 0), normalised over a catalog of ``catalog_size`` items. Computed
         per item when asked, so a large catalog costs only the candidates ranked."""
-        if not hasattr(self, "_total"):
-            self._total = sum(self.popularity.values()) or 1
         votes = self.scores(history)
         return TransitionPrior(votes, self, sum(votes.values()) + 1 + 1e-6 * catalog_size)
 
@@ -246,7 +246,7 @@ class TransitionPrior:
     norm: float
 
     def get(self, item: str, default: float | None = None) -> float:
-        share = self.counts.popularity.get(item, 0) / self.counts._total
+        share = self.counts.popularity.get(item, 0) / self.counts.total
         return math.log((self.votes.get(item, 0.0) + share + 1e-6) / self.norm)
 
 

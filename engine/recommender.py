@@ -7,9 +7,9 @@ RL rollouts and the app call this same code path.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.backends import Backend, TransformersBackend, VLLMBackend
 from engine.checkpoint import CheckpointMeta, load_checked, load_checkpoint
