@@ -90,10 +90,11 @@ class ReasoningPlanner:
                       + [self.tokenizer.think_end_id])
             return ReasoningPlan(prefix=prefix, complete=True, min_tokens=len(prefix))
         described = constraints.describe() if constraints is not None else ""
-        required, ends = self.required_pieces(constraints)
         prefix, written = [], False
         statement = self.tokenizer.encode(request_statement(described), trusted=False) if described else []
-        if self.reader is not None and self.read_levels:
+        if self.reader is None or not self.read_levels:
+            required, ends = self.required_pieces(constraints)
+        else:
             written = True
             whole = self.reader.read(history)
             predicted = self.reader.next_categories(history) if self.lead_next else []
