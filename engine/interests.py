@@ -245,7 +245,7 @@ class TransitionPrior:
     counts: Transitions
     norm: float
 
-    def get(self, item: str, default: float | None = None) -> float:
+    def get(self, item: str) -> float:
         share = self.counts.popularity.get(item, 0) / self.counts.total
         return math.log((self.votes.get(item, 0.0) + share + 1e-6) / self.norm)
 
@@ -371,8 +371,8 @@ class InterestReader:
         """The categories the next item is likely to carry, best first: each category's share of the
         latest ``window`` items, plus its share of where those items led other users (the items the
         transition table votes for, the history's own left out). Ties go to the more recent. On
-        ML-100K valid this names a category of the held-out item for 0.456 of users, against 0.427
-        for the window alone (docs/RESULTS.md, issue 27)."""
+        ML-100K valid this names a category of the held-out item for 0.454 of users, against 0.427
+        for the window alone (docs/experiments/next_category.py; docs/RESULTS.md, issue 27)."""
         known = [i for i in history if i in self.items]
         latest = known[-window:][::-1] if window else known[::-1]
         score: Counter = Counter()
