@@ -88,6 +88,9 @@ def test_level3_match_credits_the_stated_category_and_decade_of_the_next_item():
     assert level3_match(completions, ["d"] * 6, facts=FACTS) == [1.0, 0.5, 0.5, 0.0, 0.0, 0.0]
     # Another target, the same statements: the reward follows what actually came next.
     assert level3_match(completions[:3], ["c"] * 3, facts=FACTS) == [0.0, 0.5, 0.5]
+    # A precision: a list that names the right category among wrong ones earns a share of it.
+    listed = [Completion([], said.format("Sci-Fi, Horror, 1970s")), Completion([], said.format("Sci-Fi, Horror"))]
+    assert level3_match(listed, ["d"] * 2, facts=FACTS) == pytest.approx([0.75, 0.25])
 
 
 def test_combine_weights_rewards_and_skips_zero_weights():

@@ -134,8 +134,9 @@ def target_likelihood(completions: Sequence[Completion], **_) -> list[float]:
 
 def level3_match(completions: Sequence[Completion], targets: Sequence[str], facts: dict[str, ItemFacts],
                  **_) -> list[float]:
-    """Half for each: level 3's stated categories include one of the target's, and its stated
-    decade is the target's. 0 without reasoning or without a statement."""
+    """Half for each: the share of level 3's stated categories that are the target's (a precision,
+    so naming every category earns nothing), and its stated decade being the target's. 0 without
+    reasoning or without a statement."""
     vocabulary = sorted({c for item in facts.values() for c in item.categories})
     out = []
     for completion, target in zip(completions, targets):
@@ -145,8 +146,8 @@ def level3_match(completions: Sequence[Completion], targets: Sequence[str], fact
         if truth is None:
             out.append(0.0)
             continue
-        out.append(0.5 * bool(set(categories) & set(truth.categories))
-                   + 0.5 * (decade is not None and decade == decade_of(truth.year)))
+        hits = sum(c in truth.categories for c in categories) / len(categories) if categories else 0.0
+        out.append(0.5 * hits + 0.5 * (decade is not None and decade == decade_of(truth.year)))
     return out
 
 

@@ -89,7 +89,8 @@ def grpo(model, tokenizer, view, prompts: dict[str, list[Prompt]], shares: dict[
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, args.warmup_steps)))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     policy = accelerator.unwrap_model(model)
-    # Rollouts reason as the app does: levels 1-2 read by the engine, level 3 the policy's.
+    # Rollouts reason as the app does: levels 1-2 and level 3's lead written by the engine, the
+    # rest of level 3 (further categories, the decade) and the items the policy's.
     catalog = Catalog(view.folder)
     recommender = Recommender(policy, tokenizer, view.codes, history_items=history_items, facets=view.facets, category_word=view.category_word,
                               same_item=catalog.duplicates(), reader=interest_reader(catalog, view.codes))
