@@ -265,7 +265,9 @@ class Ranker:
             return len(have & set(categories)) + int(decade is not None and year is not None and year // 10 * 10 == decade)
 
         if weight:
-            items = sorted(items, key=lambda item: -(item.score + weight * hits(item)))
+            # The bonus joins the score, so the score an item card shows is the one it was ranked by.
+            items = sorted((RankedItem(i.item_id, i.score + weight * hits(i), i.token_ids) for i in items),
+                           key=lambda item: -item.score)
         if not share:
             return items
         allowance = int(shown * (1 - share) + 1e-9)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from engine.prompt import render_spans
@@ -68,8 +69,10 @@ def test_items_follow_level_three_as_a_soft_prior(engine):
              RankedItem(carrying[0], -2.0, ()), RankedItem(carrying[1], -4.0, ())]
     level3 = f"Serve (1) something. Next item: {category}."
     assert rec.ranker.follow(beams, level3, 0.0) == beams
-    followed = [b.item_id for b in rec.ranker.follow(beams, level3, 1.5)]
-    assert followed == [carrying[0], other[0], other[1], carrying[1]]
+    followed = rec.ranker.follow(beams, level3, 1.5)
+    assert [b.item_id for b in followed] == [carrying[0], other[0], other[1], carrying[1]]
+    # The bonus is part of the score shown, so scores fall with the rank.
+    assert [b.score for b in followed] == pytest.approx([-0.5, -1.0, -1.5, -2.5])
     assert rec.ranker.follow(beams, "No clear interest.", 5.0) == beams       # nothing stated: nothing moves
 
 
