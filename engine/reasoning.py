@@ -164,7 +164,7 @@ class ReasoningPlanner:
             if predicted[0] in reading.interests[i].categories:
                 it = reading.interests[i]
                 return i, f"Serve ({i + 1}) {it.name}, {TREND_PHRASE[it.trend]}."
-        return None, f"None of the interests carries {predicted[0]}: follow where the latest items lead."
+        return None, f"The latest items lead to {predicted[0]}, which no interest names: follow them."
 
     @staticmethod
     def lead_category(predicted: Sequence[str], constraints: Constraints | None, served) -> str | None:

@@ -212,7 +212,7 @@ def test_level_three_states_the_predicted_category_through_an_interest_that_carr
     if served:
         assert predicted[0] in reading.interests[int(served.group(1)) - 1].categories
     else:
-        assert level3.startswith(f"None of the interests carries {predicted[0]}"), level3
+        assert level3.startswith(f"The latest items lead to {predicted[0]}, which no interest names"), level3
 
     newer = Constraints(year_min=1990)
     [steered] = rec.recommend([history], k=5, thinking=True, constraints=[newer])
