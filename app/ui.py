@@ -260,7 +260,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     return demo
 
 
-def serve(engine, port: int = 7860, host: str = "127.0.0.1", baseline=None):
+def serve(engine, port: int = 7860, host: str = "127.0.0.1", baseline=None, rate_limit: float | None = None):
     """Launch the app on a built ``engine.engine.Engine``. The caller (the CLI) builds it, so this
     module imports only the engine's events and never torch (see pyproject's import contracts)."""
     users = list(engine.user_histories)[:200]
@@ -268,5 +268,5 @@ def serve(engine, port: int = 7860, host: str = "127.0.0.1", baseline=None):
     demo.queue(default_concurrency_limit=10)
     # The OpenAI-compatible endpoint (app/integrations/openai_api.py) is served on the same port, under /v1.
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, quiet=True, theme=gr.themes.Soft(),
-                app_kwargs={"routes": openai_routes(engine)})
+                app_kwargs={"routes": openai_routes(engine) if rate_limit is None else openai_routes(engine, rate_limit)})
     return demo

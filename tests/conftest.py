@@ -170,6 +170,8 @@ def server(engine):
     """The real app server (``app.ui.serve``: Gradio UI, its API and the OpenAI endpoint) on a free port."""
     from app.ui import serve
 
-    demo = serve(engine, port=free_port())
+    # The per-client rate limit is off here: the tests probe from one address in quick bursts
+    # (tests/test_openai_limits.py checks the limit on its own app).
+    demo = serve(engine, port=free_port(), rate_limit=0)
     yield demo.local_url.rstrip("/")
     demo.close()

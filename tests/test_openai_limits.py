@@ -276,3 +276,52 @@ def test_bodies_that_are_not_json_text_are_refused(http, engine):
     assert http.get("/chat/completions").status_code in (404, 405)
     assert http.post("/no/such/route", json={}).status_code in (404, 405)
     assert_still_serves(http, engine)
+
+
+def test_a_client_over_its_rate_gets_a_429_before_its_body_is_read(engine):
+    """The per-client limit (``ClientLimit``) on the endpoint's own app: a burst of twice the rate
+    goes through, the next request is a 429 with ``Retry-After`` and nothing stored; another API
+    key has its own bucket; once the bucket refills the client is served again."""
+    from starlette.testclient import TestClient
+
+    from app.integrations.openai_api import openai_app
+
+    app = openai_app(engine, rate_limit=1.0)
+    now = [1000.0]
+    app.state.limit.clock = lambda: now[0]
+    with TestClient(app) as http:
+        bad = b"{not json"          # refused after the limit is taken: cheap, and stores nothing
+        assert [post_raw(http, bad).status_code for _ in range(2)] == [400, 400]
+        before = session_count(engine)
+        refused = post_raw(http, b"x" * 10_000)
+        error = error_of(refused, 429)
+        assert error["code"] == "rate_limit_exceeded" and "1 a second" in error["message"]
+        assert refused.headers["retry-after"] == "1"
+        assert session_count(engine) == before
+        other = http.post("/chat/completions", content=bad, headers={"Authorization": "Bearer another-key"})
+        assert other.status_code == 400
+        now[0] += 1.0
+        served = http.post("/chat/completions", json=ask(user="u22"))
+        assert served.status_code == 200, served.text
+
+
+def test_the_client_limit_refills_at_its_rate_and_forgets_old_clients():
+    from app.integrations.openai_request import APIError, ClientLimit
+
+    now = [0.0]
+    limit = ClientLimit(2.0, max_clients=3, clock=lambda: now[0])
+    for _ in range(4):
+        limit.check("a")
+    with pytest.raises(APIError) as refused:
+        limit.check("a")
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "1"
+    now[0] += 0.5                   # one token back
+    limit.check("a")
+    with pytest.raises(APIError):
+        limit.check("a")
+    for client in "bcd":
+        limit.check(client)
+    assert list(limit.buckets) == ["b", "c", "d"]          # bounded: "a" forgotten, as if refilled
+    ClientLimit(0).check("a")                               # 0: no limit
+    assert ClientLimit.client_of({"authorization": "Bearer k1"}, "1.2.3.4") == "key:k1"
+    assert ClientLimit.client_of({}, "1.2.3.4") == "addr:1.2.3.4"

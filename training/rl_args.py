@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from engine.reasoning import FULL_REASONING_TOKENS
+
 # Budgets per model size; the tiny one fits `thinkrec train rl` in < 30 min on 2 CPU cores.
 BUDGETS = {
     "tiny": {"next_item_steps": 55, "dialogue_steps": 20, "group_size": 8, "prompts_per_step": 8},
@@ -27,7 +29,9 @@ class RLArgs:
     prompts_per_step: int = 0           # P: prompts per GRPO step (0: the preset's)
     minibatches: int = 2                # optimizer steps per rollout batch
     temperature: float = 0.8            # sampling temperature of the reasoning (near greedy, which eval uses)
-    max_reasoning_tokens: int = 160     # cap on sampled reasoning tokens
+    # The app's full budget: levels 1-2 read the whole history and are long, and a cap below the
+    # budget cut every rollout's reasoning (none closed, so none could be kept for the unify step).
+    max_reasoning_tokens: int = FULL_REASONING_TOKENS   # cap on sampled reasoning tokens
     k: int = 10                         # ranked list length the rewards see
     num_beams: int = 10                 # beam width over the SID steps in rollouts
     answer_items: int = 3               # top items written after the reasoning (their tokens are trained)

@@ -39,6 +39,7 @@ from engine.events import ErrorEvent, NoticeEvent, ReasoningDelta, ReplyDelta, T
 from app.integrations.messages import item_lines, level_header, replay_messages
 
 from app.integrations.openai_request import (  # noqa: F401 - the limits are part of this module's interface
+    DEFAULT_RATE,
     EFFORTS,
     ITEM_LINE,
     MAX_BODY_BYTES,
@@ -55,6 +56,7 @@ from app.integrations.openai_request import (  # noqa: F401 - the limits are par
     SURROGATE,
     _END,
     APIError,
+    ClientLimit,
     _Call,
     _budget,
     _busy,
@@ -348,9 +350,11 @@ def _in_threads(iterator: Iterator) -> AsyncIterator:
     return steps()
 
 
-def openai_app(engine) -> FastAPI:
-    """The endpoint as an app to mount at ``/v1`` (``app.ui.serve`` does)."""
+def openai_app(engine, rate_limit: float = DEFAULT_RATE) -> FastAPI:
+    """The endpoint as an app to mount at ``/v1`` (``app.ui.serve`` does); ``rate_limit`` requests
+    a second per client (``ClientLimit``; 0: no limit)."""
     api = ChatAPI(engine)
+    limit = ClientLimit(rate_limit)
     app = FastAPI(title="thinkrec OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(APIError)
@@ -367,6 +371,7 @@ def openai_app(engine) -> FastAPI:
 
     @app.post("/chat/completions")
     async def chat_completions(request: Request):
+        limit.check(limit.client_of(request.headers, request.client.host if request.client else None))
         body = await _read_json(request)
         call = await run_in_threadpool(api.parse, body)          # it reads the session store and catalog
         return await (api.stream(call) if call.stream else api.complete(call))
@@ -375,10 +380,10 @@ def openai_app(engine) -> FastAPI:
     async def models():
         return api.models()
 
-    app.state.chat = api
+    app.state.chat, app.state.limit = api, limit
     return app
 
 
-def openai_routes(engine) -> list[BaseRoute]:
+def openai_routes(engine, rate_limit: float = DEFAULT_RATE) -> list[BaseRoute]:
     """The endpoint under ``/v1``, for a FastAPI app's ``routes`` (``demo.launch(app_kwargs=...)``)."""
-    return [Mount("/v1", app=openai_app(engine))]
+    return [Mount("/v1", app=openai_app(engine, rate_limit))]

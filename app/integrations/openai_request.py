@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -15,6 +19,11 @@ from fastapi.responses import Response
 # The request body, in bytes: checked from Content-Length before reading, and again on the bytes
 # actually read (a chunked body has no Content-Length). 1 MiB holds hundreds of ordinary messages.
 MAX_BODY_BYTES = 1 << 20
+# Requests a second per client (its API key, else its address), in bursts of twice that: a chat
+# turn takes a second or more, so a person or an agent waiting on its answers stays far below it,
+# while a client retrying in a tight loop is refused with a 429 before its body is read.
+# `thinkrec app --rate-limit` sets it (0: off).
+DEFAULT_RATE = 5.0
 # Messages in one request, all roles. Every user message but the last is replayed into a new
 # session, one session reload each, so the cost grows with the count (issue 28: 500 took 26 s).
 MAX_MESSAGES = 200
@@ -54,16 +63,18 @@ class APIError(Exception):
     """Answered as OpenAI answers errors: ``{"error": {"message", "type", "param", "code"}}``."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+                 kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> Response:
         # json.dumps escapes non-ASCII, so a message quoting client text is always valid UTF-8.
-        return Response(json.dumps(self.body()), status_code=self.status, media_type="application/json")
+        return Response(json.dumps(self.body()), status_code=self.status, media_type="application/json",
+                        headers=self.headers)
 
 
 def _outage(message: str) -> APIError:
@@ -71,7 +82,9 @@ def _outage(message: str) -> APIError:
 
 
 def _busy(message: str) -> APIError:
-    return APIError(409, message, param="session_id", code="session_busy", kind="invalid_request_error")
+    # A turn takes about a second: OpenAI's clients retry a 409 after Retry-After.
+    return APIError(409, message, param="session_id", code="session_busy", kind="invalid_request_error",
+                    headers={"Retry-After": "1"})
 
 
 def _failure(error: BaseException) -> APIError:
@@ -80,6 +93,46 @@ def _failure(error: BaseException) -> APIError:
     return APIError(500, f"the turn failed inside the engine ({type(error).__name__}); the request may be retried",
                     code="internal_error", kind="server_error")
 
+
+class ClientLimit:
+    """A token bucket per client, checked before the body is read: ``rate`` requests a second with
+    bursts of ``burst``; over it, a 429 that says when to come back (``Retry-After``). A client is
+    its API key when it sends one (``Authorization: Bearer ...``), else its address. Buckets are
+    kept for the ``max_clients`` most recent clients (the oldest are dropped, as if refilled), so
+    memory is bounded however many clients call. ``rate`` 0 turns the limit off."""
+
+    def __init__(self, rate: float = DEFAULT_RATE, burst: float | None = None, max_clients: int = 10_000,
+                 clock=time.monotonic):
+        self.rate, self.burst = float(rate), float(burst if burst is not None else max(1.0, 2 * rate))
+        self.max_clients, self.clock = max_clients, clock
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()   # client -> (tokens, when)
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def client_of(headers, address: str | None) -> str:
+        key = headers.get("authorization", "")
+        if key.lower().startswith("bearer ") and key[7:].strip():
+            return "key:" + key[7:].strip()[:MAX_ID_CHARS]
+        return "addr:" + (address or "unknown")
+
+    def check(self, client: str) -> None:
+        """Take a token for ``client``, or raise a 429 ``APIError`` saying when one is free."""
+        if self.rate <= 0:
+            return
+        now = self.clock()
+        with self.lock:
+            tokens, then = self.buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            allowed = tokens >= 1.0
+            self.buckets[client] = (tokens - 1.0 if allowed else tokens, now)
+            while len(self.buckets) > self.max_clients:
+                self.buckets.popitem(last=False)
+        if not allowed:
+            wait = (1.0 - tokens) / self.rate
+            raise APIError(429, f"too many requests from this client: the limit is {self.rate:g} a second "
+                                f"(bursts of {self.burst:g}); retry in {wait:.1f} s",
+                           code="rate_limit_exceeded", kind="rate_limit_error",
+                           headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 async def _read_json(request: Request):
     """The body as JSON, its size capped at ``MAX_BODY_BYTES`` (413) whether or not it declares one."""
