@@ -57,6 +57,7 @@ class LoadArgs:
     thinking_share: float = 0.5        # share of turns with thinking on
     abuse: bool = True                 # abusers beside the normal clients (see _abuse)
     shared_streamers: int = 10         # abuse: clients streaming on one shared session, reading slowly
+    rate_limit: float | None = None    # the app's per-client limit on the OpenAI endpoint (None: the app's default; 0: off)
     crash: bool = True                 # also run the kill -9 test
     crash_only: bool = False           # only the kill -9 test
     seed: int = 0
@@ -77,12 +78,14 @@ def _percentile(values: list[float], q: float) -> float:
 class AppProcess:
     """``thinkrec app`` in a child process on a free loopback port."""
 
-    def __init__(self, data: str, checkpoint: str, sessions_url: str, log: Path):
+    def __init__(self, data: str, checkpoint: str, sessions_url: str, log: Path, rate_limit: float | None = None):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = log
         command = [sys.executable, "-m", "app.cli", "app", "--data", data, "--checkpoint", checkpoint,
                    "--port", str(self.port), "--sessions-url", sessions_url]
+        if rate_limit is not None:
+            command += ["--rate-limit", str(rate_limit)]
         from engine.engine import FAIL_ENV
 
         env = os.environ | {"GRADIO_ANALYTICS_ENABLED": "False", FAIL_ENV: FAIL_TEXT}
@@ -272,7 +275,7 @@ def _check_store(sessions_url: str, ledger: Ledger, at_least: bool = False) -> d
 
 def run_load(args: LoadArgs, scratch: Path) -> dict:
     sessions_url = f"sqlite:///{scratch / 'load.db'}"
-    server = AppProcess(args.data, args.checkpoint, sessions_url, scratch / "load-app.log")
+    server = AppProcess(args.data, args.checkpoint, sessions_url, scratch / "load-app.log", args.rate_limit)
     try:
         users = _dataset_users(args.data)
         ledger, errors = Ledger(), []
