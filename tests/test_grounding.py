@@ -234,3 +234,44 @@ def test_level_three_states_the_predicted_category_through_an_interest_that_carr
         assert planner.plan(history, None).statement == []          # the model writes its own sentence
     finally:
         planner.lead_next = True
+
+
+class _WriterTokens:
+    """Just the tokenizer surface ReasoningWriter uses: "." is one token (7), other words are 8."""
+    think_end_id, end_id, item_begin_id, item_end_id = 1, 2, 3, 4
+
+    def __init__(self):
+        from engine.tokenizer import EVOLUTION, RECOMMENDATION
+
+        self.ids = {RECOMMENDATION: 5, EVOLUTION: 6}
+
+    def encode(self, text, trusted=False):
+        return [7] if text == "." else [8] * len(text.split())
+
+
+class _ScriptedBackend:
+    """Level 3 is one sentence that ends at its period, or (``runaway``) words until the budget ends."""
+    def __init__(self, runaway: bool):
+        self.runaway = runaway
+
+    def generate_reasoning(self, contexts, excludes, budget, sample=False, temperature=1.0, batch_size=1,
+                           stop_ids=None, cites=None):
+        return [[9] * budget if self.runaway else [9, 9, 7] for _ in contexts]
+
+
+@pytest.mark.parametrize("runaway", [False, True])
+def test_reasoning_closes_when_level3_ends_and_not_when_the_cap_cuts_it(runaway):
+    """Under engine-written levels, level 3 stops at its period: that is a finished reasoning and
+    closes with </think> (RL's format reward and rejection sampling read this); one the cap cut
+    does not. An engine-written level 3 (a request's statement) closes too."""
+    from engine.reasoning import ReasoningPlan, ReasoningWriter
+
+    tok = _WriterTokens()
+    writer = ReasoningWriter(tok, _ScriptedBackend(runaway), slots=None, next_opener=[])
+    prefix = [8, 8, 6, 8]                      # level 1, the evolution marker, level 2
+    own = ReasoningPlan(prefix=prefix, levels_written=True, min_tokens=len(prefix) + 4, room=4)
+    stated = ReasoningPlan(prefix=prefix, statement=[8, 8], levels_written=True, min_tokens=len(prefix) + 4,
+                           room=4, statement_room=3)
+    [mine, written] = writer.batch([[0], [0]], [own, stated], 30, sample=False, temperature=1.0, batch_size=2)
+    assert (mine[-1] == tok.think_end_id) is not runaway and len(mine) <= 30
+    assert written[-1] == tok.think_end_id and written.count(tok.think_end_id) == 1
