@@ -250,7 +250,7 @@ def app_command(
     sessions_url: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL for sessions (default: sessions.db beside the catalog).")] = None,
     backend: Annotated[str, typer.Option(help="transformers (the model in this process) or vllm (a `thinkrec serve-model` server).")] = "transformers",
     model_url: Annotated[Optional[str], typer.Option(help="The vLLM server's URL, e.g. http://127.0.0.1:8000 (with --backend vllm).")] = None,
-    rate_limit: Annotated[Optional[float], typer.Option(help="OpenAI endpoint: requests a second per client (API key, else address), bursts of twice that; 0 turns it off. Default 5.")] = None,
+    rate_limit: Annotated[Optional[float], typer.Option(help="OpenAI endpoint: requests a second per client address, bursts of twice that; 0 turns it off. Default 5.")] = None,
 ) -> None:
     """Start the chat app (builds the default dataset and model first when they are missing)."""
     from training.stages import AllArgs, ensure_dataset, run_all

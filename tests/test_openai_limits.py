@@ -298,8 +298,9 @@ def test_a_client_over_its_rate_gets_a_429_before_its_body_is_read(engine):
         assert error["code"] == "rate_limit_exceeded" and "1 a second" in error["message"]
         assert refused.headers["retry-after"] == "1"
         assert session_count(engine) == before
+        # The endpoint checks no API key, so a fresh one is no way around the limit.
         other = http.post("/chat/completions", content=bad, headers={"Authorization": "Bearer another-key"})
-        assert other.status_code == 400
+        assert other.status_code == 429
         now[0] += 1.0
         served = http.post("/chat/completions", json=ask(user="u22"))
         assert served.status_code == 200, served.text
@@ -323,5 +324,3 @@ def test_the_client_limit_refills_at_its_rate_and_forgets_old_clients():
         limit.check(client)
     assert list(limit.buckets) == ["b", "c", "d"]          # bounded: "a" forgotten, as if refilled
     ClientLimit(0).check("a")                               # 0: no limit
-    assert ClientLimit.client_of({"authorization": "Bearer k1"}, "1.2.3.4") == "key:k1"
-    assert ClientLimit.client_of({}, "1.2.3.4") == "addr:1.2.3.4"

@@ -19,7 +19,7 @@ from fastapi.responses import Response
 # The request body, in bytes: checked from Content-Length before reading, and again on the bytes
 # actually read (a chunked body has no Content-Length). 1 MiB holds hundreds of ordinary messages.
 MAX_BODY_BYTES = 1 << 20
-# Requests a second per client (its API key, else its address), in bursts of twice that: a chat
+# Requests a second per client address, in bursts of twice that: a chat
 # turn takes a second or more, so a person or an agent waiting on its answers stays far below it,
 # while a client retrying in a tight loop is refused with a 429 before its body is read.
 # `thinkrec app --rate-limit` sets it (0: off).
@@ -97,7 +97,7 @@ def _failure(error: BaseException) -> APIError:
 class ClientLimit:
     """A token bucket per client, checked before the body is read: ``rate`` requests a second with
     bursts of ``burst``; over it, a 429 that says when to come back (``Retry-After``). A client is
-    its API key when it sends one (``Authorization: Bearer ...``), else its address. Buckets are
+    its address: the endpoint checks no API key, so a key would be anyone's to rotate. Buckets are
     kept for the ``max_clients`` most recent clients (the oldest are dropped, as if refilled), so
     memory is bounded however many clients call. ``rate`` 0 turns the limit off."""
 
@@ -108,12 +108,6 @@ class ClientLimit:
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()   # client -> (tokens, when)
         self.lock = threading.Lock()
 
-    @staticmethod
-    def client_of(headers, address: str | None) -> str:
-        key = headers.get("authorization", "")
-        if key.lower().startswith("bearer ") and key[7:].strip():
-            return "key:" + key[7:].strip()[:MAX_ID_CHARS]
-        return "addr:" + (address or "unknown")
 
     def check(self, client: str) -> None:
         """Take a token for ``client``, or raise a 429 ``APIError`` saying when one is free."""
