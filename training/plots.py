@@ -39,7 +39,8 @@ def plot_curve(log: list[dict], path: Path, title: str, keys: Sequence[str] = ("
 def plot_rl(log: list[dict], path: Path, title: str) -> None:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
-    panels = [("reward", ["reward", "r_rank", "r_prefix", "r_format", "r_instruction", "r_likelihood"]), ("KL to reference", ["kl"]),
+    rewards = ["reward", "r_rank", "r_prefix", "r_format", "r_instruction", "r_likelihood", "r_level3"]
+    panels = [("reward", rewards), ("KL to reference", ["kl"]),
               ("valid NDCG@10 (think)", ["valid_ndcg@10"]), ("zero-variance groups / entropy", ["zero_var_share", "entropy"])]
     for ax, (name, keys) in zip(axes.flat, panels):
         for key in keys:
