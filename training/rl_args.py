@@ -29,8 +29,8 @@ class RLArgs:
     prompts_per_step: int = 0           # P: prompts per GRPO step (0: the preset's)
     minibatches: int = 2                # optimizer steps per rollout batch
     temperature: float = 0.8            # sampling temperature of the reasoning (near greedy, which eval uses)
-    # The app's full budget: levels 1-2 read the whole history and are long, and a cap below the
-    # budget cut every rollout's reasoning (none closed, so none could be kept for the unify step).
+    # The app's full budget, so rollouts reason as the app does: under a smaller cap the engine
+    # writes levels 1-2 in their shorter form, text the app never shows.
     max_reasoning_tokens: int = FULL_REASONING_TOKENS   # cap on sampled reasoning tokens
     k: int = 10                         # ranked list length the rewards see
     num_beams: int = 10                 # beam width over the SID steps in rollouts
