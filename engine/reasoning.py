@@ -295,15 +295,15 @@ class ReasoningWriter:
         # model's own "Next item:" list is held back (the engine writes the request's pieces first).
         stops = self.sentence_end if plan.levels_written else None
         budget = min(self.LEVEL3_TOKENS, cap - len(out) - plan.statement_room)
-        level3, closing = [], []
+        level3, body, closing = [], [], []
         if plan.levels_written and plan.statement:
             closing = [self.tokenizer.think_end_id]         # the engine wrote level 3 whole
         elif budget > 0:
             level3 = yield _Ask(prompt + out, budget, stops, plan.cite, final=True, hold=bool(plan.required))
-            closing = self._ending(level3, stops)
+            body, closing = self._split_end(level3, stops)
         fix = self._statement_needed(prompt + out + level3, level3, plan)
         if fix is None:
-            out += level3[:len(level3) - self._own_closing(level3)]   # its closing token comes last, below
+            out += body                                     # its closing token comes last, below
         else:
             out += level3                                   # cut back: no closing token
             written, more_needed = fix
@@ -314,24 +314,19 @@ class ReasoningWriter:
                 budget = min(self.STATEMENT_TOKENS, cap - len(out) - 1)
                 if more_needed and budget > 0:
                     more = yield _Ask(prompt + out, budget, stops, plan.cite, final=True)
-                    closing = self._ending(more, stops)
-                    out += more[:len(more) - self._own_closing(more)]
+                    more, closing = self._split_end(more, stops)
+                    out += more
         yield closing
         return out + closing
 
-    def _own_closing(self, raw: Sequence[int]) -> int:
-        """1 when a stage's tokens end with a closing token of their own (it moves to the very end), else 0."""
-        return int(bool(raw) and raw[-1] in self.closing)
-
-    def _ending(self, raw: Sequence[int], stops: Sequence[int] | None) -> list[int]:
-        """How the last stage closes the reasoning: with its own closing token, with ``</think>`` when
-        it stopped at the period that ends level 3 under written levels, and not at all when the cap
-        cut it (the trace and the RL format reward tell the two apart)."""
+    def _split_end(self, raw: Sequence[int], stops: Sequence[int] | None) -> tuple[list[int], list[int]]:
+        """A last stage's tokens without their own closing token, and how it closes the reasoning:
+        with that token, with ``</think>`` when it stopped at the period that ends level 3 under
+        written levels, and not at all when the cap cut it (the trace and the RL format reward tell
+        the two apart)."""
         if raw and raw[-1] in self.closing:
-            return [raw[-1]]
-        if raw and stops and raw[-1] in stops:
-            return [self.tokenizer.think_end_id]
-        return []
+            return list(raw[:-1]), [raw[-1]]
+        return list(raw), [self.tokenizer.think_end_id] if raw and stops and raw[-1] in stops else []
 
     # -- its two drivers -----------------------------------------------------------------------------
     def stream(self, prompt: Sequence[int], plan: ReasoningPlan, max_new_tokens: int = FULL_REASONING_TOKENS,

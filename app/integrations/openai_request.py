@@ -108,7 +108,6 @@ class ClientLimit:
         self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()   # client -> (tokens, when)
         self.lock = threading.Lock()
 
-
     def check(self, client: str) -> None:
         """Take a token for ``client``, or raise a 429 ``APIError`` saying when one is free."""
         if self.rate <= 0:
