@@ -18,9 +18,11 @@ def test_load_and_crash_lose_nothing(built_dataset, tiny_checkpoint, tmp_path):
     assert store["integrity_check"] == "ok"
     assert load["peak_rss_mb"] > 0
     # The abusers: the busy shared session answers 409 or a whole stream, oversize bodies 413, the
-    # failing turns fail alone and say so; the normal clients above saw no error.
+    # per-client limit 429 (all abusers share one address), the failing turns fail alone and say so;
+    # the normal clients above saw no error.
     abuse = load["abuse"]
-    assert set(abuse) <= {"stream_done", "stream_http_409", "oversize_http_413", "failing_turn_refused_clearly"}, abuse
+    assert set(abuse) <= {"stream_done", "stream_http_409", "stream_http_429", "oversize_http_413",
+                          "oversize_http_429", "failing_turn_refused_clearly"}, abuse
     assert abuse.get("oversize_http_413", 0) >= 1 and abuse.get("failing_turn_refused_clearly", 0) >= 1
     assert abuse.get("stream_http_409", 0) + abuse.get("stream_done", 0) >= 1
     assert load["after"]["sessions"] >= load["before"]["sessions"] >= 1

@@ -11,6 +11,7 @@ no-learning baseline and its neighbours.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,22 +21,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from data.catalog import Catalog  # noqa: E402
 from engine.recommender import interest_reader  # noqa: E402
 from training.dataset_view import DatasetView  # noqa: E402
+from training.sasrec import SASRecModel  # noqa: E402
+
+import torch  # noqa: E402
 
 
 def first(counter: Counter) -> str | None:
     return max(counter, key=lambda c: counter[c]) if counter else None
 
 
+def sasrec_categories(sasrec, rows, categories, temperature: float = 1.0) -> list[str | None]:
+    """Per row, the category with the most probability under SASRec's softmax over unseen items."""
+    histories = [[i for i in row["history"] if i in categories] for row in rows]
+    scores = torch.from_numpy(sasrec.catalog_scores(histories)) / temperature
+    names = sorted({c for cs in categories.values() for c in cs})
+    column = {c: k for k, c in enumerate(names)}
+    member = torch.zeros(len(sasrec.item_ids), len(names))
+    for r, item in enumerate(sasrec.item_ids):
+        for c in categories.get(item, []):
+            member[r, column[c]] = 1.0
+    out = []
+    for row, history in enumerate(histories):
+        s = scores[row].clone()
+        seen = [sasrec.item_row[i] - 1 for i in history if i in sasrec.item_row]
+        if seen:
+            s[seen] = -math.inf
+        mass = torch.softmax(s, dim=0) @ member
+        out.append(names[int(mass.argmax())] if histories[row] else None)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="artifacts/ml-100k")
+    parser.add_argument("--sasrec", default="checkpoints/ml-100k-tiny/sasrec.pt",
+                        help="a SASRec checkpoint: adds the rule 'the category its item distribution favours'")
     args = parser.parse_args()
     view = DatasetView.load(args.data)
     reader = interest_reader(Catalog(args.data), view.codes)
     categories = {i: list(item.categories) for i, item in view.items.items()}
+    sasrec = SASRecModel.load(args.sasrec, device="cpu") if args.sasrec and Path(args.sasrec).exists() else None
     for split in ("valid", "test"):
         hits: dict[str, list[float]] = {}
-        for row in getattr(view, split):
+        rows = getattr(view, split)
+        ranked = sasrec_categories(sasrec, rows, categories) if sasrec is not None else None
+        for n, row in enumerate(rows):
             history = [i for i in row["history"] if i in categories]
             target = categories.get(row["target"])
             if not history or not target:
@@ -53,6 +83,8 @@ def main() -> None:
                      "always the commonest category": view.vocabulary[0],
                      "where the transitions lead": first(votes) or first(window),
                      "next_categories (shipped)": (reader.next_categories(history) or [None])[0]}
+            if ranked is not None:
+                named["SASRec's item distribution"] = ranked[n]
             for rule, category in named.items():
                 hits.setdefault(rule, []).append(float(category in target))
         print(f"\n{split} ({len(next(iter(hits.values())))} users)")
