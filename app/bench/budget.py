@@ -156,12 +156,20 @@ def write_budget_report(report: dict, path: Path) -> None:
     path.with_suffix(".md").write_text(budget_table(report) + "\n")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    xs = [p["turn_p50_s"] for p in report["points"]]
-    ys = [p["ndcg@10"] for p in report["points"]]
-    ax.plot(xs, ys, marker="o")
-    for p, x, y in zip(report["points"], xs, ys):
-        ax.annotate(f"{p['budget']} ({p['turn_mean_reasoning_tokens']:.0f} tok)", (x, y),
-                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    # The fixed budgets form the curve (in latency order); "auto" picks per turn, so it is a point
+    # of its own, labelled below so it cannot sit on a neighbour's label.
+    fixed = sorted((p for p in report["points"] if p["budget"] != "auto"), key=lambda p: p["turn_p50_s"])
+    ax.plot([p["turn_p50_s"] for p in fixed], [p["ndcg@10"] for p in fixed], marker="o", label="fixed budget")
+    adaptive = [p for p in report["points"] if p["budget"] == "auto"]
+    if adaptive:
+        ax.plot([p["turn_p50_s"] for p in adaptive], [p["ndcg@10"] for p in adaptive], marker="D", linestyle="",
+                color="tab:orange", label="auto (reasons when expected to help)")
+        ax.legend(fontsize=8, loc="best")
+    for p in report["points"]:
+        below = p["budget"] == "auto"
+        ax.annotate(f"{p['budget']} ({p['turn_mean_reasoning_tokens']:.0f} tok)", (p["turn_p50_s"], p["ndcg@10"]),
+                    textcoords="offset points", xytext=(-10, -12) if below else (6, 4), fontsize=8,
+                    ha="right" if below else "left")
     ax.margins(x=0.2, y=0.15)         # room for the labels
     ax.set_xlabel("p50 turn latency (s, one turn at a time)")
     ax.set_ylabel("NDCG@10")

@@ -30,8 +30,9 @@ def first(counter: Counter) -> str | None:
     return max(counter, key=lambda c: counter[c]) if counter else None
 
 
-def sasrec_categories(sasrec, rows, categories, temperature: float = 1.0) -> list[str | None]:
-    """Per row, the category with the most probability under SASRec's softmax over unseen items."""
+def sasrec_categories(sasrec, rows, categories, window_weight: float = 0.0, temperature: float = 1.0) -> list[str | None]:
+    """Per row, the category with the most probability under SASRec's softmax over unseen items,
+    plus ``window_weight`` times its share of the last 10 items."""
     histories = [[i for i in row["history"] if i in categories] for row in rows]
     scores = torch.from_numpy(sasrec.catalog_scores(histories)) / temperature
     names = sorted({c for cs in categories.values() for c in cs})
@@ -47,6 +48,9 @@ def sasrec_categories(sasrec, rows, categories, temperature: float = 1.0) -> lis
         if seen:
             s[seen] = -math.inf
         mass = torch.softmax(s, dim=0) @ member
+        for item in history[-10:]:
+            for c in categories[item]:
+                mass[column[c]] += window_weight / len(history[-10:])
         out.append(names[int(mass.argmax())] if histories[row] else None)
     return out
 
@@ -65,6 +69,7 @@ def main() -> None:
         hits: dict[str, list[float]] = {}
         rows = getattr(view, split)
         ranked = sasrec_categories(sasrec, rows, categories) if sasrec is not None else None
+        blended = sasrec_categories(sasrec, rows, categories, window_weight=0.5) if sasrec is not None else None
         for n, row in enumerate(rows):
             history = [i for i in row["history"] if i in categories]
             target = categories.get(row["target"])
@@ -85,6 +90,7 @@ def main() -> None:
                      "next_categories (shipped)": (reader.next_categories(history) or [None])[0]}
             if ranked is not None:
                 named["SASRec's item distribution"] = ranked[n]
+                named["SASRec + 0.5 x last-10 shares"] = blended[n]
             for rule, category in named.items():
                 hits.setdefault(rule, []).append(float(category in target))
         print(f"\n{split} ({len(next(iter(hits.values())))} users)")
