@@ -12,7 +12,8 @@ sessions database, and drives it through Gradio's API with ``gradio_client``, as
   in ``[DONE]``), a client posts bodies over the size limit (413), and one client's turns are made
   to fail inside the model's thread (the app runs with ``THINKREC_FAIL_ON``): each fails alone with
   a clear error. The normal clients' turns must not fail, and their latency is reported beside the
-  abusers' outcomes by kind; the server's memory and stored sessions before and after;
+  abusers' outcomes by kind; the server's memory and stored sessions before and after; and the
+  cores this process (the load generator, on the server's machine) used;
 - **crash**: clients mid-turn, the server killed with SIGKILL, restarted on the same database:
   every acknowledged session, turn and click must still be there, the database must pass
   SQLite's integrity check, each session's turns must still pair user and assistant (a turn cut
