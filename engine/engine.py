@@ -65,8 +65,8 @@ class _SessionLock:
 # A token count smaller than a turn's shortest three levels (ReasoningPlan.min_tokens) is raised to
 # it, with a notice.
 BUDGETS = {"off": 0, "short": SHORTEST_REASONING_TOKENS, "full": FULL_REASONING_TOKENS, "auto": FULL_REASONING_TOKENS}
-# "auto" reasons only where reasoning carries what the direct answer lacks (Recommender.worth_reasoning:
-# a history longer than the prompt's window, or an active request) and answers directly otherwise.
+# "auto" reasons only under an active request, where level 3 serves it, and answers directly otherwise
+# (Recommender.worth_reasoning: a long history alone, measured, does not pay for the reasoning).
 
 
 def budget_tokens(budget: str | int) -> int:

@@ -142,13 +142,15 @@ class ReasoningPlanner:
             return 0
         return max((len(self.slots.pieces.path(key)) for key in self.slots.pieces.items), default=0)
 
-    def worth_reasoning(self, history: Sequence[str], constraints: Constraints | None, window: int) -> bool:
-        """The adaptive budget's rule: reason where the reasoning carries what the direct answer
-        lacks: a history longer than the prompt's ``window`` (levels 1-2 read all of it) or an active
-        request (level 3 serves it through an interest). Otherwise answer directly."""
-        known = sum(1 for i in history if i in self.known)
-        long_history = self.reader is not None and self.read_levels and bool(window) and known > window
-        return long_history or bool(constraints is not None and (constraints.is_hard() or constraints.is_soft()))
+    @staticmethod
+    def worth_reasoning(constraints: Constraints | None) -> bool:
+        """The adaptive budget's rule: reason under an active request (level 3 serves it through the
+        interest that fits, or says none does), answer directly otherwise. A long history was the
+        other reason to reason (levels 1-2 read all of it, the direct prompt a window), but measured
+        it does not pay: on all 943 ML-100K valid users thinking lost to the direct answer in each
+        quarter of users by history length, the longest (146-735 items) included (docs/RESULTS.md,
+        #s38)."""
+        return bool(constraints is not None and (constraints.is_hard() or constraints.is_soft()))
 
     def lead(self, reading, constraints: Constraints | None, described: str,
              predicted: Sequence[str]) -> tuple[int | None, str]:

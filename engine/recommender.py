@@ -109,9 +109,9 @@ class Recommender:
         latest = {self.same_item.get(i, i): i for i in shown}
         return set(latest.values())
 
-    def worth_reasoning(self, history: Sequence[str], constraints: Constraints | None) -> bool:
+    def worth_reasoning(self, constraints: Constraints | None) -> bool:
         """Whether the adaptive budget reasons for this turn (ReasoningPlanner.worth_reasoning)."""
-        return self.planner.worth_reasoning(history, constraints, self.history_items)
+        return self.planner.worth_reasoning(constraints)
 
     def item_prompt(self, prompt: Sequence[int], reasoning: Sequence[int]) -> list[int]:
         body = [t for t in reasoning if t not in (self.tokenizer.think_end_id, self.tokenizer.end_id)]

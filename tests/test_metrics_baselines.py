@@ -194,3 +194,18 @@ def test_sasrec_is_causal_and_ignores_padding():
     assert torch.allclose(before[0, :-1], after[0, :-1])  # earlier positions never see later items
     assert not torch.allclose(before[0, -1], after[0, -1])
     assert torch.isfinite(before).all()                   # padded queries give no NaN
+
+
+def test_thinking_against_direct_by_history_length_groups_users_by_their_catalog_history():
+    from training.evaluate import by_history_length
+
+    known = {f"i{n}" for n in range(100)}
+    # Eight users with 1..8 catalog items (an unknown item never counts); the target is "t".
+    rows = [{"history": [f"i{n}" for n in range(size)] + ["gone"], "target": "t"} for size in range(1, 9)]
+    direct = [["t"] if size <= 4 else ["x"] for size in range(1, 9)]      # right for the short histories
+    think = [["x"] if size <= 4 else ["x", "t"] for size in range(1, 9)]  # right (2nd) for the long ones
+    groups = by_history_length(direct, think, rows, known, groups=2)
+    assert [g["history_items"] for g in groups] == ["1-4", "5-8"]
+    assert [g["users"] for g in groups] == [4, 4]
+    assert groups[0]["direct_ndcg@10"] == 1.0 and groups[0]["thinking_ndcg@10"] == 0.0
+    assert groups[1]["direct_ndcg@10"] == 0.0 and abs(groups[1]["thinking_ndcg@10"] - 1 / math.log2(3)) < 1e-4

@@ -97,6 +97,26 @@ def _score(ranked: list[list[str]], rows: list[dict], seconds: float, catalog: s
             "items_per_s": round(generated / max(seconds, 1e-9), 1), **(extra or {})}
 
 
+def by_history_length(direct: list[list[str]], think: list[list[str]], rows: list[dict], known,
+                      groups: int = 4) -> list[dict]:
+    """NDCG@10 of the direct and the thinking answers per history-length group: the split's users in
+    ``groups`` equal-sized groups by how many catalog items their history has (so the groups are
+    sized by the data). Where thinking wins tells what the adaptive budget should reason on."""
+    lengths = [sum(1 for i in row["history"] if i in known) for row in rows]
+    order = sorted(range(len(rows)), key=lambda u: lengths[u])
+    out = []
+    for g in range(groups):
+        users = order[g * len(order) // groups:(g + 1) * len(order) // groups]
+        if not users:
+            continue
+        targets = [rows[u]["target"] for u in users]
+        d = hit_ndcg([direct[u] for u in users], targets, (10,))["ndcg@10"]
+        t = hit_ndcg([think[u] for u in users], targets, (10,))["ndcg@10"]
+        out.append({"history_items": f"{lengths[users[0]]}-{lengths[users[-1]]}", "users": len(users),
+                    "direct_ndcg@10": round(d, 5), "thinking_ndcg@10": round(t, 5)})
+    return out
+
+
 def teacher_prior(view, args: EvalArgs):
     """``histories -> [{item_id: log p}]`` from SASRec (log-softmax of its scores over the catalog) or
     the transition counts (votes smoothed by popularity, normalised): the decode-time prior."""
@@ -267,15 +287,16 @@ def run(args: EvalArgs) -> dict:
                     {**extra, "follow_weight": weight, "follow_share": share, "reasoning": reasoning})
         if "thinkrec" in rankings and "thinkrec-think" in rankings:
             # The adaptive budget ("auto"): each user's thinking answer (the last budget's) where the
-            # engine would reason (a history longer than the window, or a request), the direct one
+            # engine would reason (an active request; an eval row has none), the direct one
             # elsewhere. No decoding.
             (direct_name, direct), (think_name, think) = rankings["thinkrec"], rankings["thinkrec-think"]
-            worth = [recommender.worth_reasoning(h, None) for h in histories]
+            worth = [recommender.worth_reasoning(None) for _ in histories]
             share = sum(worth) / len(worth)
             seconds = share * results[think_name]["seconds"] + (1 - share) * results[direct_name]["seconds"]
             results[f"thinkrec-auto [{label}]" if label else "thinkrec-auto"] = _score(
                 [t if w else d for w, t, d in zip(worth, think, direct)], rows, seconds, catalog,
                 {"thinking_share": round(share, 4)})
+            results[think_name]["by_history"] = by_history_length(direct, think, rows, recommender.planner.known)
     report = {"split": args.split, "num_users": len(rows), "num_items": len(catalog),
               "dataset_fingerprint": view.manifest.fingerprint, "args": asdict(args), "results": results}
     report["date"] = time.strftime("%Y-%m-%d %H:%M")
@@ -311,6 +332,12 @@ def markdown_table(report: dict) -> str:
             tokens = report["results"][name].get("mean_reasoning_tokens", 0)
             lines.append(f"| {name} | {tokens:.0f} | " + " | ".join("–" if values[k] is None else f"{values[k]}"
                                                                     for k in keys) + " |")
+    for name, values in report["results"].items():
+        if values.get("by_history"):
+            lines += ["", f"{name} against the direct row, by history length (equal-sized user groups)", "",
+                      "| history items | users | direct NDCG@10 | thinking NDCG@10 |", "|---|---|---|---|"]
+            lines += [f"| {g['history_items']} | {g['users']} | {g['direct_ndcg@10']:.4f} | {g['thinking_ndcg@10']:.4f} |"
+                      for g in values["by_history"]]
     return "\n".join(lines)
 
 

@@ -163,7 +163,7 @@ def write_budget_report(report: dict, path: Path) -> None:
     adaptive = [p for p in report["points"] if p["budget"] == "auto"]
     if adaptive:
         ax.plot([p["turn_p50_s"] for p in adaptive], [p["ndcg@10"] for p in adaptive], marker="D", linestyle="",
-                color="tab:orange", label="auto (reasons when expected to help)")
+                color="tab:orange", label="auto (reasons under a request)")
         ax.legend(fontsize=8, loc="best")
     for p in report["points"]:
         below = p["budget"] == "auto"
