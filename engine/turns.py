@@ -156,7 +156,9 @@ class TurnSteps:
             yield NoticeEvent(text=f"Only {info.available} item{'s' * (info.available != 1)} satisfy "
                                    f"{info.active}: showing all of them.")
         earlier = self.earlier_turns(session)
-        thinking = thinking and (not adaptive or self.recommender.worth_reasoning(constraints))
+        if thinking and adaptive and not self.recommender.worth_reasoning(constraints):
+            thinking = False
+            yield NoticeEvent(text="Reasoning budget auto: no request to serve, so this turn answers directly.")
         return TurnState(session=session, text=text, request=request, constraints=constraints, info=info,
                          exclude=exclude, thinking=thinking, k=k, num_beams=max(k, int(num_beams or k)),
                          budget=budget, earlier=earlier, started=time.perf_counter(),

@@ -168,21 +168,25 @@ def test_generation_settings_do_not_come_from_the_checkpoint(engine):
 
 def test_the_auto_budget_reasons_only_under_a_request(engine):
     """"auto": no request is answered directly, whatever the history's length (the user with the
-    longest history here); a request is reasoned about."""
-    from engine.events import TraceEvent
+    longest history here), and a notice says so; a request is reasoned about."""
+    from engine.events import NoticeEvent, TraceEvent
 
     user = max(engine.user_histories, key=lambda u: len(engine.user_histories[u]))
 
     def thought(text):
         session = engine.start_session(user_id=user)
-        trace = next(e.trace for e in engine.turn(session.id, text, k=3, budget="auto") if isinstance(e, TraceEvent))
-        return trace.thinking, trace.levels
+        events = list(engine.turn(session.id, text, k=3, budget="auto"))
+        trace = next(e.trace for e in events if isinstance(e, TraceEvent))
+        said = [e.text for e in events if isinstance(e, NoticeEvent)]
+        return trace.thinking, trace.levels, said
 
-    plain, levels = thought(None)
+    plain, levels, said = thought(None)
     assert plain is False and not levels.get("derivation")
+    assert any("answers directly" in text for text in said)
     wanted = engine.facets.vocabulary[0]
-    asked, levels = thought(f"a {wanted.lower()} please")
+    asked, levels, said = thought(f"a {wanted.lower()} please")
     assert asked is True and levels["recommendation"].startswith(f"You asked for {wanted}")
+    assert not any("answers directly" in text for text in said)
 
 
 def test_two_processes_writing_one_sessions_constraints_lose_neither(engine, built_dataset, tiny_checkpoint,
