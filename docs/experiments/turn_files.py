@@ -26,7 +26,8 @@ def main() -> None:
 
     scratch = tempfile.mkdtemp(prefix="turn-files-")
     engine = Engine(args.data, args.checkpoint, sessions_url=f"sqlite:///{scratch}/sessions.db")
-    user = next(iter(engine.user_histories))
+    users = iter(engine.user_histories)
+    user = next(users)
     seen: set[str] = set()
 
     def hook(frame, event, arg):
@@ -43,15 +44,26 @@ def main() -> None:
     scheduler = getattr(engine.backend, "scheduler", None)
     if scheduler is not None:                  # its thread may predate the hook: set it there too
         scheduler.call(sys.setprofile, hook)
+    if hasattr(threading, "setprofile_all_threads"):     # Python 3.12+: every running thread at once
+        threading.setprofile_all_threads(hook)
     seen.clear()
-    session = engine.start_session(user_id=user)
-    events = list(engine.turn(session.id, "a 90s comedy please", budget="full"))
+    # Other users than the warm-up's, so that nothing these turns need is already cached. Two turns:
+    # with a request the engine writes level 3's attributes itself and the model may write nothing;
+    # without one the model writes level 3 token by token. The union of both is counted.
+    events = []
+    for text in ("a 90s comedy please", "recommend me a movie"):
+        session = engine.start_session(user_id=next(users))
+        events += list(engine.turn(session.id, text, budget="full"))
+    steps = scheduler.stats["steps"] if scheduler is not None else None
     sys.setprofile(None)
     if scheduler is not None:
         scheduler.call(sys.setprofile, None)
-    print("events:", ", ".join(sorted({type(e).__name__ for e in events})))
+    print("events:", ", ".join(sorted({type(e).__name__ for e in events})), "| scheduler steps:", steps)
     threading.setprofile(None)
-    print(len(seen), "files:")
+    if hasattr(threading, "setprofile_all_threads"):
+        threading.setprofile_all_threads(None)
+    seen.discard(str(Path(__file__).resolve().relative_to(ROOT)))
+    print(len(seen), "project files:")
     for name in sorted(seen):
         print(" ", name)
 
