@@ -41,6 +41,11 @@ def _choices(items: list[dict]) -> list[tuple[str, str]]:
     return [(f"{i['rank']}. {i['title']}", i["item_id"]) for i in items]
 
 
+def _said(error: Exception) -> str:
+    """An error's own message (a KeyError's str() would wrap it in quotes)."""
+    return str(error.args[0]) if error.args else type(error).__name__
+
+
 def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     """The app's Blocks. ``baseline(history, exclude, k, constraints) -> [item_id]``: a ranker to
     compare against in the Compare tab, under the request's filter (the CLI passes SASRec)."""
@@ -164,7 +169,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         try:
             results = [engine.catalog.by_sid(query)] if query.strip().startswith("<") else engine.catalog.search(query, k=20)
         except (KeyError, ValueError) as error:
-            raise gr.Error(str(error))
+            raise gr.Error(_said(error)) from None
         return [[i.item_id, i.title, i.year or "", ", ".join(i.categories), i.sid, i.popularity,
                  "" if i.score is None else round(i.score, 3), i.match or "sid"] for i in results]
 
@@ -172,7 +177,10 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         """One recommendation turn: in session `session_id` when given (its constraints stay
         active), else in a new session as dataset user `user_id` (empty: a fresh user)."""
         if not session_id:
-            session_id = engine.start_session(user_id=user_id or None).id
+            try:
+                session_id = engine.start_session(user_id=user_id or None).id
+            except KeyError as error:              # an unknown user: say which, not "an error occurred"
+                raise gr.Error(_said(error)) from None
         result = collect(engine.turn(session_id, message, thinking=bool(thinking), budget=budget or "full"))
         return {"reply": result.reply, "reasoning": result.reasoning,
                 "items": [{"item_id": c.item_id, "title": c.title, "year": c.year, "categories": c.categories,
@@ -185,7 +193,10 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     def give_feedback(session_id: str, item_id: str, kind: str) -> dict:
         """Record "like" (the item joins the session's history) or "dislike" (never recommended
         again in this session). Returns the session's history and excluded items after it."""
-        session = engine.feedback(session_id, item_id, kind)
+        try:
+            session = engine.feedback(session_id, item_id, kind)
+        except (KeyError, ValueError) as error:    # unknown session, item or kind: say which
+            raise gr.Error(_said(error)) from None
         return {"session_id": session.id, "history": session.history[-20:], "history_size": len(session.history),
                 "excluded": session.excluded}
 

@@ -173,7 +173,9 @@ class Engine:
             self.sessions.get(session_id, traces=False)
             tokens = budget_tokens(budget)
         except (KeyError, ValueError) as error:
-            yield ErrorEvent(message=str(error).strip("'\""))
+            # The error's own message: a KeyError's str() adds quotes, and stripping them cut the
+            # closing quote of "no session 'x'" too.
+            yield ErrorEvent(message=str(error.args[0]) if error.args else type(error).__name__)
             return
         thinking = bool(thinking) and tokens > 0
         held = self._session_lock(session_id)

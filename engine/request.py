@@ -110,8 +110,9 @@ TitleFinder = Callable[[str], Sequence]   # query -> catalog items (best first) 
 class RequestParser(TitleReading, YearReading):
     def __init__(self, facets: Facets, find_title: TitleFinder | None = None, max_ngram: int = 5,
                  reader=None, same_title: Callable | None = None, known_facets: Sequence[str] = (),
-                 exact_title: Callable | None = None):
+                 exact_title: Callable | None = None, item_of: Callable | None = None):
         self.facets = facets
+        self.item_of = item_of                   # item id -> catalog item (for "more like the second one")
         self.find_title = find_title
         self.reader = reader                     # engine.understanding.SemanticReader, or None
         self.same_title = same_title             # title -> items sharing it (for "which one?")
@@ -245,16 +246,18 @@ class RequestParser(TitleReading, YearReading):
         return text
 
     # -- the whole message -------------------------------------------------------------------
-    def parse(self, message: str | None, last_years: Sequence[int] = (), active: Constraints | None = None) -> Request:
+    def parse(self, message: str | None, last_years: Sequence[int] = (), active: Constraints | None = None,
+              shown: Sequence[str] = ()) -> Request:
         """``last_years``: years of the items last shown, and ``active``: the constraints in force,
-        for "older" and "more recent"."""
+        for "older" and "more recent"; ``shown``: the last answer's item ids in the order listed,
+        for "more like the second one"."""
         request = Request(text=message or "")
         text = (message or "").lower().replace("\u2019", "'")
         text = re.sub(r"\b(\w+)n't\b", r"\1nt", text)          # don't -> dont, isn't -> isnt
         text = re.sub(r"\banything but\b", " not ", text)
         text = re.sub(r"\bno more\b|\bnot in the mood for\b|\bdont want\b|\bdo not want\b", " not ", text)
         text = self._flag(text, request, (RESET, "reset"), (NOT_THAT, "not_that"))
-        text = self._like(text, request)
+        text = self._like(text, request, shown)
         if request.like_item is None:
             text = self._titles(message or "", text, request)
         text = self._flag(text, request, (ANY_CATEGORY, "clear_want"), (ANY_YEAR, "clear_years"))

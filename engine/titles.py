@@ -5,6 +5,7 @@ question when two catalog items share the title. Mixed into ``engine.request.Req
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from engine.request_words import (
     DISLIKED_AFTER,
@@ -15,6 +16,8 @@ from engine.request_words import (
     LIKED_AFTER,
     LIKED_BEFORE,
     MAX_TITLE_WORDS,
+    ORDINAL_REF,
+    ORDINAL_WORDS,
     NEGATIONS,
     TITLE_NEGATIONS,
     TITLE_SMALL_WORDS,
@@ -24,16 +27,21 @@ from engine.request_words import (
 
 
 class TitleReading:
-    """Needs ``find_title``, ``exact_title``, ``same_title`` and ``phrases`` on the parser."""
+    """Needs ``find_title``, ``exact_title``, ``same_title``, ``item_of`` and ``phrases`` on the parser."""
 
-    def _like(self, text: str, request) -> str:
+    def _like(self, text: str, request, shown: Sequence[str] = ()) -> str:
         """Resolve "more like <title>" and cut the title out of the text (its words are no request).
         The longest run of words after the cue that names a catalog title wins, so "more like
         Escape from New York" keeps its "from", "Mr. Holland's Opus" its full stop, and "more like
-        Alien but from the 80s" stops at Alien."""
+        Alien but from the 80s" stops at Alien. "More like the second one" points into ``shown``,
+        the last answer's items in the order they were listed."""
         match = LIKE_CUE.search(text)
         if not match:
             return text
+        place = ORDINAL_REF.match(match.group(1))
+        if place is not None:
+            self._like_place(place, request, shown)
+            return text[:match.start()] + " " + match.group(1)[place.end():]
         words = match.group(1).split()
         for n in range(min(len(words), MAX_TITLE_WORDS), 0, -1):
             title = " ".join(words[:n]).strip(" \"'\u201c\u201d,.!?;")
@@ -49,6 +57,24 @@ class TitleReading:
         shown = (match.group(1)[:stop.start()] if stop else match.group(1)).strip(" \"'\u201c\u201d,")
         request.notes.append(f'No title in the catalog matches "{shown}": "more like" was not applied.')
         return text[:match.start()] + " " + (match.group(1)[stop.start():] if stop else "")
+
+    def _like_place(self, place, request, shown: Sequence[str]) -> None:
+        """The item at a place of the last answer ("the second one", "#3", "the last") as the anchor."""
+        said = place.group(0).strip()
+        number = ORDINAL_WORDS[place["word"]] if place["word"] else int(place["nth"] or place["num"])
+        if not shown:
+            request.notes.append(f'"More like {said}": there is no earlier list in this conversation to point '
+                                 "into, so it was not applied.")
+            return
+        if number == 0 or number > len(shown):
+            request.notes.append(f'"More like {said}": the last answer listed {len(shown)} items, so it was not '
+                                 "applied.")
+            return
+        item = self.item_of(shown[number - 1 if number > 0 else -1]) if self.item_of is not None else None
+        if item is None:
+            return
+        request.like_item, request.like_title = str(item.item_id), item.title
+        request.like_categories = [c for c in item.categories if normalize(c) not in ("unknown", "")]
 
     def _find(self, title: str):
         if self.find_title is None:

@@ -119,7 +119,7 @@ class TurnSteps:
                 return request, apply_answer(session.constraints, option)
         last_items = next((t.items for t in reversed(session.turns) if t.role == "assistant" and t.items), [])
         request = self.parser.parse(text, last_years=[y for y in map(self.facets.year_of, last_items) if y is not None],
-                                    active=session.constraints)
+                                    active=session.constraints, shown=last_items)
         return request, apply_request(session.constraints, request, last_items)
 
     def question(self, request: Request, constraints: Constraints, available: int | None, k: int,

@@ -170,7 +170,7 @@ def catalog_parser(catalog, facets, meaning: bool = True):
     reader = SemanticReader.from_catalog(catalog, facets) if meaning else None
     return RequestParser(facets, find_title=lambda query: catalog.search_titles(query, k=3), reader=reader,
                          same_title=catalog.same_title, known_facets=catalog.attribute_keys(),
-                         exact_title=catalog.exact_title)
+                         exact_title=catalog.exact_title, item_of=catalog.item)
 
 
 # Soft leanings re-rank the admissible candidates by this many nats per matched leaning: about

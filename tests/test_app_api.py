@@ -90,3 +90,20 @@ def test_recommend_asks_and_takes_the_answer_in_the_same_session(server, engine)
     second = client.predict("widen please", "", False, first["session_id"], api_name="/recommend")
     assert second["question"] is None and second["items"]
     assert all(abs(i["year"] - year) <= 10 for i in second["items"])
+
+
+def test_refusals_say_why(server):
+    """An unknown user, session, item or feedback kind is an error that names what was wrong, not
+    Gradio's "an error occurred"."""
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False)
+    first = client.predict("hello", "", False, "", api_name="/recommend")
+    session, item = first["session_id"], first["items"][0]["item_id"]
+    for api, arguments, said in [("/recommend", ("a comedy", "no-such-user", False, ""), "no user 'no-such-user'"),
+                                 ("/feedback", (session, "no-such-item", "like"), "no item with id 'no-such-item'"),
+                                 ("/feedback", (session, item, "love"), "feedback must be 'like' or 'dislike'"),
+                                 ("/feedback", ("no-such-session", item, "like"), "no session 'no-such-session'")]:
+        with pytest.raises(AppError) as refused:
+            client.predict(*arguments, api_name=api)
+        assert said in str(refused.value), (api, arguments, str(refused.value))

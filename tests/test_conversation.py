@@ -40,6 +40,14 @@ def test_a_fresh_user_gets_only_what_they_asked_for_and_it_stays(engine):
     assert not {i.item_id for i in first} & {i.item_id for i in second}
 
 
+def test_more_like_the_second_one_points_into_the_last_answer(engine):
+    session = engine.start_session(user_id="u9")
+    _, shown, _ = run(engine, session.id, "what should I watch?", k=4, thinking=False)
+    _, _, trace = run(engine, session.id, "more like the second one", k=4, thinking=False)
+    assert trace.request.understood == f"more like {shown[1].title}"
+    assert trace.request.constraints["like_item"] == shown[1].item_id
+
+
 def test_constraints_survive_a_restart(engine, built_dataset, tiny_checkpoint):
     from engine.engine import Engine
 
@@ -220,3 +228,8 @@ def test_two_processes_writing_one_sessions_constraints_lose_neither(engine, bui
         engine.sessions.add_exchange(session.id, [], stored.constraints.model_copy(update={"avoid": []}),
                                      read_version=stale)
     assert engine.sessions.get(session.id).constraints == stored.constraints
+
+
+def test_a_turn_in_an_unknown_session_says_which_session(engine):
+    events = list(engine.turn("no-such-session", "hi"))
+    assert [type(e) for e in events] == [ErrorEvent] and events[0].message == "no session 'no-such-session'"

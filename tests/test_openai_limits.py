@@ -324,3 +324,34 @@ def test_the_client_limit_refills_at_its_rate_and_forgets_old_clients():
         limit.check(client)
     assert list(limit.buckets) == ["b", "c", "d"]          # bounded: "a" forgotten, as if refilled
     ClientLimit(0).check("a")                               # 0: no limit
+
+
+@pytest.mark.parametrize("option, value", [("temperature", "hot"), ("temperature", 3), ("top_p", -0.1),
+                                           ("max_tokens", -5), ("max_tokens", 1.5), ("seed", "abc"),
+                                           ("model", 123), ("stop", [1]), ("stop", ["a", "b", "c", "d", "e"])])
+def test_unused_sampling_options_of_the_wrong_type_are_a_400(http, engine, option, value):
+    before = session_count(engine)
+    body = {"messages": [{"role": "user", "content": "hi"}], option: value}
+    error = error_of(http.post("/chat/completions", json=body), 400)
+    assert error["param"] == option and option in error["message"]
+    assert session_count(engine) == before
+
+
+def test_well_formed_sampling_options_are_accepted_and_ignored(http):
+    body = {"model": "thinkrec", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.7, "top_p": 1,
+            "max_tokens": 200, "seed": 3, "stop": ["\n"], "presence_penalty": 0}
+    response = http.post("/chat/completions", json=body)
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["items"]
+
+
+def test_more_like_the_second_one_points_into_a_replayed_answer(http):
+    """A client that holds the conversation: "more like the second one" names the second line of the
+    assistant message it sent back."""
+    first = http.post("/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "k": 3}).json()
+    shown = first["choices"][0]["message"]["items"]
+    listed = "\n".join(f"{n}. {item['title']}" for n, item in enumerate(shown, 1))
+    body = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": listed},
+                         {"role": "user", "content": "more like the second one"}], "k": 3}
+    request = http.post("/chat/completions", json=body).json()["thinkrec"]["request"]
+    assert request["understood"] == f"more like {shown[1]['title']}"
+    assert request["constraints"]["like_item"] == shown[1]["item_id"]

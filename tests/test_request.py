@@ -100,6 +100,29 @@ def test_more_like_resolves_a_catalog_title(parser):
     assert missing.like_item is None and any("No title" in n for n in missing.notes)
 
 
+def test_more_like_a_place_in_the_last_answer(facets):
+    by_id = {f.item_id: f for f in TITLES.values()}
+    titles = dict(TITLES, **{"the second jungle book": Found("5", "The Second Jungle Book", ["Action", "Sci-Fi"])})
+    parser = RequestParser(facets, find_title=lambda q: [titles[q.lower()]] if q.lower() in titles else [],
+                           item_of=by_id.get)
+    shown = ["7", "4", "8"]                      # the last answer's list, in its order
+    second = parser.parse("more like the second one", shown=shown)
+    assert (second.like_item, second.like_title) == ("4", "Alien") and second.like_categories == ["Horror", "Sci-Fi"]
+    assert second.unparsed == [] and second.want == []
+    assert parser.parse("something like your top pick", shown=shown).like_item == "7"
+    assert parser.parse("more like #3", shown=shown).like_item == "8"
+    assert parser.parse("more like the last one", shown=shown).like_item == "8"
+    later = parser.parse("more like the 2nd but from the 80s", shown=shown)
+    assert later.like_item == "4" and (later.year_min, later.year_max) == (1980, 1989)
+    # A title that starts with an ordinal is still a title.
+    assert parser.parse("more like The Second Jungle Book", shown=shown).like_item == "5"
+    # Out of range, or nothing shown yet: said, not guessed.
+    far = parser.parse("more like the fifth one", shown=shown)
+    assert far.like_item is None and any("listed 3 items" in n for n in far.notes)
+    fresh = parser.parse("more like the second one")
+    assert fresh.like_item is None and any("no earlier list" in n for n in fresh.notes)
+
+
 def test_what_it_cannot_parse_is_said_not_guessed(parser):
     request = parser.parse("I want something light and wistful tonight")
     assert request.want == [] and not request.years_set

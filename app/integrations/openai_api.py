@@ -60,6 +60,7 @@ from app.integrations.openai_request import (  # noqa: F401 - the limits are par
     _Call,
     _budget,
     _busy,
+    _check_ignored,
     _checked_text,
     _failure,
     _id,
@@ -94,6 +95,7 @@ class ChatAPI:
                            "too_many_messages")
         if _int(body, "n", 1, 1, 1 << 30) != 1:
             raise APIError(400, "only n=1 is supported: one conversation turn has one answer", "n", "invalid_value")
+        _check_ignored(body)
         k, budget = _int(body, "k", 10, 1, MAX_K), _budget(body.get("reasoning_effort"))
         turns = []
         for n, message in enumerate(messages):

@@ -216,6 +216,38 @@ def _int(body: dict, name: str, default: int, low: int, high: int) -> int:
     return value
 
 
+# OpenAI's sampling options: accepted and not used (decoding is the engine's: greedy reasoning,
+# constrained beam search), but a value of the wrong type or range is the client's mistake and a 400,
+# as OpenAI's own API answers it, not silently dropped. name -> (kind, low, high).
+_IGNORED_OPTIONS = {"temperature": ("number", 0, 2), "top_p": ("number", 0, 1),
+                    "presence_penalty": ("number", -2, 2), "frequency_penalty": ("number", -2, 2),
+                    "max_tokens": ("integer", 1, None), "max_completion_tokens": ("integer", 1, None),
+                    "seed": ("integer", None, None), "top_logprobs": ("integer", 0, 20), "model": ("string", None, None)}
+
+
+def _check_ignored(body: dict) -> None:
+    """The sampling options this endpoint accepts without using: each of the right type and range."""
+    for name, (kind, low, high) in _IGNORED_OPTIONS.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if kind == "string":
+            fits = isinstance(value, str)
+        else:
+            wanted = int if kind == "integer" else (int, float)
+            fits = (isinstance(value, wanted) and not isinstance(value, bool) and (low is None or value >= low)
+                    and (high is None or value <= high))
+        if not fits:
+            span = ("" if low is None and high is None else f" from {low}" if high is None
+                    else f" from {low} to {high}")
+            raise APIError(400, f"{name} must be a{'n' if kind == 'integer' else ''} {kind}{span}", name,
+                           "invalid_value")
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and len(stop) <= 4
+                                                           and all(isinstance(s, str) for s in stop))):
+        raise APIError(400, "stop must be a string or a list of at most 4 strings", "stop", "invalid_value")
+
+
 def _budget(effort) -> str | int:
     if effort is None:
         return "full"
