@@ -204,7 +204,7 @@ class Transitions:
     """Item-to-item relations counted over the catalog's known sequences: which item came right
     after which, for every user (no learning). ``scores`` are the votes a history's latest ``order``
     items cast for what comes next (the latest counts most: weight 1/lag). The ``markov`` baseline
-    ranks by them (training/transitions.py); level 3 reads where they lead (InterestReader.next_categories)."""
+    ranks by them (training/transitions.py); level 3 reads where they lead (next_categories)."""
 
     def __init__(self, order: int = 3):
         self.order = order
@@ -253,6 +253,33 @@ class TransitionPrior:
 # Level 3's window: the latest items whose categories it weighs (the issue's no-learning rule reads
 # as many), beside where the transitions from them lead.
 NEXT_WINDOW = 10
+
+
+def next_categories(items: dict[str, ItemFacts], transitions: Transitions | None, history: Sequence[str],
+                    window: int = NEXT_WINDOW) -> list[str]:
+    """The categories the next item is likely to carry, best first: each category's share of the
+    latest ``window`` items, plus its share of where those items led other users (the items the
+    transition table votes for, the history's own left out; ``transitions`` None: the window
+    alone). Ties go to the more recent. On ML-100K valid this names a category of the held-out
+    item for 0.454 of users, against 0.427 for the window alone (docs/experiments/next_category.py;
+    docs/RESULTS.md, issue 27)."""
+    known = [i for i in history if i in items]
+    latest = known[-window:][::-1] if window else known[::-1]
+    score: Counter = Counter()
+    order: dict[str, int] = {}
+    for item in latest:
+        for c in items[item].categories:
+            score[c] += 1.0 / len(latest)
+            order.setdefault(c, len(order))
+    if transitions is not None:
+        seen = set(known)
+        votes = {i: v for i, v in transitions.scores(known).items() if i not in seen and i in items}
+        total = sum(votes.values())
+        for item, vote in votes.items():
+            for c in items[item].categories:
+                score[c] += vote / total
+                order.setdefault(c, len(order))
+    return sorted(score, key=lambda c: (-round(score[c], 9), order[c]))
 
 
 class InterestReader:
@@ -367,30 +394,6 @@ class InterestReader:
         return tuple(categories), era
 
     # -- reading -----------------------------------------------------------------------------
-    def next_categories(self, history: Sequence[str], window: int = NEXT_WINDOW) -> list[str]:
-        """The categories the next item is likely to carry, best first: each category's share of the
-        latest ``window`` items, plus its share of where those items led other users (the items the
-        transition table votes for, the history's own left out). Ties go to the more recent. On
-        ML-100K valid this names a category of the held-out item for 0.454 of users, against 0.427
-        for the window alone (docs/experiments/next_category.py; docs/RESULTS.md, issue 27)."""
-        known = [i for i in history if i in self.items]
-        latest = known[-window:][::-1] if window else known[::-1]
-        score: Counter = Counter()
-        order: dict[str, int] = {}
-        for item in latest:
-            for c in self.items[item].categories:
-                score[c] += 1.0 / len(latest)
-                order.setdefault(c, len(order))
-        if self.transitions is not None:
-            seen = set(known)
-            votes = {i: v for i, v in self.transitions.scores(known).items() if i not in seen and i in self.items}
-            total = sum(votes.values())
-            for item, vote in votes.items():
-                for c in self.items[item].categories:
-                    score[c] += vote / total
-                    order.setdefault(c, len(order))
-        return sorted(score, key=lambda c: (-round(score[c], 9), order[c]))
-
     def read(self, history: Sequence[str], timestamps: Sequence[float] | None = None) -> Reading:
         """Levels 1-2 over the latest ``read_items`` history items (time order: ``timestamps`` when
         given, ties kept in the history's order; else the history's own order)."""

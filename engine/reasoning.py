@@ -13,7 +13,7 @@ from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from engine.constraints import Constraints
-from engine.interests import TREND_PHRASE, InterestReader, by_recency, request_terms, serving_lead
+from engine.interests import TREND_PHRASE, InterestReader, by_recency, next_categories, request_terms, serving_lead
 from engine.prompt import (NEXT_ITEM, NO_HISTORY_DERIVATION, NO_HISTORY_EVOLUTION, fresh_user_recommendation,
                            parse_reasoning, request_statement)
 from engine.sid import ITEM_BEGIN, ITEM_END
@@ -69,7 +69,7 @@ class ReasoningPlanner:
         # level 3; ``read_levels = False`` lets the model write all three (the older path, measured).
         self.reader = reader
         self.read_levels = reader is not None
-        # Level 3 leads with the category the evidence points to (InterestReader.next_categories: the
+        # Level 3 leads with the category the evidence points to (engine.interests.next_categories: the
         # window and where its items led other users) and serves the interest that carries it;
         # False leaves both to the model (the older path, measured in docs/RESULTS.md, issue 27).
         self.lead_next = True
@@ -97,7 +97,7 @@ class ReasoningPlanner:
         else:
             written = True
             whole = self.reader.read(history)
-            predicted = self.reader.next_categories(history) if self.lead_next else []
+            predicted = next_categories(self.reader.items, self.reader.transitions, history) if self.lead_next else []
             served, lead = self.lead(whole, constraints, described, predicted)
             category = self.lead_category(predicted, constraints, whole.interests[served] if served is not None else None)
             required, ends = self.required_pieces(constraints, category)

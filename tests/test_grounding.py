@@ -197,13 +197,14 @@ def test_level_three_states_the_predicted_category_through_an_interest_that_carr
     first category comes from the interest it serves, so level 3 never serves one thing and states
     another. The model's own choice stays an option (``lead_next = False``)."""
     from engine.constraints import Constraints
+    from engine.interests import next_categories
     from training.reasoning_metrics import ReasoningScorer
 
     rec = engine.recommender
     planner = rec.planner
     assert planner.reader.transitions is not None        # read from the dataset's training split
     history = list(rec.sid_codes)[:30]
-    predicted = planner.reader.next_categories(history)
+    predicted = next_categories(planner.reader.items, planner.reader.transitions, history)
     reading = planner.reader.read(history)
     [answer] = rec.recommend([history], k=5, thinking=True)
     level3 = answer.levels["recommendation"]

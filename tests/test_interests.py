@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from engine.constraints import Constraints
-from engine.interests import (Interest, InterestReader, ItemFacts, check_trends, contradicts, request_terms,
-                              serving_lead, trend_of)
+from engine.interests import (Interest, InterestReader, ItemFacts, check_trends, contradicts, next_categories,
+                              request_terms, serving_lead, trend_of)
 
 
 @pytest.mark.parametrize("positions, n, expected", [
@@ -134,13 +134,13 @@ def test_the_next_category_weighs_the_window_and_where_its_items_led():
     items, vectors = _catalog()
     history = ["noir0", "space0", "space2", "noir2"]          # window: Crime 2/4, Sci-Fi 2/4, Drama 0
     alone = InterestReader(items, vectors)
-    assert alone.next_categories(history)[:2] == ["Crime", "Sci-Fi"]       # ties: the more recent first
+    assert next_categories(alone.items, alone.transitions, history)[:2] == ["Crime", "Sci-Fi"]       # ties: the more recent first
     # Everyone else went from noir2 and space2 to romance films (odd ones carry Drama too).
     led = Transitions().fit([["noir2", "romance1"], ["space2", "romance3"], ["noir2", "romance5"],
                              ["noir2", "space0"]])                          # space0 is seen: no vote
     reader = InterestReader(items, vectors, transitions=led)
     # Votes: romance1 1 + romance5 1 (after noir2, lag 1) + romance3 0.5 (after space2, lag 2), all
     # Romance and Drama: each gets 1.0 beside the window's 0.5 for Crime and Sci-Fi.
-    assert reader.next_categories(history) == ["Romance", "Drama", "Crime", "Sci-Fi"]
+    assert next_categories(reader.items, reader.transitions, history) == ["Romance", "Drama", "Crime", "Sci-Fi"]
     # A window of one: Crime 1.0 ties with where the items led, and the window's comes first.
-    assert reader.next_categories(history, window=1) == ["Crime", "Romance", "Drama"]
+    assert next_categories(reader.items, reader.transitions, history, window=1) == ["Crime", "Romance", "Drama"]

@@ -1,7 +1,7 @@
 """How well can the next item's category be named without a model? (issue 27, level 3)
 
 For every user of a split, each rule names one category and scores a hit when the held-out item
-carries it. The shipped rule is the engine's own ``InterestReader.next_categories`` (the window's
+carries it. The shipped rule is the engine's own ``engine.interests.next_categories`` (the window's
 shares plus where the transition counts of the training split lead); the others are the issue's
 no-learning baseline and its neighbours.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from data.catalog import Catalog  # noqa: E402
+from engine.interests import next_categories  # noqa: E402
 from engine.recommender import interest_reader  # noqa: E402
 from training.dataset_view import DatasetView  # noqa: E402
 from training.sasrec import SASRecModel  # noqa: E402
@@ -87,7 +88,7 @@ def main() -> None:
                      "whole history": first(Counter(c for i in history for c in categories[i])),
                      "always the commonest category": view.vocabulary[0],
                      "where the transitions lead": first(votes) or first(window),
-                     "next_categories (shipped)": (reader.next_categories(history) or [None])[0]}
+                     "next_categories (shipped)": (next_categories(reader.items, reader.transitions, history) or [None])[0]}
             if ranked is not None:
                 named["SASRec's item distribution"] = ranked[n]
                 named["SASRec + 0.5 x last-10 shares"] = blended[n]
