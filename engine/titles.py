@@ -70,8 +70,12 @@ class TitleReading:
             request.notes.append(f'"More like {said}": the last answer listed {len(shown)} items, so it was not '
                                  "applied.")
             return
-        item = self.item_of(shown[number - 1 if number > 0 else -1]) if self.item_of is not None else None
+        try:
+            item = self.item_of(shown[number - 1 if number > 0 else -1]) if self.item_of is not None else None
+        except KeyError:                         # shown before the catalog was rebuilt without it
+            item = None
         if item is None:
+            request.notes.append(f'"More like {said}": that item is not in the catalog now, so it was not applied.')
             return
         request.like_item, request.like_title = str(item.item_id), item.title
         request.like_categories = [c for c in item.categories if normalize(c) not in ("unknown", "")]
