@@ -24,7 +24,7 @@ import gradio as gr
 from app.compare_tab import compare_tab, model_tab
 from app.demo_tab import demo_tab
 from app.integrations.openai_api import openai_routes
-from engine.events import ReasoningDelta, TurnResult, collect, describe_ranking
+from engine.events import ReasoningDelta, TurnResult, collect, describe_ranking, said
 from app.trace_export import FORMATS, build_export, catalog_lookup, export_session
 
 LEVEL_TITLES = {"derivation": "1 · Derivation — interests in the history",
@@ -39,11 +39,6 @@ def _item_rows(items: list[dict]) -> list[list]:
 
 def _choices(items: list[dict]) -> list[tuple[str, str]]:
     return [(f"{i['rank']}. {i['title']}", i["item_id"]) for i in items]
-
-
-def _said(error: Exception) -> str:
-    """An error's own message (a KeyError's str() would wrap it in quotes)."""
-    return str(error.args[0]) if error.args else type(error).__name__
 
 
 def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
@@ -169,7 +164,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         try:
             results = [engine.catalog.by_sid(query)] if query.strip().startswith("<") else engine.catalog.search(query, k=20)
         except (KeyError, ValueError) as error:
-            raise gr.Error(_said(error)) from None
+            raise gr.Error(said(error)) from None
         return [[i.item_id, i.title, i.year or "", ", ".join(i.categories), i.sid, i.popularity,
                  "" if i.score is None else round(i.score, 3), i.match or "sid"] for i in results]
 
@@ -180,7 +175,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
             try:
                 session_id = engine.start_session(user_id=user_id or None).id
             except KeyError as error:              # an unknown user: say which, not "an error occurred"
-                raise gr.Error(_said(error)) from None
+                raise gr.Error(said(error)) from None
         result = collect(engine.turn(session_id, message, thinking=bool(thinking), budget=budget or "full"))
         return {"reply": result.reply, "reasoning": result.reasoning,
                 "items": [{"item_id": c.item_id, "title": c.title, "year": c.year, "categories": c.categories,
@@ -196,7 +191,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         try:
             session = engine.feedback(session_id, item_id, kind)
         except (KeyError, ValueError) as error:    # unknown session, item or kind: say which
-            raise gr.Error(_said(error)) from None
+            raise gr.Error(said(error)) from None
         return {"session_id": session.id, "history": session.history[-20:], "history_size": len(session.history),
                 "excluded": session.excluded}
 

@@ -32,7 +32,7 @@ from data.catalog_db import sqlite_url
 from data.clean import read_split
 from engine.backends import BackendUnavailable, BatchedBackend
 from engine.constraints import Constraints, Facets
-from engine.events import ErrorEvent, Event, ItemCard, RequestInfo, TraceEvent, collect
+from engine.events import ErrorEvent, Event, ItemCard, RequestInfo, TraceEvent, collect, said
 from engine.reasoning import FULL_REASONING_TOKENS, SHORTEST_REASONING_TOKENS
 from engine.recommender import open_recommender
 from engine.sessions import ChatSession, ConstraintConflict, SessionStore, Turn
@@ -173,9 +173,7 @@ class Engine:
             self.sessions.get(session_id, traces=False)
             tokens = budget_tokens(budget)
         except (KeyError, ValueError) as error:
-            # The error's own message: a KeyError's str() adds quotes, and stripping them cut the
-            # closing quote of "no session 'x'" too.
-            yield ErrorEvent(message=str(error.args[0]) if error.args else type(error).__name__)
+            yield ErrorEvent(message=said(error))
             return
         thinking = bool(thinking) and tokens > 0
         held = self._session_lock(session_id)

@@ -109,6 +109,12 @@ class ErrorEvent(BaseModel):
     code: str | None = None
 
 
+def said(error: Exception) -> str:
+    """A refusal's own message, for people: a KeyError's str() wraps it in quotes, and stripping
+    them would cut a quote the message itself ends with ("no session 'x'")."""
+    return str(error.args[0]) if error.args else type(error).__name__
+
+
 Event = Annotated[ReasoningDelta | ItemsEvent | ReplyDelta | TraceEvent | NoticeEvent | ErrorEvent,
                   Field(discriminator="type")]
 

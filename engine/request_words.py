@@ -41,7 +41,9 @@ NOT_THAT = re.compile(r"\b(?:not (?:that|this|these|those)(?: ones?)?|something 
                       r"something different)\b")
 LIKE_CUE = re.compile(r"\b(?:more like|similar to|something like|stuff like|things like|films? like|movies? like|"
                       r"anything like|in the vein of|along the lines of|the likes of|resembling|^like)\s+(.+)$")
-LIKE_STOP = re.compile(r"\s+(?:but|from|without|and no|and not|though|except|in the|before|after|since)\b|[.!?;]")
+# Words that end the title after a "more like" cue (and a place in the list, below).
+_LIKE_STOP_WORDS = r"but|from|without|and no|and not|though|except|in the|before|after|since"
+LIKE_STOP = re.compile(r"\s+(?:" + _LIKE_STOP_WORDS + r")\b|[.!?;]")
 MAX_TITLE_WORDS = 10
 # A place in the last answer's list, after a "more like" cue: "the second one", "your top pick", "#3",
 # "number 4", "the last". Only when nothing but a generic noun follows it (up to LIKE_STOP), so "more
@@ -51,8 +53,8 @@ ORDINAL_WORDS = {"first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "
 ORDINAL_REF = re.compile(r"^(?:(?:the|your|that|this)\s+)?(?:(?P<word>" + "|".join(ORDINAL_WORDS)
                          + r")|(?P<nth>\d{1,3})(?:st|nd|rd|th)|(?:#\s*|number\s+|no\.?\s*)(?P<num>\d{1,3}))"
                          r"(?:\s+(?:one|pick|item|title|movie|film|show|book|product|result|suggestion|"
-                         r"recommendation|on (?:the|your) list))?\s*(?=$|[,.!?;]|\s+(?:but|from|without|and|though|"
-                         r"except|in the|before|after|since|please)\b)")
+                         r"recommendation|on (?:the|your) list))?\s*(?=$|[,.!?;]|\s+(?:" + _LIKE_STOP_WORDS
+                         + r"|and|please)\b)")
 WORD_DECADES = {"twenties": 20, "thirties": 30, "forties": 40, "fifties": 50, "sixties": 60, "seventies": 70,
                 "eighties": 80, "nineties": 90}
 RECENT = {"recent", "new", "newer", "newest", "latest", "modern", "recently"}
