@@ -118,8 +118,8 @@ class Ranker:
         return self.prior(histories) if self.prior is not None and self.prior_weight else None
 
     def rank_items(self, prompts: list[list[int]], excludes: Sequence[set], constraints: Sequence[Constraints | None],
-                   k: int, num_beams: int, batch_size: int,
-                   priors: Sequence[dict] | None = None) -> tuple[list[list[RankedItem]], list[dict]]:
+                   k: int, num_beams: int, batch_size: int, priors: Sequence[dict] | None = None,
+                   scored: list[dict] | None = None) -> tuple[list[list[RankedItem]], list[dict]]:
         """Top ``k`` admissible items per prompt (each prompt ends with ``<|item_begin|>``), ranked by
         ``log p(SID path) + head_weight * log p_head(item)``, and how each list was made.
 
@@ -127,7 +127,9 @@ class Ranker:
         (and the backend scores trees): every admissible item gets its full score, nothing is
         pruned. Otherwise beam search over the SID steps; with a head, the head's ``num_beams`` best
         admissible items join the beams and all are re-scored on the same scale.
-        ``priors`` (one {item: log p} per prompt): a second model's prior, added with ``prior_weight``."""
+        ``priors`` (one {item: log p} per prompt): a second model's prior, added with ``prior_weight``.
+        ``scored``: a list, filled with one {item: score} per prompt, every item this ranking scored,
+        before the prior (so a later view of the same prompt need not score them again)."""
         filters = [self.filter_for(c) for c in constraints]
         budget = self.exact_budget(num_beams)
         can_exact = budget > 0 and hasattr(self.backend, "score_trees")
@@ -142,13 +144,16 @@ class Ranker:
                 entry["prior"], entry["prior_weight"] = self.prior_name or "second model", self.prior_weight
 
         def with_prior(i: int, pool: list[RankedItem]) -> list[RankedItem]:
+            seen[i] = {r.item_id: r.score for r in pool}
             return self.add_prior(pool, priors[i] if priors is not None else None)[:k]
+
+        seen: list[dict] = [{} for _ in prompts]
 
         exact = [i for i, t in enumerate(trees) if t is not None]
         if exact:
-            scored = self.backend.score_trees([prompts[i] for i in exact], [trees[i] for i in exact],
-                                              self.head_weight, batch_size)
-            for i, scores in zip(exact, scored):
+            tree_scores = self.backend.score_trees([prompts[i] for i in exact], [trees[i] for i in exact],
+                                                   self.head_weight, batch_size)
+            for i, scores in zip(exact, tree_scores):
                 tree = trees[i]
                 ranked[i] = with_prior(i, [RankedItem(item, float(score), path)
                                            for item, score, path in zip(tree.items, scores, tree.paths)])
@@ -168,6 +173,8 @@ class Ranker:
                          for a, b, c in zip(items, paths, scores)]
             for i, items in zip(rest, beams):
                 ranked[i] = with_prior(i, items)
+        if scored is not None:
+            scored[:] = seen
         return ranked, info
 
     def add_prior(self, pool: list[RankedItem], prior) -> list[RankedItem]:
@@ -200,43 +207,56 @@ class Ranker:
                                         constraints=constraints)
         short = self.backend.beam_search(recent, excludes, k=num_beams, num_beams=num_beams, batch_size=batch_size,
                                          constraints=constraints)
-        views = [(prompts, 1.0, True), (recent, self.recent_weight, True)]
+        views = [(prompts, 1.0, True, None), (recent, self.recent_weight, True, None)]
         pools = self._score_pools(_union(full, short), views, batch_size)
         return [self.add_prior(pool, priors[i] if priors is not None else None)[:k] for i, pool in enumerate(pools)]
 
-    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple[list[list[int]], float, bool]],
-                     batch_size: int) -> list[list[RankedItem]]:
+    def _score_pools(self, pools: list[list[RankedItem]], views: list[tuple], batch_size: int) -> list[list[RankedItem]]:
         """Each user's candidates scored as the weighted sum of their teacher-forced
         log-probabilities under each view (prompts, weight, whether the item head adds its
-        ``head_weight`` × log-probability there), best first."""
-        paths = [[list(i.token_ids) for i in pool] for pool in pools]
+        ``head_weight`` × log-probability there, and the scores already known under those prompts,
+        one {item: score} per user, or None), best first. A view runs the model only for the users
+        whose candidates it does not all know."""
         totals = [[0.0] * len(pool) for pool in pools]
-        for prompts, weight, with_head in views:
-            if weight:
+        for prompts, weight, with_head, known in views:
+            if not weight:
+                continue
+            known = known if known is not None and len(known) == len(pools) else [{} for _ in pools]
+            scores = [[k.get(i.item_id) for i in pool] for pool, k in zip(pools, known)]
+            todo = [u for u, row in enumerate(scores) if None in row]
+            if todo:
                 extra = {"head_weight": self.head_weight} if with_head and self.head_weight else {}
-                for total, scores in zip(totals, self.backend.score_paths(prompts, paths, batch_size, **extra)):
-                    total[:] = [t + weight * x for t, x in zip(total, scores)]
+                fresh = self.backend.score_paths([prompts[u] for u in todo],
+                                                 [[list(i.token_ids) for i in pools[u]] for u in todo], batch_size, **extra)
+                for u, row in zip(todo, fresh):
+                    scores[u] = row
+            for total, row in zip(totals, scores):
+                total[:] = [t + weight * x for t, x in zip(total, row)]
         return [sorted((RankedItem(item.item_id, score, item.token_ids) for item, score in zip(pool, total)),
                        key=lambda item: -item.score) for pool, total in zip(pools, totals)]
 
     def rank_thinking(self, how: ThinkRank, reasoned: list[list[RankedItem]], direct_prompts: list[list[int]],
                       reasoned_prompts: list[list[int]], alone_prompts: list[list[int]], excludes, constraints,
-                      num_beams: int, batch_size: int, priors: Sequence | None = None) -> list[list[RankedItem]]:
+                      num_beams: int, batch_size: int, priors: Sequence | None = None,
+                      reasoned_scored: Sequence[dict] | None = None) -> list[list[RankedItem]]:
         """Thinking mode's candidates, best first (``how``: ThinkRank); the caller keeps the top ``k``.
         ``alone_prompts``: each user's reasoning without the history (the contrast view). Every
         candidate is a beam of one of the two searches, so it satisfies the same exclusions and
-        constraints."""
+        constraints. ``reasoned_scored``: what ranking ``reasoned`` already scored under
+        ``reasoned_prompts`` (``rank_items``' ``scored``); a view that knows every candidate's score
+        is not run again (exact ranking scores every admissible item, so both views are known)."""
         if how.mode == "reasoned":
             return [list(beams) for beams in reasoned]
+        direct_scored: list[dict] = []
         direct, _ = self.rank_items(direct_prompts, excludes, constraints, k=num_beams, num_beams=num_beams,
-                                    batch_size=batch_size, priors=priors)
+                                    batch_size=batch_size, priors=priors, scored=direct_scored)
         if how.mode == "race":
             return [race(a, b, len(a) + len(b)) for a, b in zip(reasoned, direct)]
         # Each view scores as rank_items does (SID path + the head), so a row's score is the sum of the
         # scores its views rank by.
-        views = [(direct_prompts, 1.0, True), (reasoned_prompts, how.weight, True)]
+        views = [(direct_prompts, 1.0, True, direct_scored), (reasoned_prompts, how.weight, True, reasoned_scored)]
         if how.contrast:
-            views.append((alone_prompts, -how.contrast, True))
+            views.append((alone_prompts, -how.contrast, True, None))
         pools = self._score_pools(_union(reasoned, direct), views, batch_size)
         return [self.add_prior(pool, priors[i] if priors is not None else None) for i, pool in enumerate(pools)]
 

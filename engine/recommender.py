@@ -161,6 +161,7 @@ class Recommender:
                 item_prompts.append(self.item_prompt(prompts[i], tokens))
         started = time.perf_counter()
         priors = ranker.priors(histories)
+        scored: list[dict] = []         # what ranking under item_prompts scored (rank_thinking reuses it)
         if not thinking and ranker.recent_view:
             recent = [self.prompt_ids(list(histories[i])[-ranker.recent_view:], user_texts[i], earlier_turns[i], False)
                       for i in range(n)]
@@ -168,7 +169,7 @@ class Recommender:
         else:
             ranked, how = ranker.rank_items(item_prompts, excludes, constraints, k=num_beams if thinking else k,
                                             num_beams=num_beams, batch_size=batch_size,
-                                            priors=priors)
+                                            priors=priors, scored=scored)
             for result, info in zip(results, how):
                 result.ranking = info
         if thinking:
@@ -176,7 +177,7 @@ class Recommender:
             empty = self.prompt_ids([], thinking=True)
             alone = [self.item_prompt(empty, r.reasoning_ids) for r in results]
             ranked = ranker.rank_thinking(think_rank or ranker.think_rank, ranked, direct, item_prompts, alone,
-                                          excludes, constraints, num_beams, batch_size, priors)
+                                          excludes, constraints, num_beams, batch_size, priors, scored)
         seconds = (time.perf_counter() - started) / max(n, 1)
         weight = ranker.follow_weight if follow_weight is None else follow_weight
         share = ranker.follow_share if follow_share is None else follow_share

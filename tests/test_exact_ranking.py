@@ -103,6 +103,37 @@ def test_recommender_ranks_exactly_under_the_budget_and_by_beams_above(built_dat
     assert beams.items[0].score <= exact[0].items[0].score + 1e-4
 
 
+def test_thinking_reuses_exact_scores_instead_of_scoring_views_again(built_dataset, tiny_checkpoint):
+    """Exact ranking already scored every admissible item under the reasoned and the direct prompt, so
+    the fused ranking runs the model again only for the reasoning-alone view, and ranks the same."""
+    from data.catalog import Catalog
+    from engine.constraints import Constraints
+    from engine.recommender import open_recommender
+
+    codes = Catalog(built_dataset).sid_codes()
+    recommender, _ = open_recommender(tiny_checkpoint, built_dataset, codes)
+    ranker, backend = recommender.ranker, recommender.ranker.backend
+    history, comedy = ["1", "2", "13"], Constraints(want=[["Comedy"]])
+    calls = []
+    score_paths = backend.score_paths
+
+    def counted(prompts, *args, **kwargs):
+        calls.append(len(prompts))
+        return score_paths(prompts, *args, **kwargs)
+
+    backend.score_paths = counted
+    reused = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy])[0]
+    assert reused.ranking["method"] == "exact" and calls == [1]
+    # The same turn with nothing handed on: every view scored by the model again.
+    rank_items = ranker.rank_items
+    ranker.rank_items = lambda *args, scored=None, **kwargs: rank_items(*args, **kwargs)
+    calls.clear()
+    again = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy])[0]
+    assert calls == [1, 1, 1]
+    assert [i.item_id for i in reused.items] == [i.item_id for i in again.items]
+    assert [i.score for i in reused.items] == pytest.approx([i.score for i in again.items], abs=1e-4)
+
+
 def test_item_targets_train_answers_and_history_but_not_citations():
     from engine.tokenizer import ThinkrecTokenizer  # noqa: F401  (the ids below mirror its attributes)
     from training.item_targets import ItemTargets
