@@ -105,9 +105,11 @@ def test_recommender_ranks_exactly_under_the_budget_and_by_beams_above(built_dat
 
 def test_thinking_reuses_exact_scores_instead_of_scoring_views_again(built_dataset, tiny_checkpoint):
     """Exact ranking already scored every admissible item under the reasoned and the direct prompt, so
-    the fused ranking runs the model again only for the reasoning-alone view, and ranks the same."""
+    the fused ranking runs the model again only for the reasoning-alone view (none by default, whose
+    contrast is 0), and ranks the same as scoring every view again."""
     from data.catalog import Catalog
     from engine.constraints import Constraints
+    from engine.ranking import ThinkRank
     from engine.recommender import open_recommender
 
     codes = Catalog(built_dataset).sid_codes()
@@ -122,13 +124,18 @@ def test_thinking_reuses_exact_scores_instead_of_scoring_views_again(built_datas
         return score_paths(prompts, *args, **kwargs)
 
     backend.score_paths = counted
-    reused = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy])[0]
-    assert reused.ranking["method"] == "exact" and calls == [1]
+    default = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy])[0]
+    assert default.ranking["method"] == "exact" and calls == []
+    contrast = ThinkRank(contrast=0.5)
+    reused = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy],
+                                   think_rank=contrast)[0]
+    assert calls == [1]
     # The same turn with nothing handed on: every view scored by the model again.
     rank_items = ranker.rank_items
     ranker.rank_items = lambda *args, scored=None, **kwargs: rank_items(*args, **kwargs)
     calls.clear()
-    again = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy])[0]
+    again = recommender.recommend([history], k=5, num_beams=8, thinking=True, constraints=[comedy],
+                                  think_rank=contrast)[0]
     assert calls == [1, 1, 1]
     assert [i.item_id for i in reused.items] == [i.item_id for i in again.items]
     assert [i.score for i in reused.items] == pytest.approx([i.score for i in again.items], abs=1e-4)

@@ -49,8 +49,8 @@ class EvalArgs:
     follow_weights: str = ""            # e.g. 0,0.5,1,2: each thinking row again at these prior weights (same reasoning and beams)
     follow_shares: str = ""             # e.g. 0.8,0.9: each thinking row again with these floors (same reasoning and beams)
     think_rank: str = "fused"           # thinkrec-think: reasoned, race or fused (engine.recommender.ThinkRank)
-    think_weight: float = 0.5           # fused: weight of log p(item | history, reasoning)
-    contrast: float = 0.5               # fused: weight of - log p(item | reasoning alone) (LICD calibration)
+    think_weight: float | None = None   # fused: weight of log p(item | history, reasoning) (None: ThinkRank's default)
+    contrast: float | None = None       # fused: weight of - log p(item | reasoning alone), LICD (None: ThinkRank's default)
     recent_view: int = 0                # thinkrec rows: also rank from the latest N history items (0: one view)
     recent_weight: float = 0.5          # weight of that second view's log-probability
     head_weight: float | None = None    # thinkrec rows: weight of the item head's log-probability beside the SID path's (None: the recommender's default; 0: SID only)
@@ -213,7 +213,9 @@ def run(args: EvalArgs) -> dict:
         scorer = scorer_for(view)
     from engine.ranking import ThinkRank
 
-    default_rank = ThinkRank(args.think_rank, args.think_weight, args.contrast)
+    default_rank = ThinkRank(args.think_rank,
+                             ThinkRank.weight if args.think_weight is None else args.think_weight,
+                             ThinkRank.contrast if args.contrast is None else args.contrast)
     budgets = [int(b) for b in args.reasoning_budgets.split(",") if b.strip()] or [args.max_reasoning_tokens]
     runs = [(method, thinking, budget) for method, thinking in thinking_modes
             for budget in (budgets if thinking else [args.max_reasoning_tokens])]
