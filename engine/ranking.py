@@ -147,11 +147,11 @@ class Ranker:
             for entry in info:
                 entry["prior"], entry["prior_weight"] = self.prior_name or "second model", self.prior_weight
 
+        seen: list[dict] = [{} for _ in prompts]      # every score computed, before the prior
+
         def with_prior(i: int, pool: list[RankedItem]) -> list[RankedItem]:
             seen[i] = {r.item_id: r.score for r in pool}
             return self.add_prior(pool, priors[i] if priors is not None else None)[:k]
-
-        seen: list[dict] = [{} for _ in prompts]
 
         exact = [i for i, t in enumerate(trees) if t is not None]
         if exact:

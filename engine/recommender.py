@@ -173,10 +173,12 @@ class Recommender:
             for result, info in zip(results, how):
                 result.ranking = info
         if thinking:
+            fusion = think_rank or ranker.think_rank
             direct = [self.prompt_ids(histories[i], user_texts[i], earlier_turns[i], False) for i in range(n)]
-            empty = self.prompt_ids([], thinking=True)
-            alone = [self.item_prompt(empty, r.reasoning_ids) for r in results]
-            ranked = ranker.rank_thinking(think_rank or ranker.think_rank, ranked, direct, item_prompts, alone,
+            # The reasoning-alone view, only when the fusion weighs it.
+            empty = self.prompt_ids([], thinking=True) if fusion.contrast else []
+            alone = [self.item_prompt(empty, r.reasoning_ids) if fusion.contrast else [] for r in results]
+            ranked = ranker.rank_thinking(fusion, ranked, direct, item_prompts, alone,
                                           excludes, constraints, num_beams, batch_size, priors, scored)
         seconds = (time.perf_counter() - started) / max(n, 1)
         weight = ranker.follow_weight if follow_weight is None else follow_weight
