@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 
+from engine.ranking import ThinkRank
 from engine.recommender import open_recommender
 from training.dataset_view import DatasetView
 from training.metrics import hit_ndcg
@@ -38,12 +39,22 @@ def main() -> None:
     original = ranker._score_pools
 
     def capture(pools, views, batch_size):
+        """Each view scored alone (weight 1), kept; the fused ranking summed from those same rows, in
+        the engine's order, so no view runs the model twice."""
         per_view = []
         for prompts, weight, with_head, known in views:
             ranked = original(pools, [(prompts, 1.0, with_head, known)], batch_size)
             per_view.append([{str(r.item_id): r.score for r in pool} for pool in ranked])
-        captured.append(([[str(r.item_id) for r in pool] for pool in pools], per_view, pools))
-        return original(pools, views, batch_size)
+        captured.append((per_view, pools))
+        fused = []
+        for u, pool in enumerate(pools):
+            totals = [0.0] * len(pool)
+            for (_, weight, _, _), rows in zip(views, per_view):
+                if weight:
+                    totals = [t + weight * rows[u][str(i.item_id)] for t, i in zip(totals, pool)]
+            fused.append(sorted((type(i)(i.item_id, t, i.token_ids) for i, t in zip(pool, totals)),
+                                key=lambda i: -i.score))
+        return fused
 
     ranker._score_pools = capture
     records, started = [], time.perf_counter()
@@ -51,8 +62,11 @@ def main() -> None:
         chunk = rows[start:start + 32]
         histories = [r["history"] for r in chunk]
         captured.clear()
-        answers = recommender.recommend(histories, k=10, num_beams=20, thinking=True)
-        ids, per_view, pools = captured[-1]
+        # Served at (0.5, 0.5), so the pass records the reasoning-alone view too (the default, contrast
+        # 0, does not run it); "as served" is then the grid's (0.5, 0.5) cell.
+        answers = recommender.recommend(histories, k=10, num_beams=20, thinking=True,
+                                        think_rank=ThinkRank(weight=0.5, contrast=0.5))
+        per_view, pools = captured[-1]
         priors = ranker.priors(histories) or [{} for _ in chunk]
         for u, (row, answer) in enumerate(zip(chunk, answers)):
             records.append({"target": row["target"], "levels": answer.levels, "pool": pools[u],
@@ -72,7 +86,8 @@ def main() -> None:
         for contrast in [float(c) for c in args.contrasts.split(",")]:
             ranked = []
             for r in records:
-                direct, reasoned, alone = r["views"][0], r["views"][1], r["views"][2] if len(r["views"]) > 2 else {}
+                direct, reasoned = r["views"][0], r["views"][1]
+                alone = r["views"][2] if len(r["views"]) > 2 else {}
                 said = [r["prior"].get(str(i.item_id)) for i in r["pool"]]
                 floor = min((x for x in said if x is not None), default=0.0)
                 pool = []
