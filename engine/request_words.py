@@ -55,6 +55,18 @@ ORDINAL_REF = re.compile(r"^(?:(?:the|your|that|this)\s+)?(?:(?P<word>" + "|".jo
                          r"(?:\s+(?:one|pick|item|title|movie|film|show|book|product|result|suggestion|"
                          r"recommendation|on (?:the|your) list))?\s*(?=$|[,.!?;]|\s+(?:" + _LIKE_STOP_WORDS
                          + r"|and|please)\b)")
+
+
+def ordinal_number(word: str) -> int | None:
+    """The place one word names in a list, counted from 1 ("second", "3rd", "top"), -1 for "last",
+    None for a word that names no place. Read by "more like the second one" and by answers to a
+    question the last turn asked."""
+    if word in ORDINAL_WORDS:
+        return ORDINAL_WORDS[word]
+    match = re.fullmatch(r"(\d{1,3})(?:st|nd|rd|th)", word)
+    return int(match.group(1)) if match else None
+
+
 WORD_DECADES = {"twenties": 20, "thirties": 30, "forties": 40, "fifties": 50, "sixties": 60, "seventies": 70,
                 "eighties": 80, "nineties": 90}
 RECENT = {"recent", "new", "newer", "newest", "latest", "modern", "recently"}

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.request_words import ordinal_number
+
 # Category confidence: z of the best profile among all categories, and its lead over the second.
 HARD_Z, HARD_LEAD = 3.0, 0.08
 SOFT_Z, SOFT_LEAD = 2.3, 0.03
@@ -177,7 +179,8 @@ def catalog_parser(catalog, facets, meaning: bool = True):
 # the score gap between neighbouring ranks of a top-20 list, so a leaning reorders, it never rules.
 SOFT_WEIGHT = 1.0
 YES = {"yes", "yeah", "yep", "sure", "ok", "okay", "fine", "show", "those", "them", "these", "go", "ahead", "please"}
-ORDINALS = {"first": 0, "1st": 0, "one": 0, "second": 1, "2nd": 1, "other": 1, "third": 2, "3rd": 2, "last": -1}
+# Places only an answer names: "one" of two options ("that one" is the first) and "the other".
+ANSWER_PLACES = {"one": 1, "other": 2}
 
 
 def soft_rerank(items: list, constraints, facets, weight: float | None = None) -> list:
@@ -211,8 +214,9 @@ def resolve_answer(pending: dict, text: str) -> dict | None:
         if keys & set(words) or (len(keys) == 1 and " ".join(words) in keys):
             return option
     for word in words:
-        if word in ORDINALS and abs(ORDINALS[word]) < len(options) + 1:
-            return options[ORDINALS[word]] if ORDINALS[word] < len(options) else None
+        place = ANSWER_PLACES.get(word) or ordinal_number(word)
+        if place is not None:      # a place past the options is no answer: read the text as a request
+            return options[place - 1 if place > 0 else -1] if 0 < abs(place) <= len(options) else None
     if len(words) <= 4 and set(words) & YES:
         return options[0]
     return None

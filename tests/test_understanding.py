@@ -106,6 +106,12 @@ def test_a_title_two_items_share_asks_which_one():
     assert chosen["item_id"] == "5"
     assert apply_answer(Constraints(pending=pending), chosen).like_item == "5"
     assert resolve_answer(pending, "actually show me westerns from the fifties instead, thanks a lot") is None
+    # A place in the options, said the ways "more like the second one" reads a list.
+    assert resolve_answer(pending, "the 2nd")["item_id"] == "5"
+    assert resolve_answer(pending, "the other one")["item_id"] == "5"
+    assert resolve_answer(pending, "top one")["item_id"] == "4"
+    assert resolve_answer(pending, "last")["item_id"] == "5"
+    assert resolve_answer(pending, "the third") is None          # there are two: a new request
 
 
 def test_a_request_that_contradicts_itself_asks(parser):
