@@ -26,6 +26,11 @@ from engine.request_words import (
 )
 
 
+# After a "like" cue, a phrase that opens with one of these describes what is wanted instead of
+# naming it (a title it named would have been found first).
+DESCRIBING = {"a", "an", "some", "any"}
+
+
 class TitleReading:
     """Needs ``find_title``, ``exact_title``, ``same_title``, ``item_of`` and ``phrases`` on the parser."""
 
@@ -43,16 +48,21 @@ class TitleReading:
             self._like_place(place, request, shown)
             return text[:match.start()] + " " + match.group(1)[place.end():]
         words = match.group(1).split()
+        # "like a good thriller" describes; only a title said in full ("like A Fish Called Wanda") names.
+        describing = words[0].lower() in DESCRIBING
         for n in range(min(len(words), MAX_TITLE_WORDS), 0, -1):
             title = " ".join(words[:n]).strip(" \"'\u201c\u201d,.!?;")
             if not title or (n == 1 and title in FILLER):
                 continue
-            found = self._find(title)
+            found = self._find(title, exact=describing)
             if found is not None:
                 if not self._ask_which(found, request, disliked=False):
                     request.like_item, request.like_title = str(found.item_id), found.title
                     request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
                 return text[:match.start()] + " " + " ".join(words[n:])
+        if describing:
+            # "something like a 70s car chase flick": a description, not a name; its words are the request.
+            return text[:match.start()] + " " + match.group(1)
         stop = LIKE_STOP.search(match.group(1))
         shown = (match.group(1)[:stop.start()] if stop else match.group(1)).strip(" \"'\u201c\u201d,")
         request.notes.append(f'No title in the catalog matches "{shown}": "more like" was not applied.')
@@ -80,10 +90,12 @@ class TitleReading:
         request.like_item, request.like_title = str(item.item_id), item.title
         request.like_categories = [c for c in item.categories if normalize(c) not in ("unknown", "")]
 
-    def _find(self, title: str):
-        if self.find_title is None:
+    def _find(self, title: str, exact: bool = False):
+        """The catalog item ``title`` names (``exact``: only a title said in full), or None."""
+        lookup = self.exact_title if exact else self.find_title
+        if lookup is None:
             return None
-        results = self.find_title(title)
+        results = lookup(title)
         return results[0] if results and (getattr(results[0], "score", None) or 0) >= 0.8 else None
 
     def _titles(self, message: str, text: str, request) -> str:

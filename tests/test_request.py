@@ -100,6 +100,19 @@ def test_more_like_resolves_a_catalog_title(parser):
     assert missing.like_item is None and any("No title" in n for n in missing.notes)
 
 
+def test_like_a_description_is_read_as_the_request(facets):
+    """ "something like a 70s comedy" describes what is wanted: its words are the request, and a
+    loose title search ("a good" -> "Good Morning") names nothing; a title said in full still does."""
+    loose = Found("3", "Good Morning", ["Action", "Comedy"])
+    exact = {"a fish called wanda": Found("2", "A Fish Called Wanda", ["Comedy", "Romance"])}
+    parser = RequestParser(facets, find_title=lambda q: [loose] if "good" in q.lower() else [],
+                           exact_title=lambda q: [exact[q.lower()]] if q.lower() in exact else [])
+    request = parser.parse("something like a good 70s comedy")
+    assert request.like_item is None and not any("No title" in n for n in request.notes)
+    assert request.want == [["Comedy"]] and (request.year_min, request.year_max) == (1970, 1979)
+    assert parser.parse("more like a fish called wanda").like_item == "2"
+
+
 def test_more_like_a_place_in_the_last_answer(facets):
     by_id = {f.item_id: f for f in TITLES.values()}
     titles = dict(TITLES, **{"the second jungle book": Found("5", "The Second Jungle Book", ["Action", "Sci-Fi"])})
