@@ -41,6 +41,16 @@ def _choices(items: list[dict]) -> list[tuple[str, str]]:
     return [(f"{i['rank']}. {i['title']}", i["item_id"]) for i in items]
 
 
+def _checked(value, name: str, kinds: tuple, wanted: str, empty=None):
+    """An API argument as its kind (None stands for ``empty``), or a Gradio error that says what
+    the argument must be: these functions are reachable from any client, with any JSON value."""
+    if value is None:
+        return empty
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        raise gr.Error(f"{name} must be {wanted}, not {type(value).__name__} ({str(value)[:40]!r})")
+    return value
+
+
 def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     """The app's Blocks. ``baseline(history, exclude, k, constraints) -> [item_id]``: a ranker to
     compare against in the Compare tab, under the request's filter (the CLI passes SASRec)."""
@@ -159,6 +169,7 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
         return trace_summary(trace), beam_rows(trace), trace
 
     def search(query: str):
+        query = _checked(query, "query", (str,), "text", "")
         if not query.strip():
             return []
         try:
@@ -171,9 +182,14 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     def recommend(message: str, user_id: str, thinking: bool, session_id: str = "", budget: str = "full") -> dict:
         """One recommendation turn: in session `session_id` when given (its constraints stay
         active), else in a new session as dataset user `user_id` (empty: a fresh user)."""
+        message = _checked(message, "message", (str,), "text", "")
+        user_id = _checked(user_id, "user_id", (str, int), "a dataset user id", "")
+        thinking = _checked(thinking, "thinking", (bool,), "true or false", True)
+        session_id = _checked(session_id, "session_id", (str,), "a session id", "")
+        budget = _checked(budget, "budget", (str, int), "short, full, auto, off or a token count", "full")
         if not session_id:
             try:
-                session_id = engine.start_session(user_id=user_id or None).id
+                session_id = engine.start_session(user_id=str(user_id) if user_id != "" else None).id
             except KeyError as error:              # an unknown user: say which, not "an error occurred"
                 raise gr.Error(said(error)) from None
         result = collect(engine.turn(session_id, message, thinking=bool(thinking), budget=budget or "full"))
@@ -188,8 +204,11 @@ def build_app(engine, dataset_users: list[str], baseline=None) -> gr.Blocks:
     def give_feedback(session_id: str, item_id: str, kind: str) -> dict:
         """Record "like" (the item joins the session's history) or "dislike" (never recommended
         again in this session). Returns the session's history and excluded items after it."""
+        session_id = _checked(session_id, "session_id", (str,), "a session id", "")
+        item_id = _checked(item_id, "item_id", (str, int), "an item id", "")
+        kind = _checked(kind, "kind", (str,), '"like" or "dislike"', "")
         try:
-            session = engine.feedback(session_id, item_id, kind)
+            session = engine.feedback(session_id, str(item_id), kind)
         except (KeyError, ValueError) as error:    # unknown session, item or kind: say which
             raise gr.Error(said(error)) from None
         return {"session_id": session.id, "history": session.history[-20:], "history_size": len(session.history),

@@ -75,7 +75,7 @@ def budget_tokens(budget: str | int) -> int:
         if budget < 0:
             raise ValueError(f"a reasoning budget is a token count >= 0, not {budget}")
         return budget
-    if budget not in BUDGETS:
+    if not isinstance(budget, str) or budget not in BUDGETS:
         raise ValueError(f"unknown reasoning budget '{budget}': use one of {', '.join(BUDGETS)} or a token count")
     return BUDGETS[budget]
 
@@ -170,6 +170,8 @@ class Engine:
         """One turn's events. ``budget``: how long the reasoning may be ("off", "short", "full" or
         a token count; see ``BUDGETS``); "off" or 0 is the same as ``thinking=False``."""
         try:
+            if message is not None and not isinstance(message, str):
+                raise ValueError(f"a message is text, not {type(message).__name__}")
             self.sessions.get(session_id, traces=False)
             tokens = budget_tokens(budget)
         except (KeyError, ValueError) as error:

@@ -15,6 +15,7 @@ import functools
 import re
 import threading
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -34,13 +35,30 @@ from engine.understanding import apply_answer, ask_first, resolve_answer, soft_r
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def _hidden(text: str, n: int) -> bool:
+    """Whether ``text[n]`` is an invisible format character to drop: any but a joiner inside an
+    emoji sequence (after a symbol, not a letter, digit or space)."""
+    if unicodedata.category(text[n]) != "Cf":
+        return False
+    before = text[n - 1] if n else " "
+    return not (text[n] == "\u200d" and not before.isalnum() and not before.isspace())
+
+
 def clean_message(text: str | None, max_chars: int) -> tuple[str, list[str]]:
-    """What the model will read of a typed message, and notices for the user about changes."""
+    """What the model will read of a typed message, and notices for the user about changes.
+    Compatibility forms read as their plain letters and digits (NFKC: "ｃｏｍｅｄｙ" is "comedy",
+    "１９９５" is "1995"), and invisible format characters (zero-width spaces and joiners, soft
+    hyphens, direction overrides) are dropped, so they cannot hide a word from the request reader."""
     notices = []
     text = text or ""
     stripped = _CONTROL.sub("", text)
     if stripped != text:
         notices.append("Removed control characters from your message.")
+    stripped = unicodedata.normalize("NFKC", stripped)
+    plain = "".join(c for n, c in enumerate(stripped) if not _hidden(stripped, n))
+    if len(plain) < len(stripped):
+        notices.append("Removed invisible formatting characters from your message.")
+    stripped = plain
     stripped = stripped.strip()
     if len(stripped) > max_chars:
         notices.append(f"Your message was {len(stripped):,} characters; only the first {max_chars:,} were read.")

@@ -72,9 +72,10 @@ class YearReading:
             ((r"\b(?:the |these )?(?:last|past|previous) (?:(few|couple of|couple|several|\d{1,2}|two|three|four|five|ten) )?"
               r"(years?|decades?)\b"), last),
             (rf"\b{year} or (?:older|earlier|before)\b", lambda m: setr(None, int(m[1]))),
-            (rf"\bbetween {year} and {year}\b", lambda m: setr(int(m[1]), int(m[2]))),
-            (rf"\b(?:from )?{year} (?:to|until|till|through) {year}\b", lambda m: setr(int(m[1]), int(m[2]))),
-            (rf"\b{year} {year}\b", lambda m: setr(min(int(m[1]), int(m[2])), max(int(m[1]), int(m[2])))),
+            # Two years bound a range whichever comes first ("from 1999 to 1990" is the nineties).
+            (rf"\bbetween {year} and {year}\b", lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
+            (rf"\b(?:from )?{year} (?:to|until|till|through) {year}\b", lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
+            (rf"\b{year} {year}\b", lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
             (rf"\b(?:before|pre|older than|earlier than) {year}\b", lambda m: setr(None, int(m[1]) - 1)),
             (rf"\b(?:until|till|up to|through)(?: and including)? {year}\b", lambda m: setr(None, int(m[1]))),
             (rf"\b(?:after|post|newer than|later than) {year}\b", lambda m: setr(int(m[1]) + 1, None)),

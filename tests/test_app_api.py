@@ -107,3 +107,30 @@ def test_refusals_say_why(server):
         with pytest.raises(AppError) as refused:
             client.predict(*arguments, api_name=api)
         assert said in str(refused.value), (api, arguments, str(refused.value))
+
+
+def test_arguments_of_the_wrong_type_are_refused_before_any_session(server, engine):
+    """The API functions take any JSON value: a string "false" for thinking, a list for the budget,
+    a number for the message are refused with what the argument must be, and start no session; a
+    missing search query is an empty search."""
+    from gradio_client.exceptions import AppError
+    from sqlalchemy import func, select
+
+    from engine.sessions import SessionRow
+
+    def stored() -> int:
+        with engine.sessions.engine.connect() as db:
+            return db.scalar(select(func.count()).select_from(SessionRow))
+
+    client = Client(server, verbose=False)
+    before = stored()
+    for arguments, said in [(("a comedy", "", "false", "", "full"), "thinking must be true or false"),
+                            (("a comedy", "", True, "", ["full"]), "budget must be"),
+                            ((42, "", True, "", "full"), "message must be text"),
+                            (({"a": 1}, "", True, "", "full"), "message must be text"),
+                            (("a comedy", ["u1"], True, "", "full"), "user_id must be")]:
+        with pytest.raises(AppError) as refused:
+            client.predict(*arguments, api_name="/recommend")
+        assert said in str(refused.value), (arguments, str(refused.value))
+    assert stored() == before
+    assert client.predict(None, api_name="/search")["data"] == []

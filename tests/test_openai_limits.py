@@ -158,16 +158,22 @@ def test_limits_at_the_edge(http, engine, no_session_stored):
 
 def test_title_lines_beyond_the_limit_are_ignored(http, engine, monkeypatch):
     """An assistant message's numbered lines are read as shown items up to MAX_TITLE_LINES (each
-    costs a title search); the rest are ignored, and a very long numbered line costs nothing."""
-    searches = []
-    original = engine.catalog.search_titles
+    an exact title lookup, never a fuzzy search over the catalog); the rest are ignored, and a very
+    long numbered line costs nothing."""
+    searches, fuzzy = [], []
+    original, original_fuzzy = engine.catalog.exact_title, engine.catalog.search_titles
 
-    def counted(query, k=10, **kwargs):
-        if k == 5:                            # shown_items' searches (request understanding asks for 3)
-            searches.append(query)
-        return original(query, k=k, **kwargs)
+    def counted(query):
+        searches.append(query)
+        return original(query)
 
-    monkeypatch.setattr(engine.catalog, "search_titles", counted)
+    def counted_fuzzy(query, k=10, **kwargs):
+        if k != 3:                            # request understanding's own title searches ask for 3
+            fuzzy.append(query)
+        return original_fuzzy(query, k=k, **kwargs)
+
+    monkeypatch.setattr(engine.catalog, "exact_title", counted)
+    monkeypatch.setattr(engine.catalog, "search_titles", counted_fuzzy)
     titled = engine.catalog.item(engine.facets.item_ids[0])
     line = f"{titled.title}" + (f" ({titled.year})" if titled.year else "")
     lines = [f"{n}. Nothing Called This {n}" for n in range(1, MAX_TITLE_LINES + 1)]
@@ -178,7 +184,7 @@ def test_title_lines_beyond_the_limit_are_ignored(http, engine, monkeypatch):
                          {"role": "user", "content": "more"}], "reasoning_effort": "none", "k": 2}
     answer = http.post("/chat/completions", json=body)
     assert answer.status_code == 200, answer.text
-    assert len(searches) == MAX_TITLE_LINES
+    assert len([q for q in searches if q.startswith("Nothing Called This")]) == MAX_TITLE_LINES and fuzzy == []
     session = engine.sessions.get(answer.json()["thinkrec"]["session_id"])
     assert session.turns[1].role == "assistant" and session.turns[1].items == []
     # The same title within the limit is read as shown.
@@ -189,7 +195,8 @@ def test_title_lines_beyond_the_limit_are_ignored(http, engine, monkeypatch):
     # A numbered line of pathological length is not searched (the pattern would backtrack for seconds).
     searches.clear()
     body["messages"][1]["content"] = "1. a" + " " * (MAX_MESSAGE_CHARS - 10) + "b"
-    assert http.post("/chat/completions", json=body).status_code == 200 and searches == []
+    assert http.post("/chat/completions", json=body).status_code == 200
+    assert not [q for q in searches if q.startswith("a ")]
     assert time.perf_counter() - started < 30
 
 
@@ -355,3 +362,54 @@ def test_more_like_the_second_one_points_into_a_replayed_answer(http):
     request = http.post("/chat/completions", json=body).json()["thinkrec"]["request"]
     assert request["understood"] == f"more like {shown[1]['title']}"
     assert request["constraints"]["like_item"] == shown[1]["item_id"]
+
+
+def test_roles_and_content_parts_are_read_or_refused_never_dropped(http, engine):
+    """A role with odd case or spaces is the role; an unknown role, a part without a type or a part
+    that is not text is a 400 (dropping it would answer a request nobody sent); the Responses API's
+    "input_text" part is text."""
+    read = http.post("/chat/completions", json=ask(messages=[{"role": " User ", "content": "a comedy please"}]))
+    assert read.status_code == 200 and read.json()["thinkrec"]["request"]["constraints"]["want"] == [["Comedy"]]
+    parts = [{"type": "input_text", "text": "a comedy"}, {"type": "TEXT", "text": "please"}]
+    read = http.post("/chat/completions", json=ask(messages=[{"role": "user", "content": parts}]))
+    assert read.status_code == 200 and read.json()["thinkrec"]["request"]["constraints"]["want"] == [["Comedy"]]
+    before = session_count(engine)
+    for message, param in (({"role": "wizard", "content": "hi"}, "messages[0].role"),
+                           ({"role": "user", "content": [{"text": "a horror movie"}]}, "messages[0].content[0]"),
+                           ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
+                                                         {"type": "text", "text": "like this"}]},
+                            "messages[0].content[0].type")):
+        assert error_of(http.post("/chat/completions", json=ask(messages=[message])), 400)["param"] == param
+    assert session_count(engine) == before
+
+
+def test_valid_json_python_cannot_read_is_named_as_such(http, no_session_stored):
+    body = '{"messages": [{"role": "user", "content": "hi"}], "seed": 1' + "0" * 5000 + "}"
+    error = error_of(post_raw(http, body), 400)
+    assert "digits" in error["message"] and "not valid JSON" not in error["message"]
+
+
+def test_models_answers_head_as_get(http):
+    assert http.head("/models").status_code == 200 and http.get("/models").status_code == 200
+
+
+def test_a_client_gone_mid_upload_is_a_400_not_an_engine_failure(caplog):
+    """The body stops arriving (the client hung up): refused as a request, logged without a traceback
+    and without the engine-failure line."""
+    import asyncio
+
+    from starlette.requests import ClientDisconnect
+
+    from app.integrations.openai_request import APIError, _read_json
+
+    class Gone:
+        headers = {"content-length": "1000"}
+
+        async def stream(self):
+            yield b'{"messages": ['
+            raise ClientDisconnect()
+
+    with caplog.at_level("INFO"), pytest.raises(APIError) as refused:
+        asyncio.run(_read_json(Gone()))
+    assert refused.value.status == 400 and "connection closed" in refused.value.message
+    assert "chat completion failed" not in caplog.text and not any(r.exc_info for r in caplog.records)

@@ -63,6 +63,8 @@ def parser(facets) -> RequestParser:
     ("from 1995", [], [], (1995, 1995)),
     ("since 1990", [], [], (1990, None)),
     ("thrillers between 1980 and 1985", [["Thriller"]], [], (1980, 1985)),
+    ("a drama from 1999 to 1990", [["Drama"]], [], (1990, 1999)),
+    ("thrillers between 1985 and 1980", [["Thriller"]], [], (1980, 1985)),
     ("anything but dramas", [], ["Drama"], None),
 ])
 def test_parse(parser, text, want, avoid, years):

@@ -101,7 +101,10 @@ class ChatAPI:
         for n, message in enumerate(messages):
             if not isinstance(message, dict) or not isinstance(message.get("role"), str):
                 raise APIError(400, "each message is an object with a role", f"messages[{n}]")
-            role = message["role"]
+            role = message["role"].strip().lower()
+            if role not in ROLES:
+                raise APIError(400, f"messages[{n}].role is '{message['role'][:40]}'; a role is one of "
+                                    f"{', '.join(ROLES)}", f"messages[{n}].role", "invalid_value")
             if role not in ("user", "assistant"):
                 continue                       # system, developer and tool messages do not steer a turn
             text = _text(message.get("content"), f"messages[{n}].content")
@@ -154,8 +157,8 @@ class ChatAPI:
             if numbered > MAX_TITLE_LINES:
                 break
             year = int(match["year"]) if match["year"] else None
-            hits = [i for i in catalog.search_titles(match["title"], k=5)
-                    if i.match == "exact" and (year is None or i.year == year)]
+            # A dictionary lookup: a line that is no catalog title costs nothing more.
+            hits = [i for i in catalog.exact_title(match["title"]) if year is None or i.year == year]
             if hits:
                 found.append(hits[0].item_id)
         return found
@@ -352,6 +355,10 @@ def _in_threads(iterator: Iterator) -> AsyncIterator:
     return steps()
 
 
+# The roles a chat request may carry (OpenAI's, "function" included for older clients).
+ROLES = ("user", "assistant", "system", "developer", "tool", "function")
+
+
 def openai_app(engine, rate_limit: float = DEFAULT_RATE) -> FastAPI:
     """The endpoint as an app to mount at ``/v1`` (``app.ui.serve`` does); ``rate_limit`` requests
     a second per client (``ClientLimit``; 0: no limit)."""
@@ -378,7 +385,7 @@ def openai_app(engine, rate_limit: float = DEFAULT_RATE) -> FastAPI:
         call = await run_in_threadpool(api.parse, body)          # it reads the session store and catalog
         return await (api.stream(call) if call.stream else api.complete(call))
 
-    @app.get("/models")
+    @app.api_route("/models", methods=["GET", "HEAD"])
     async def models():
         return api.models()
 

@@ -7,12 +7,14 @@ import json
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from fastapi.responses import Response
 
 # Limits at the edge (issue 28). Each refusal names its limit in the error message.
@@ -51,6 +53,8 @@ EFFORTS = {"none": "off", "off": "off", "minimal": "short", "low": "short", "sho
            "medium": "full", "high": "full", "xhigh": "full", "max": "full", "full": "full", "auto": "auto"}
 # How the engine words a model-server outage (engine.engine.Engine.turn catches BackendUnavailable).
 OUTAGE = "The model server is not answering"
+# Content part types read as text: Chat Completions' "text" and the Responses API's "input_text".
+TEXT_PARTS = ("text", "input_text")
 SID_SPAN = re.compile(r"(?:<[a-z]_\d+>)+")
 SID_TOKEN = re.compile(r"<[a-z]_\d+>")
 ITEM_LINE = re.compile(r"^\s*\d+\.\s+(?P<title>.+?)(?:\s+\((?P<year>\d{4})\))?\s*$")
@@ -137,18 +141,27 @@ async def _read_json(request: Request):
             raise APIError(413, f"the request body is {int(declared):,} bytes; the limit is {MAX_BODY_BYTES:,} bytes",
                            code="request_too_large")
     raw, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise APIError(413, f"the request body is over the limit of {MAX_BODY_BYTES:,} bytes",
-                           code="request_too_large")
-        raw.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise APIError(413, f"the request body is over the limit of {MAX_BODY_BYTES:,} bytes",
+                               code="request_too_large")
+            raw.append(chunk)
+    except ClientDisconnect:           # the client left mid-upload: nobody reads the answer, nothing ran
+        log.info("a client closed its connection before sending its whole body (%d bytes read)", size)
+        raise APIError(400, "the connection closed before the whole request body arrived") from None
     try:
         return json.loads(b"".join(raw))
     except RecursionError:             # json's C parser recurses once per nesting level
         raise APIError(400, "the request body is nested too deeply to be a chat request") from None
-    except ValueError:                 # bad JSON or bad UTF-8
+    except json.JSONDecodeError:
         raise APIError(400, "the request body is not valid JSON") from None
+    except UnicodeDecodeError:
+        raise APIError(400, "the request body is not valid UTF-8, UTF-16 or UTF-32 text") from None
+    except ValueError:                 # valid JSON Python will not read: an integer of thousands of digits
+        raise APIError(400, f"the request body holds a number of more than {sys.get_int_max_str_digits():,} "
+                            "digits") from None
 
 
 @dataclass
@@ -173,11 +186,18 @@ def _text(content, param: str) -> str:
     if isinstance(content, list):
         texts = []
         for n, part in enumerate(content):
-            if isinstance(part, dict) and part.get("type") == "text":
-                if not isinstance(part.get("text"), str):
-                    raise APIError(400, f"{param}[{n}].text must be a string", f"{param}[{n}].text", "invalid_type")
-                texts.append(part["text"])
-        return _checked_text("".join(texts), param)
+            kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(kind, str):
+                raise APIError(400, f"{param}[{n}] must be an object with a type (\"text\")", f"{param}[{n}]",
+                               "invalid_type")
+            if kind.strip().lower() not in TEXT_PARTS:
+                # Dropping it would answer a different request than the one sent.
+                raise APIError(400, f"{param}[{n}] is a '{kind[:40]}' part; this model reads text parts only",
+                               f"{param}[{n}].type", "unsupported_content")
+            if not isinstance(part.get("text"), str):
+                raise APIError(400, f"{param}[{n}].text must be a string", f"{param}[{n}].text", "invalid_type")
+            texts.append(part["text"])
+        return _checked_text("\n".join(texts), param)
     raise APIError(400, "content must be a string or a list of content parts", param)
 
 
