@@ -16,7 +16,7 @@ from collections.abc import Sequence
 LEVEL_NAMES = "abcd"
 ITEM_BEGIN = "<|item_begin|>"
 ITEM_END = "<|item_end|>"
-_SID_TOKEN = re.compile(r"<([a-d])_(\d+)>")
+_SID_TOKEN = re.compile(r"<([a-d])_(\d{1,9})>")        # no codebook has a billion codes
 
 
 def sid_tokens(codes: Sequence[int]) -> list[str]:
@@ -37,11 +37,12 @@ def parse_sid(text: str) -> tuple[int, ...]:
     """
     body = text.strip().removeprefix(ITEM_BEGIN).removesuffix(ITEM_END).replace(" ", "")
     tokens = _SID_TOKEN.findall(body)
+    said = repr(text) if len(text) <= 60 else repr(text[:57]) + "..."
     if not tokens or "".join(f"<{l}_{c}>" for l, c in tokens) != body:
-        raise ValueError(f"not a SID: {text!r} (expected tokens like <a_12><b_200><c_33>)")
+        raise ValueError(f"not a SID: {said} (expected tokens like <a_12><b_200><c_33>)")
     for position, (level, _) in enumerate(tokens):
         if level != LEVEL_NAMES[position]:
-            raise ValueError(f"not a SID: {text!r} (level {position + 1} should be <{LEVEL_NAMES[position]}_..>)")
+            raise ValueError(f"not a SID: {said} (level {position + 1} should be <{LEVEL_NAMES[position]}_..>)")
     return tuple(int(code) for _, code in tokens)
 
 

@@ -80,6 +80,10 @@ def test_lookup_by_id_and_sid(built_dataset):
         catalog.by_sid("<a_63><b_63><c_63>")
     with pytest.raises(ValueError, match="not a SID"):
         catalog.by_sid("Planet of Storms")
+    # A code of thousands of digits is no SID either, and the refusal quotes only its start.
+    with pytest.raises(ValueError, match="not a SID") as refused:
+        catalog.by_sid("<a_" + "9" * 5000 + ">")
+    assert len(str(refused.value)) < 200
 
 
 def test_title_search_exact_then_fuzzy(built_dataset):
