@@ -57,6 +57,13 @@ def encode(texts: list[str], encoder: str = DEFAULT_ENCODER, batch_size: int = 1
     return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
+def known_words(encoder: str = DEFAULT_ENCODER) -> set[str]:
+    """The whole words (letters only) of the encoder's tokenizer vocabulary: the words the language
+    knows, to tell a typo ("comdey") from a word that merely looks like one ("prime", "eastern")."""
+    vocabulary = load_encoder(encoder).tokenizer.get_vocab()
+    return {token for token in vocabulary if token.isalpha()}
+
+
 def embed_items(texts: list[str], encoder: str, cache_dir: Path, progress=None,
                 chunk: int = 1024) -> tuple[np.ndarray, bool]:
     """Embeddings of ``texts``, from the cache when the same encoder saw the same texts before.

@@ -29,6 +29,7 @@ import re
 from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel, Field
+from rapidfuzz.distance import OSA
 
 from engine.constraints import Constraints, Facets
 from engine.request_words import *
@@ -110,8 +111,12 @@ TitleFinder = Callable[[str], Sequence]   # query -> catalog items (best first) 
 class RequestParser(TitleReading, YearReading):
     def __init__(self, facets: Facets, find_title: TitleFinder | None = None, max_ngram: int = 5,
                  reader=None, same_title: Callable | None = None, known_facets: Sequence[str] = (),
-                 exact_title: Callable | None = None, item_of: Callable | None = None):
+                 exact_title: Callable | None = None, item_of: Callable | None = None,
+                 known_words: set[str] | None = None):
         self.facets = facets
+        # Words the language knows (data.embed.known_words), so a typo of a category word is read as
+        # it; None: no typo reading.
+        self.known_words = known_words
         self.item_of = item_of                   # item id -> catalog item (for "more like the second one")
         self.find_title = find_title
         self.reader = reader                     # engine.understanding.SemanticReader, or None
@@ -129,7 +134,11 @@ class RequestParser(TitleReading, YearReading):
         for word, targets in SYNONYMS.items():
             found = list(dict.fromkeys(by_form[normalize(t)] for t in targets if normalize(t) in by_form))
             if found:
-                self.phrases.setdefault(normalize(word), found)
+                key = normalize(word)
+                # Plurals name the same ("romcoms", "cartoons"); a word is never cut to a singular.
+                plurals = (key + "s", key + "es") if not key.endswith("s") and " " not in key else ()
+                for form in (key, *plurals):
+                    self.phrases.setdefault(form, found)
         self.max_ngram = max(max_ngram, max((len(p.split()) for p in self.phrases), default=1))
         span = facets.year_range()
         self.first_year, self.last_year = span if span else (None, None)
@@ -146,6 +155,23 @@ class RequestParser(TitleReading, YearReading):
                 return self.phrases[stem]
         return None
 
+    def _misspelt(self, word: str, request: Request) -> list[str] | None:
+        """A category word typed with a slip ("comdey", "thriler", "horor"): a word the language does
+        not know, one edit (a swap counts as one) from one category's names and from no other's; two
+        edits for words of eight letters or more. Words the language knows ("prime", "eastern") are
+        never read so."""
+        if self.known_words is None or len(word) < 5 or not word.isalpha() or word in FILLER or word in self.known_words:
+            return None
+        limit = 1 if len(word) < 8 else 2
+        named = {tuple(categories) for form, categories in self.phrases.items()
+                 if " " not in form and abs(len(form) - len(word)) <= limit
+                 and OSA.distance(word, form, score_cutoff=limit) <= limit}
+        if len(named) != 1:
+            return None
+        categories = list(named.pop())
+        request.readings.append(f"'{word}' read as {' or '.join(categories)} (a typo, by spelling)")
+        return categories
+
     def _categories(self, text: str, request: Request, clauses: list | None = None) -> list[str]:
         """Category mentions, each wanted, avoided or lifted by its clause; returns leftover words.
         ``clauses`` (when given) receives each clause's leftover words and whether it was negated."""
@@ -161,7 +187,7 @@ class RequestParser(TitleReading, YearReading):
                     if categories:
                         break
                 else:
-                    categories, n = self._lemma(words[position]), 1
+                    categories, n = self._lemma(words[position]) or self._misspelt(words[position], request), 1
                 word = words[position]
                 if categories is None:
                     if word in NEGATIONS or word in ("nor",):

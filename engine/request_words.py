@@ -29,7 +29,8 @@ SYNONYMS: dict[str, list[str]] = {
 }
 
 NEGATIONS = {"no", "not", "without", "avoid", "nothing", "none", "except", "skip", "hate", "excluding",
-             "enough", "dont", "never", "less", "sick", "tired", "minus", "but"}
+             "enough", "dont", "never", "less", "sick", "tired", "minus", "but", "isnt", "arent", "wasnt",
+             "neither", "nor", "doesnt", "didnt"}
 LIFT_AFTER = re.compile(r"^\s*(?:is|are)\s+(?:fine|ok|okay|alright|all right|good|allowed|back)\b|^\s+again\b")
 LIFT_BEFORE = re.compile(r"(?:dont mind|do not mind|fine with|ok with|okay with|allow|bring back|open to)\s+$")
 RESET = re.compile(r"\b(?:start over|start again|reset|clear (?:all|everything|the filters?)|forget (?:it|all|that|everything)|"
@@ -39,8 +40,8 @@ ANY_YEAR = re.compile(r"\bany (?:year|decade|era|time|period|age)s?\b")
 NOT_THAT = re.compile(r"\b(?:not (?:that|this|these|those)(?: ones?)?|something else|anything else|other ones|"
                       r"different ones|none of (?:these|those|them)|seen (?:it|them|those|these)|another one|"
                       r"something different)\b")
-LIKE_CUE = re.compile(r"\b(?:more like|similar to|something like|stuff like|things like|films? like|movies? like|"
-                      r"anything like|in the vein of|along the lines of|the likes of|resembling|^like)\s+(.+)$")
+LIKE_CUE = re.compile(r"(?:\b(?:more like|similar to|something like|stuff like|things like|films? like|movies? like|ones? like|"
+                      r"anything like|in the vein of|along the lines of|the likes of|resembling)|^\s*like)\s+(.+)$")
 # Words that end the title after a "more like" cue (and a place in the list, below).
 _LIKE_STOP_WORDS = r"but|from|without|and no|and not|though|except|in the|before|after|since"
 LIKE_STOP = re.compile(r"\s+(?:" + _LIKE_STOP_WORDS + r")\b|[.!?;]")
@@ -72,20 +73,30 @@ WORD_DECADES = {"twenties": 20, "thirties": 30, "forties": 40, "fifties": 50, "s
 RECENT = {"recent", "new", "newer", "newest", "latest", "modern", "recently"}
 OLD = {"old", "older", "classic", "classics", "vintage", "oldies", "golden age"}
 # Words that carry no wish of their own ("please give me a movie"): never reported as unparsed.
-FILLER = set(["a", "an", "the", "and", "or", "of", "for", "to", "in", "on", "at", "by", "with", "me", "my", "i", "im", "id", "ive", "we", "us", "you", "your", "it", "its", "is", "are", "be", "was", "were", "am", "do", "does", "did", "can", "could", "would", "will", "should", "please", "pls", "some", "something", "anything", "any", "one", "ones", "want", "wanted", "need", "like", "love", "prefer", "give", "show", "find", "recommend", "suggest", "suggestion", "suggestions", "pick", "get", "see", "watch", "watching", "tonight", "today", "now", "next", "movie", "movies", "film", "films", "item", "items", "thing", "things", "kind", "sort", "type", "what", "which", "how", "maybe", "perhaps", "really", "very", "quite", "just", "also", "too", "so", "thanks", "thank", "mood", "feel", "feeling", "in", "again", "actually", "instead", "then", "let", "lets", "ok", "okay", "yes", "yeah", "good", "great", "nice", "well", "more", "most", "bit", "little", "lot", "from", "since", "until", "till", "after", "before", "between", "up", "year", "years", "decade", "decades", "era", "released", "made", "old", "new", "s", "mind", "fine", "with", "that", "this", "these", "those", "other", "else", "different", "another", "seen", "them", "about", "featuring", "involving", "lots", "plenty", "hey", "hi", "hello", "recommendations", "recommendation", "ideas", "idea", "loved", "liked", "enjoyed", "adored", "dug", "awesome", "cool", "stuff", "got", "have", "has", "had", "something", "someone", "somebody", "there", "here"])
+FILLER = set(["a", "an", "the", "and", "or", "of", "for", "to", "in", "on", "at", "by", "with", "me", "my", "i", "im", "id", "ive", "we", "us", "you", "your", "it", "its", "is", "are", "be", "was", "were", "am", "do", "does", "did", "can", "could", "would", "will", "should", "please", "pls", "some", "something", "anything", "any", "one", "ones", "want", "wanted", "need", "like", "love", "prefer", "give", "show", "find", "recommend", "suggest", "suggestion", "suggestions", "pick", "get", "see", "watch", "watching", "tonight", "today", "now", "next", "movie", "movies", "film", "films", "item", "items", "thing", "things", "kind", "sort", "type", "what", "which", "how", "maybe", "perhaps", "really", "very", "quite", "just", "also", "too", "so", "thanks", "thank", "mood", "feel", "feeling", "in", "again", "actually", "instead", "then", "let", "lets", "ok", "okay", "yes", "yeah", "good", "great", "nice", "well", "more", "most", "bit", "little", "lot", "from", "since", "until", "till", "after", "before", "between", "up", "year", "years", "decade", "decades", "era", "released", "made", "old", "new", "s", "mind", "fine", "with", "that", "this", "these", "those", "other", "else", "different", "another", "seen", "them", "about", "featuring", "involving", "lots", "plenty", "hey", "hi", "hello", "recommendations", "recommendation", "ideas", "idea", "loved", "liked", "enjoyed", "adored", "dug", "awesome", "cool", "stuff", "got", "have", "has", "had", "something", "someone", "somebody", "there", "here",
+              # function words and chat forms that carry no content (a leftover of them is no content wish)
+              "when", "whenever", "where", "while", "than", "through", "thru", "around", "onward", "onwards", "same",
+              "others", "whats", "thats", "gimme", "lookin", "looking", "somethin", "anythin", "tonite", "n", "af",
+              "plz", "dunno", "idk", "whatever", "ideally", "probably", "definitely", "honestly", "basically", "hmm",
+              "hm", "umm", "um", "uh", "lol", "tho", "though", "wanna", "gonna", "gotta", "u", "ur", "ya", "go",
+              "back", "must", "decent", "amazing", "times", "all", "every", "each", "such", "much", "many", "only",
+              "even", "still", "ever", "always", "usually", "watched", "saw", "kinda", "sorta", "best", "worst",
+              "favorite", "favourite", "whole", "ones", "sure", "ok"])
 
 
 # Titles named anywhere: the words before a title say whether it was liked or turned down.
 LIKED_BEFORE = re.compile(r"\b(?:loved|liked|enjoyed|adored|love|like|likes|fan of|into|more of|a lot of|really dug|dug|"
                           r"reminds me of|such as|same vibe as|vibe as|vibes of|the style of|the spirit of)\s*$")
-DISLIKED_BEFORE = re.compile(r"\b(?:hated|hate|disliked|dislike|didnt like|dont like|did not like|do not like|couldnt stand|"
+DISLIKED_BEFORE = re.compile(r"\b(?:hated|hate|disliked|dislike|(?:didnt|dont|did not|do not|never|couldnt|cant|wasnt into) "
+                             r"(?:really |much |quite |even )?(?:like|enjoy|love|care for|get into|dig|stand)|"
                              r"cant stand|not another|no more|sick of|tired of|bored of|anything but|not like|unlike|"
                              r"except|not|no|nothing like|avoid|skip)\s*$")
 LIKED_AFTER = re.compile(r"^\s*(?:(?:was|is|were|are)\s+(?:(?:so|really|just|pretty|very)\s+)?(?:great|amazing|awesome|brilliant|good|"
                          r"lovely|fantastic|perfect|the best|my jam|my favou?rite|incredible|excellent|fun|wonderful)|vibes?\b|"
                          r"type of|kind of|sort of|style\b|blew me away|rocks\b|rules\b)")
 DISLIKED_AFTER = re.compile(r"^\s*(?:(?:was|is|were|are)\s+(?:(?:so|really|just|pretty|very)\s+)?(?:bad|awful|terrible|boring|rubbish|"
-                            r"meh|dull|overrated|garbage|trash|the worst|a letdown|disappointing)|sucked|sucks|"
+                            r"meh|dull|overrated|garbage|trash|the worst|a letdown|disappointing|"
+                            r"(?:(?:way|far|much|a bit|a little|just|kind of|kinda) )?too \w+)|sucked|sucks|"
                             r"(?:and |but )?(?:it )?(?:wasnt|was not|isnt) (?:impressed|great|good|for me))")
 TITLE_NEGATIONS = {"no", "not", "never", "nothing", "dont", "didnt", "doesnt", "wasnt", "hate", "hated", "without",
                    "avoid", "skip", "except", "none"}

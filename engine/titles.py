@@ -26,6 +26,12 @@ from engine.request_words import (
 )
 
 
+def _loose(phrase: str) -> str:
+    """A pattern for ``phrase``'s words as a message may write them (any punctuation between them,
+    apostrophes anywhere)."""
+    return r"[^0-9a-z]+".join("'?".join(map(re.escape, w)) for w in normalize(phrase).split())
+
+
 # After a "like" cue, a phrase that opens with one of these describes what is wanted instead of
 # naming it (a title it named would have been found first).
 DESCRIBING = {"a", "an", "some", "any"}
@@ -89,6 +95,8 @@ class TitleReading:
             return
         request.like_item, request.like_title = str(item.item_id), item.title
         request.like_categories = [c for c in item.categories if normalize(c) not in ("unknown", "")]
+        # "another one like the first" points into the list it asks more of: it turns none of it down.
+        request.not_that = False
 
     def _find(self, title: str, exact: bool = False):
         """The catalog item ``title`` names (``exact``: only a title said in full), or None."""
@@ -164,10 +172,14 @@ class TitleReading:
             elif request.like_item is None:
                 request.like_item, request.like_title = str(found.item_id), found.title
                 request.like_categories = [c for c in found.categories if normalize(c) not in ("unknown", "")]
-            # The title's words are no request ("Star Wars" asks for no War).
+            # The title's words are no request ("Star Wars" asks for no War), nor are the words that
+            # judge it ("babe was way too childish" asks for nothing childish, "couldnt stand" for no Stand).
             lowered = lowered[:where.start()] + " " + lowered[where.end():]
-            loose = r"[^0-9a-z]+".join("'?".join(map(re.escape, w)) for w in key.split())
-            text = re.sub(rf"(?:\bthe\s+)?\b{loose}\b(?:,\s*the\b)?", " ", text)
+            cue = (DISLIKED_BEFORE if disliked else LIKED_BEFORE).search(" ".join(window))
+            judged = (DISLIKED_AFTER if disliked else LIKED_AFTER).match(after)
+            before = rf"(?:\b{_loose(cue.group(0))}[^0-9a-z]+)?" if cue and normalize(cue.group(0)) else ""
+            tail = rf"(?:[^0-9a-z]+{_loose(judged.group(0))}\b)?" if judged and normalize(judged.group(0)) else ""
+            text = re.sub(rf"{before}(?:\bthe\s+)?\b{_loose(key)}\b(?:,\s*the\b)?{tail}", " ", text)
             tried.add(normalize(found.title))
         return text
 

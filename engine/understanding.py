@@ -170,7 +170,13 @@ def catalog_parser(catalog, facets, meaning: bool = True):
     from engine.request import RequestParser
 
     reader = SemanticReader.from_catalog(catalog, facets) if meaning else None
+    words = None
+    if meaning:
+        from data.embed import known_words
+
+        words = known_words(catalog.manifest.config.encoder)
     return RequestParser(facets, find_title=lambda query: catalog.search_titles(query, k=3), reader=reader,
+                         known_words=words,
                          same_title=catalog.same_title, known_facets=catalog.attribute_keys(),
                          exact_title=catalog.exact_title, item_of=catalog.item)
 

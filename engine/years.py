@@ -24,6 +24,12 @@ from engine.request_words import (
 )
 
 
+# Words after which a two-digit number is a year ("before 85", "from 92 or 93").
+TIME_CUES = r"before|after|since|pre|post|from|until|till|older than|newer than|earlier than|later than"
+# Early, mid and late parts of a decade, in years from its start.
+PARTS = {"early": (0, 3), "mid": (4, 6), "late": (7, 9)}
+
+
 class YearReading:
     """Needs ``facets``, ``phrases``, ``known_facets``, ``first_year``, ``last_year``,
     ``recent_from`` and ``classic_until`` on the parser."""
@@ -53,6 +59,41 @@ class YearReading:
 
         year = r"(1[5-9]\d\d|20\d\d)"
         decade = r"(?:the )?((?:1[5-9]\d0|20\d0)s|\d0s|" + "|".join(WORD_DECADES) + ")"
+        # "the year 2000" is 2000; a two-digit year after a time cue ("before 85", "from 92") is in the
+        # century where the catalog has more items, and the second of a pair ("between 1980 and 95",
+        # "1992 or 93") in the first one's century.
+        text = re.sub(r"\b(?:the )?year (?=(?:1[5-9]|20)\d\d\b)", "", text)
+        text = re.sub(rf"\b({TIME_CUES}) (\d\d)\b(?!s\b|\s*(?:min|mins|minutes|hours?|hrs?|years? old|yo|percent)\b)",
+                      lambda m: f"{m[1]} {self._decade(int(m[2]) // 10 * 10)[0] + int(m[2]) % 10}", text)
+        text = re.sub(rf"\b{year} (and|or|to|until|till|through|thru) (\d\d)\b(?!s\b)",
+                      lambda m: f"{m[1]} {m[2]} {int(m[1]) // 100 * 100 + int(m[3])}", text)
+
+        def decades(first: str, second: str) -> None:
+            (a, b), (c, d) = decade_at(first), decade_at(second)
+            setr(min(a, c), max(b, d))
+
+        def part_of(which: str, token: str) -> None:
+            start = decade_at(token)[0]
+            low, high = PARTS[which]
+            setr(start + low, start + high)
+
+        def not_decade(token: str) -> None:
+            """ "nothing from the 90s": the years on the side of it that the catalog has; with items
+            on both sides, a question (the year range cannot have a hole)."""
+            low, high = decade_at(token)
+            before, after = (None, low - 1), (high + 1, None)
+            if self.last_year is None or high >= self.last_year:
+                setr(*before)
+            elif self.first_year is not None and low <= self.first_year:
+                setr(*after)
+            else:
+                setr(*before)
+                labels = [year_phrase(*before), year_phrase(*after)]
+                request.question = f"Nothing from the {low}s: {labels[0]} or {labels[1]}?"
+                request.options = [{"label": labels[0], "answer": ["before", "earlier", "older", "first"],
+                                    "patch": {"year_min": None, "year_max": low - 1}},
+                                   {"label": labels[1], "answer": ["after", "later", "newer", "second"],
+                                    "patch": {"year_min": high + 1, "year_max": None}}]
         def last(m):
             span = m[1] or ("1" if m[2] in ("year", "decade") else "few")
             n = int(span) if span.isdigit() else FEW.get(span, 5)
@@ -69,12 +110,14 @@ class YearReading:
              lambda m: setr(decade_at(m[1])[0], None)),
             (rf"{NEGATED_YEAR}(?:newer than|after|later than|more recent than|past|beyond) {decade}",
              lambda m: setr(None, decade_at(m[1])[1])),
+            (rf"{NEGATED_YEAR}{decade}(?![0-9a-z])", lambda m: not_decade(m[1])),
             ((r"\b(?:the |these )?(?:last|past|previous) (?:(few|couple of|couple|several|\d{1,2}|two|three|four|five|ten) )?"
               r"(years?|decades?)\b"), last),
             (rf"\b{year} or (?:older|earlier|before)\b", lambda m: setr(None, int(m[1]))),
             # Two years bound a range whichever comes first ("from 1999 to 1990" is the nineties).
             (rf"\bbetween {year} and {year}\b", lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
-            (rf"\b(?:from )?{year} (?:to|until|till|through) {year}\b", lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
+            (rf"\b(?:from )?{year} (?:to|until|till|through|thru|or|and) {year}\b",
+             lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
             (rf"\b{year} {year}\b", lambda m: setr(*sorted((int(m[1]), int(m[2]))))),
             (rf"\b(?:before|pre|older than|earlier than) {year}\b", lambda m: setr(None, int(m[1]) - 1)),
             (rf"\b(?:until|till|up to|through)(?: and including)? {year}\b", lambda m: setr(None, int(m[1]))),
@@ -86,6 +129,13 @@ class YearReading:
             (rf"\b(?:before|pre|older than|earlier than) {decade}", lambda m: setr(None, decade_at(m[1])[0] - 1)),
             (rf"\b(?:after|post|newer than|later than) {decade}", lambda m: setr(decade_at(m[1])[1] + 1, None)),
             (rf"\bsince {decade}", lambda m: setr(decade_at(m[1])[0], None)),
+            (rf"\b(?:from )?{decade},? (?:on|onwards?|or later|and later|or newer|and up)\b",
+             lambda m: setr(decade_at(m[1])[0], None)),
+            # Two decades joined span both ("80s or 90s", "from the 40s through the 60s", "1950s-1960s").
+            (rf"\b(?:between |from )?{decade},? (?:(?:or|and|to|till|until|through|thru) )?{decade}(?![0-9a-z])",
+             lambda m: decades(m[1], m[2])),
+            (rf"\b(?:the )?(early|mid|late) {decade}(?![0-9a-z])", lambda m: part_of(m[1], m[2])),
+            (rf"\b(?:up to|until|till|through) {decade}(?![0-9a-z])", lambda m: setr(None, decade_at(m[1])[1])),
             (rf"\b{decade}(?![0-9a-z])", lambda m: setr(*decade_at(m[1]))),      # "1980s," too
             (rf"\b(?:from|in|of|released in|made in)? ?{year}\b", lambda m: setr(int(m[1]), int(m[1]))),
         ]
@@ -117,10 +167,19 @@ class YearReading:
                 setr(low, high)
         elif ranges:
             setr(*ranges[0])
-        words = set(text.split())
         known = [y for y in last_years if y is not None]
         older = r"\b(?:older|earlier|less recent|more classic)\b"
         newer = r"\b(?:newer|more recent|more modern|later|less old)\b"
+        anchor = self.facets.year_of(str(request.like_item)) if request.like_item is not None else None
+        if not request.years_set and anchor is not None:
+            # "like the shining but newer": newer than that film, not than the last answer.
+            for words, bound, word, side in ((older, (None, anchor - 1), "older", "before"),
+                                             (newer, (anchor + 1, None), "more recent", "after")):
+                if re.search(words, text):
+                    setr(*bound)
+                    text = re.sub(words, " ", text)
+                    request.readings.append(f"'{word}' read against {request.like_title} ({anchor}): {side} {anchor}")
+                    break
         if not request.years_set and (known or active != (None, None)):
             # A comparative against what is active: older than the asked range ("90s action" ->
             # "older than that": before 1990), else than most of the items just shown.
@@ -137,23 +196,27 @@ class YearReading:
                 text = re.sub(newer, " ", text)
                 request.readings.append(f"'more recent' read against {'the asked years' if active[1] is not None else 'the last answer'}: "
                                         f"after {edge}")
-            words = set(text.split())
+
+        # Words and phrases of a vocabulary, wherever clause punctuation stands ("something recent, no horror").
+        def said(vocabulary) -> re.Pattern:
+            return re.compile(r"\b(?:" + "|".join(sorted(map(re.escape, vocabulary), key=len, reverse=True)) + r")\b")
+
         def negated(vocabulary) -> bool:
-            tokens = text.split()
-            spots = [n for n, w in enumerate(tokens) if w in vocabulary]
-            return bool(spots) and bool(set(tokens[max(0, spots[0] - 3):spots[0]]) & {"not", "no", "nothing", "never", "none"})
-        if not request.years_set and words & RECENT and self.recent_from is not None:
+            spot = said(vocabulary).search(text)
+            before = set(re.findall(r"[a-z]+", text[:spot.start()])[-3:]) if spot else set()
+            return bool(before & {"not", "no", "nothing", "never", "none"})
+        if not request.years_set and said(RECENT).search(text) and self.recent_from is not None:
             if negated(RECENT):                       # "nothing new": older than the newest fifth
                 setr(None, self.recent_from - 1)
             else:
                 setr(self.recent_from, None)
-            text = " ".join(w for w in text.split() if w not in RECENT)
-        elif not request.years_set and words & OLD and self.classic_until is not None:
+            text = said(RECENT).sub(" ", text)
+        elif not request.years_set and said(OLD).search(text) and self.classic_until is not None:
             if negated(OLD):                          # "not a really old one": newer than the oldest fifth
                 setr(self.classic_until + 1, None)
             else:
                 setr(None, self.classic_until)
-            text = " ".join(w for w in text.split() if w not in OLD)
+            text = said(OLD).sub(" ", text)
         if request.years_set and self.first_year is not None:
             low = request.year_min if request.year_min is not None else self.first_year
             high = request.year_max if request.year_max is not None else self.last_year

@@ -187,3 +187,73 @@ def test_masks_match_the_per_item_check(facets, parser):
         assert mask.sum() < len(ITEMS)
     # An item without a year never satisfies a year bound.
     assert not facets.mask(Constraints(year_max=2100))[8]
+
+
+@pytest.mark.parametrize("text, years", [
+    ("80s or 90s action", (1980, 1999)),                 # two decades joined span both
+    ("1950s-1960s sci fi", (1950, 1969)),
+    ("from the 40s through the 60s", (1940, 1969)),
+    ("something from the early 90s", (1990, 1993)),      # parts of a decade
+    ("mid-80s", (1984, 1986)),
+    ("late 70s horror", (1977, 1979)),
+    ("nothing made before 85", (1985, None)),            # two-digit years after a time cue
+    ("anything from 92 or 93", (1992, 1993)),
+    ("between 1980 and 95", (1980, 1995)),
+    ("after the year 1990", (1991, None)),
+    ("80s onward", (1980, None)),
+    ("nothing from the 90s", (None, 1989)),              # a decade at the catalog's end, negated
+    ("something recent, no horror", ("recent", None)),    # clause punctuation after the word
+])
+def test_everyday_year_phrasings(parser, text, years):
+    request = parser.parse(text)
+    years = tuple(parser.recent_from if y == "recent" else y for y in years)
+    assert (request.year_min, request.year_max) == years, (text, request)
+
+
+def test_a_negated_decade_inside_the_catalog_asks_which_side(parser):
+    request = parser.parse("no 80s movies")
+    assert request.question and "1980" in request.question and len(request.options) == 2
+    assert {o["patch"]["year_max"] for o in request.options} == {1979, None}
+
+
+@pytest.mark.parametrize("text, avoid", [
+    ("a comedy that isnt a war film", ["War"]),
+    ("neither horror nor western", ["Horror", "Western"]),
+])
+def test_contracted_and_paired_negations_avoid(parser, text, avoid):
+    request = parser.parse(text)
+    assert request.avoid == avoid and not any(c in g for g in request.want for c in avoid), request
+
+
+def test_the_words_that_judge_a_title_are_no_request(facets):
+    """ "alien was way too childish": Alien is turned down, and "childish" asks for nothing."""
+    parser = RequestParser(facets, find_title=find_title, exact_title=find_title)
+    for text in ("alien was way too childish", "i didnt enjoy alien", "i never liked alien"):
+        request = parser.parse(text)
+        assert request.dislike_items == ["4"] and not request.prefer and not request.want, (text, request)
+        assert request.unparsed == [], (text, request.unparsed)
+
+
+def test_older_and_newer_are_read_against_a_named_title(facets):
+    parser = RequestParser(facets, find_title=find_title, exact_title=find_title)
+    request = parser.parse("more like alien but newer")          # Alien is from 1979 here
+    assert request.like_item == "4" and (request.year_min, request.year_max) == (1980, None)
+    assert any("Alien (1979)" in r for r in request.readings)
+
+
+def test_another_one_like_a_place_in_the_list_turns_none_of_it_down(facets):
+    by_id = {f.item_id: f for f in TITLES.values()}
+    parser = RequestParser(facets, find_title=find_title, item_of=by_id.get)
+    request = parser.parse("another one like the first", shown=["7", "4"])
+    assert request.like_item == "7" and not request.not_that
+
+
+def test_a_typo_of_a_category_word_is_read_only_when_the_language_does_not_know_the_word(facets):
+    parser = RequestParser(facets, find_title=find_title, known_words={"prime", "horse", "eastern"})
+    assert parser.parse("a good thriler").want == [["Thriller"]]
+    assert parser.parse("lookin for a comdey").want == [["Comedy"]]
+    assert parser.parse("no horor please").avoid == ["Horror"]
+    assert parser.parse("an eastern").want == [] and parser.parse("prime time").want == []
+    assert parser.parse("a good thriler").readings and "typo" in parser.parse("a good thriler").readings[0]
+    # Without a word list there is no typo reading.
+    assert RequestParser(facets, find_title=find_title).parse("a good thriler").want == []
