@@ -447,8 +447,36 @@ def _register_training_commands() -> None:
 _register_training_commands()
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Failures that come from what the user gave (paths, files, values, databases, checkpoints):
+    said in one ``error:`` line, not a traceback. ``THINKREC_DEBUG=1`` shows the traceback."""
+    import csv
+    import zipfile
+
+    kinds: list[type[BaseException]] = [OSError, ValueError, KeyError, EOFError, RuntimeError, OverflowError,
+                                        zipfile.BadZipFile, csv.Error]
+    with contextlib.suppress(ImportError):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        kinds.append(SQLAlchemyError)
+    with contextlib.suppress(ImportError):
+        from safetensors import SafetensorError
+
+        kinds.append(SafetensorError)
+    return tuple(kinds)
+
+
 def main() -> None:
-    app(prog_name="thinkrec")
+    import os
+
+    try:
+        app(prog_name="thinkrec")
+    except _user_errors() as error:
+        if os.environ.get("THINKREC_DEBUG"):
+            raise
+        said = str(error) or type(error).__name__
+        typer.echo(f"error: {said} ({type(error).__name__}; THINKREC_DEBUG=1 shows where)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,13 @@ class Manifest(BaseModel):
         if not path.exists():
             raise FileNotFoundError(f"{folder} is not a thinkrec dataset folder (no {MANIFEST}); "
                                     "build one with: thinkrec data build --dataset ml-100k --out DIR")
-        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+        try:
+            return cls.model_validate_json(path.read_text(encoding="utf-8", errors="replace"))
+        except ValueError as error:          # pydantic's ValidationError: bad JSON or missing fields
+            first = error.errors()[0] if hasattr(error, "errors") and error.errors() else {}
+            where = ".".join(str(p) for p in first.get("loc", ())) or "the file"
+            raise ValueError(f"{path} is unreadable or incomplete ({where}: {first.get('msg', error)}); "
+                             "rebuild the folder with: thinkrec data build ... --force") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

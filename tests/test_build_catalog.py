@@ -188,3 +188,26 @@ def test_catalog_finds_films_listed_twice(tmp_path):
     build(BuildConfig(dataset="generic", interactions=str(tmp_path / "interactions.csv"),
                       items=str(tmp_path / "items.jsonl")), tmp_path / "built")
     assert Catalog(tmp_path / "built").duplicates() == {"1": "1", "99": "1"}
+
+
+def test_the_command_line_says_a_bad_value_in_one_line(built_dataset, tmp_path):
+    """Through the installed entry point (main): a value the user got wrong is an ``error:`` line and
+    exit 1, never a traceback, and a broken manifest is named."""
+    import subprocess
+    import sys
+
+    def thinkrec(*args):
+        return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args],
+                              capture_output=True, text=True, timeout=300)
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text('{"dataset": 3\n')
+    for args, said in ((["eval", "--split", "nonsense", "--data", str(built_dataset)], "--split must be valid or test"),
+                       (["eval", "--max-users", "-1", "--data", str(built_dataset)], "--max-users must be"),
+                       (["eval", "--json", str(tmp_path), "--data", str(built_dataset)], "is a folder"),
+                       (["trace", "list", "--sessions-url", "notaurl"], "error:"),
+                       (["data", "info", "--data", str(broken)], "manifest.json is unreadable or incomplete")):
+        result = thinkrec(*args)
+        assert result.returncode == 1 and said in result.stderr, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr, args

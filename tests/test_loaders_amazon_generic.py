@@ -267,3 +267,29 @@ def test_parse_timestamp_naive_means_utc_whatever_the_local_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_generic_a_stray_quote_or_bad_bytes_reject_their_own_line_only(tmp_path):
+    """A stray quote is one bad row, not a field that swallows the rows after it; a line that is not
+    UTF-8 is rejected as such instead of being read with replacement characters (which would merge
+    two users whose ids differ only in those bytes); a field over the csv limit is one bad row."""
+    items = jsonl(tmp_path / "items.jsonl", ITEMS)
+    path = tmp_path / "interactions.csv"
+    rows = [b"user_id,item_id,timestamp", b"u1,1,100", b'u1,"2,200', b"u2,2,300", b"caf\xe9,1,400", b"caf\xe8,2,500",
+            b"u3,1," + b"9" * 200_000, b"u3,3,600"]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    data = load_generic(path, items)
+    assert [(i.user_id, i.item_id) for i in data.interactions] == [("u1", "1"), ("u2", "2"), ("u3", "3")]
+    assert data.report.rows_read["interactions.csv"] == 7
+    assert data.report.rejected["interactions.csv: invalid UTF-8"] == 2
+    assert data.report.rejected["interactions.csv: expected 3 fields"] == 1
+    assert data.report.total_rejected == 4
+
+
+def test_a_truncated_gzip_is_a_format_error_that_names_the_file(tmp_path):
+    items = jsonl(tmp_path / "items.jsonl", ITEMS)
+    whole = write_lines(tmp_path / "whole.csv.gz", ["user_id,item_id,timestamp"] + [f"u{n},1,{n}" for n in range(2000)])
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    with pytest.raises(DataFormatError, match=r"cut\.csv\.gz: not a whole gzip file"):
+        load_generic(cut, items)

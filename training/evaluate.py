@@ -75,6 +75,22 @@ def _rows(view, split: str, max_users: int) -> list[dict]:
     return rows[:max_users] if max_users else rows
 
 
+def check_args(args: EvalArgs) -> None:
+    """The options a run would trip on late (after minutes of decoding), refused before it starts."""
+    if args.split not in ("valid", "test"):
+        raise ValueError(f"--split must be valid or test, not '{args.split}'")
+    for name in ("max_users",):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 (every user) or more, not {getattr(args, name)}")
+    for name in ("batch_size", "num_beams"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if not args.steering and not args.understanding and not [m for m in args.methods.split(",") if m.strip()]:
+        raise ValueError("--methods names no method (choose from " + ", ".join(METHODS) + ")")
+    if args.json and Path(args.json).is_dir():
+        raise ValueError(f"--json {args.json} is a folder; give a file path for the report")
+
+
 def _sasrec(view, args: EvalArgs):
     """SASRec beside the (first) checkpoint, or at ``--sasrec``; trained there when missing."""
     from training.sasrec import load_or_fit
@@ -161,6 +177,7 @@ def _recommend_with_progress(recommender, histories: list, desc: str, reasoning=
 
 
 def run(args: EvalArgs) -> dict:
+    check_args(args)
     if args.understanding:
         from training.understanding import run_understanding
 
@@ -304,8 +321,9 @@ def run(args: EvalArgs) -> dict:
     report["date"] = time.strftime("%Y-%m-%d %H:%M")
     if args.json:
         write_report(report, Path(args.json))
-    # The checkpoint keeps its latest eval of each split beside it: the app's Model tab shows it.
-    for folder in checkpoints.values():
+    # The checkpoint keeps its latest eval of each split beside it: the app's Model tab shows it. A run
+    # on a sample of users (--max-users) is a check, not the model's eval: it leaves that file alone.
+    for folder in checkpoints.values() if not args.max_users else ():
         if Path(folder).is_dir():
             (Path(folder) / f"eval_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(markdown_table(report))

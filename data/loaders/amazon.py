@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from data.loaders.common import accept_item, open_text_lines, parse_year, to_float
+from data.loaders.common import UndecodableLine, accept_item, open_text_lines, parse_year, to_float
 from data.records import DataFormatError, LoadReport, RawDataset, RawInteraction, RawItem
 
 MAX_DESCRIPTION_CHARS = 1000
@@ -79,6 +79,9 @@ def _json_rows(path: Path, report: LoadReport, literal_lines: Counter) -> Iterat
         if not line.strip():
             continue
         report.read(file)
+        if isinstance(line, UndecodableLine):
+            report.reject(file, "invalid UTF-8", f"line {line_no}")
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,15 +77,30 @@ class Bundle:
             return raw.decode("latin-1")
 
 
+class UndecodableLine(str):
+    """A line that is not valid UTF-8, as text with replacement characters. Readers reject it ("invalid
+    UTF-8"): read as it is, two ids that differ only in their undecodable bytes would become one."""
+
+
 def open_text_lines(path: str | Path) -> Iterator[str]:
-    """Lines of a plain or gzip-compressed text file, newline stripped."""
+    """Lines of a plain or gzip-compressed text file, newline stripped; a line that is not UTF-8
+    comes as an :class:`UndecodableLine`."""
     path = Path(path)
     if not path.exists():
         raise DataFormatError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataFormatError(f"{path}: a folder, not a file")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-        for line in handle:
-            yield line.rstrip("\n\r")
+    try:
+        with opener(path, "rb") as handle:
+            for raw in handle:
+                raw = raw.rstrip(b"\n\r")
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield UndecodableLine(raw.decode("utf-8", errors="replace"))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataFormatError(f"{path}: not a whole gzip file ({error or type(error).__name__})") from None
 
 
 def to_float(text: str) -> float | None:

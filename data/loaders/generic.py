@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from data.loaders.common import accept_item, open_text_lines, parse_year, to_float
+from data.loaders.common import UndecodableLine, accept_item, open_text_lines, parse_year, to_float
 from data.records import DataFormatError, LoadReport, RawDataset, RawInteraction, RawItem
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -95,6 +95,9 @@ def load_items(path: Path, report: LoadReport) -> dict[str, RawItem]:
             continue
         report.read(file)
         where = f"line {line_no}"
+        if isinstance(line, UndecodableLine):
+            report.reject(file, "invalid UTF-8", where)
+            continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -112,8 +115,9 @@ def load_items(path: Path, report: LoadReport) -> dict[str, RawItem]:
 
 def load_interactions(path: Path, items: dict[str, RawItem], report: LoadReport) -> list[RawInteraction]:
     file = path.name
-    reader = csv.reader(open_text_lines(path))
-    header = next(reader, None)
+    lines = open_text_lines(path)
+    first = next(lines, None)
+    header = next(csv.reader([first]), None) if first is not None else None
     if not header:
         raise DataFormatError(f"{file}: empty file (expected header {','.join(REQUIRED_COLUMNS)}[,rating])")
     # A UTF-8 byte-order mark (spreadsheet exports) would otherwise hide the first column name.
@@ -124,11 +128,24 @@ def load_interactions(path: Path, items: dict[str, RawItem], report: LoadReport)
     index = {name: header.index(name) for name in (*REQUIRED_COLUMNS, "rating") if name in header}
 
     interactions: list[RawInteraction] = []
-    for fields in reader:
-        if not fields or not any(f.strip() for f in fields):
+    # Line by line: an interaction has no free text, so a stray quote is one bad row, never a field
+    # that runs on and swallows the rows after it.
+    for line_no, line in enumerate(lines, start=2):
+        if not line.strip():
             continue
         report.read(file)
-        where = f"line {reader.line_num}"
+        where = f"line {line_no}"
+        if isinstance(line, UndecodableLine):
+            report.reject(file, "invalid UTF-8", where)
+            continue
+        try:
+            fields = next(csv.reader([line]))
+        except csv.Error as error:          # e.g. a field over the csv module's size limit
+            report.reject(file, f"unreadable CSV ({error})", where)
+            continue
+        if not any(f.strip() for f in fields):
+            report.reject(file, "no fields", where)
+            continue
         if len(fields) != len(header):
             report.reject(file, f"expected {len(header)} fields", where)
             continue
