@@ -81,3 +81,7 @@ def test_eval_saves_its_table_beside_the_checkpoint(built_dataset, tiny_checkpoi
     saved = json.loads((tiny_checkpoint / "eval_valid.json").read_text())
     assert saved["num_users"] == 4 and set(saved["results"]) == {"popularity", "thinkrec"}
     assert "| thinkrec |" in eval_tables(tiny_checkpoint)
+    # A run on fewer users is a check: it does not replace the eval of more.
+    run(EvalArgs(data=str(built_dataset), checkpoint=str(tiny_checkpoint), split="valid", max_users=2,
+                 methods="popularity", json=str(tmp_path / "valid2.json")))
+    assert json.loads((tiny_checkpoint / "eval_valid.json").read_text())["num_users"] == 4

@@ -75,6 +75,14 @@ def _rows(view, split: str, max_users: int) -> list[dict]:
     return rows[:max_users] if max_users else rows
 
 
+def _stored_users(path: Path) -> int:
+    """How many users the eval stored at ``path`` covers (0: none, or unreadable)."""
+    try:
+        return int(json.loads(path.read_text()).get("num_users", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
 def check_args(args: EvalArgs) -> None:
     """The options a run would trip on late (after minutes of decoding), refused before it starts."""
     if args.split not in ("valid", "test"):
@@ -322,10 +330,13 @@ def run(args: EvalArgs) -> dict:
     if args.json:
         write_report(report, Path(args.json))
     # The checkpoint keeps its latest eval of each split beside it: the app's Model tab shows it. A run
-    # on a sample of users (--max-users) is a check, not the model's eval: it leaves that file alone.
-    for folder in checkpoints.values() if not args.max_users else ():
-        if Path(folder).is_dir():
-            (Path(folder) / f"eval_{args.split}.json").write_text(json.dumps(report, indent=2) + "\n")
+    # on fewer users (--max-users) never replaces an eval of more.
+    for folder in checkpoints.values():
+        stored = Path(folder) / f"eval_{args.split}.json"
+        if Path(folder).is_dir() and _stored_users(stored) <= len(rows):
+            stored.write_text(json.dumps(report, indent=2) + "\n")
+        elif Path(folder).is_dir():
+            print(f"{stored} covers {_stored_users(stored)} users, this run {len(rows)}: left as it is")
     print(markdown_table(report))
     return report
 
