@@ -81,7 +81,7 @@ FILLER = set(["a", "an", "the", "and", "or", "of", "for", "to", "in", "on", "at"
               "hm", "umm", "um", "uh", "lol", "tho", "though", "wanna", "gonna", "gotta", "u", "ur", "ya", "go",
               "back", "must", "decent", "amazing", "times", "all", "every", "each", "such", "much", "many", "only",
               "even", "still", "ever", "always", "usually", "watched", "saw", "kinda", "sorta", "best", "worst",
-              "favorite", "favourite", "whole", "ones", "sure", "ok"])
+              "favorite", "favourite", "whole", "sure"])
 
 
 # Titles named anywhere: the words before a title say whether it was liked or turned down.
